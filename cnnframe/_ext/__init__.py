@@ -1,0 +1,1 @@
+"""Compiled kernels. Private: layers reach them only through :mod:`cnnframe.ops`."""

@@ -1,0 +1,163 @@
+"""The layer contract every built-in and user layer follows.
+
+Shapes given to ``build`` and ``output_shape`` are *per sample* (no batch axis): ``(C, H, W)`` for
+images, ``(F,)`` for features.  Arrays given to ``forward``/``backward`` carry the batch axis first.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_dtype(dtype):
+    """Normalise a dtype spec ('float32', np.float64, ...) and reject anything but float32/float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in _DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+class Parameter:
+    """A trainable array and its gradient (same shape and dtype).
+
+    ``weight_decay`` says whether optimizers apply weight decay to it (False for biases and
+    normalisation parameters by default).
+    """
+
+    __slots__ = ("data", "grad", "weight_decay")
+
+    def __init__(self, data, weight_decay=True):
+        self.data = np.ascontiguousarray(data)
+        self.grad = np.zeros_like(self.data)
+        self.weight_decay = bool(weight_decay)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def zero_grad(self):
+        self.grad[...] = 0
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Layer:
+    """Base class. Subclasses implement ``forward``/``backward`` and, if needed, ``build``,
+    ``output_shape`` and ``get_config``; register with ``@cnnframe.register_layer("name")``.
+
+    Contract:
+    - ``forward(x)`` does not modify ``x`` and keeps only what ``backward`` needs;
+    - ``backward(grad_out)`` returns dL/dx and *adds* into every ``Parameter.grad``;
+    - ``parameters()`` is an ordered name → Parameter dict; ``buffers()`` the non-trainable arrays
+      saved with the model (e.g. BatchNorm running statistics).
+    """
+
+    registered_name = None
+
+    def __init__(self, dtype="float32"):
+        self.dtype = as_dtype(dtype)
+        self.training = True
+        self.built = False
+        self.input_shape = None
+        self._params = OrderedDict()
+        self._buffers = OrderedDict()
+
+    # -- construction --------------------------------------------------------------------------
+    def build(self, input_shape):
+        """Allocate parameters for a per-sample ``input_shape``. Layers without parameters keep this."""
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.built = True
+
+    def output_shape(self, input_shape):
+        """Per-sample output shape for a per-sample input shape; pure (no allocation). Default: same."""
+        return tuple(input_shape)
+
+    def add_parameter(self, name, data, weight_decay=True):
+        p = Parameter(np.asarray(data, dtype=self.dtype), weight_decay=weight_decay)
+        self._params[name] = p
+        return p
+
+    def add_buffer(self, name, data):
+        self._buffers[name] = np.ascontiguousarray(data, dtype=self.dtype)
+        return self._buffers[name]
+
+    # -- computation ---------------------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(x)")
+
+    def backward(self, grad_out):
+        raise NotImplementedError(f"{type(self).__name__} must implement backward(grad_out)")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _ensure_built(self, x):
+        """Build from the first batch when input sizes were omitted."""
+        if not self.built:
+            self.build(x.shape[1:])
+
+    # -- state ---------------------------------------------------------------------------------
+    def parameters(self):
+        return self._params
+
+    def buffers(self):
+        return self._buffers
+
+    def zero_grad(self):
+        for p in self._params.values():
+            p.zero_grad()
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        """Parameters and buffers by name (views, not copies)."""
+        state = OrderedDict((k, p.data) for k, p in self._params.items())
+        state.update(self._buffers)
+        return state
+
+    def load_state_dict(self, state):
+        for name, p in self._params.items():
+            arr = _take(state, name, p.data.shape, type(self).__name__)
+            p.data[...] = arr
+        for name, buf in self._buffers.items():
+            buf[...] = _take(state, name, buf.shape, type(self).__name__)
+
+    def get_config(self):
+        """The plain dict that rebuilds this layer: ``{"type": name, **hyper_parameters}``."""
+        return {"type": self.registered_name or type(self).__name__, "dtype": self.dtype.name}
+
+    @classmethod
+    def from_config(cls, config):
+        kwargs = {k: v for k, v in config.items() if k != "type"}
+        return cls(**kwargs)
+
+    def num_parameters(self):
+        return int(sum(p.data.size for p in self._params.values()))
+
+    def __repr__(self):
+        cfg = {k: v for k, v in self.get_config().items() if k not in ("type",)}
+        args = ", ".join(f"{k}={v!r}" for k, v in cfg.items())
+        return f"{type(self).__name__}({args})"
+
+
+def _take(state, name, shape, owner):
+    if name not in state:
+        raise KeyError(f"{owner}: state has no entry {name!r}")
+    arr = np.asarray(state[name])
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{owner}: {name!r} has shape {arr.shape}, expected {tuple(shape)}")
+    return arr

@@ -1,0 +1,57 @@
+"""Argument checks shared by the ops: everything is validated here, before any unchecked kernel runs."""
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+INT32_MAX = 2**31 - 1
+
+
+def pair(value, name, minimum):
+    """Normalise an int or an (h, w) pair and check each entry is an int >= ``minimum``."""
+    if isinstance(value, (numbers.Integral,)) and not isinstance(value, bool):
+        items = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        items = tuple(value)
+        for v in items:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        items = (int(items[0]), int(items[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    for v in items:
+        if v < minimum:
+            if minimum == 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return items
+
+
+def float_array(x, name, ndim):
+    """Return ``x`` as a C-contiguous float32/float64 array with ``ndim`` axes, or raise."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def same_dtype(arrays):
+    """Check every (name, array) pair shares the first one's dtype."""
+    (name0, a0), rest = arrays[0], arrays[1:]
+    for name, a in rest:
+        if a is not None and a.dtype != a0.dtype:
+            raise TypeError(f"{name} has dtype {a.dtype} but {name0} has dtype {a0.dtype}; they must match")
+
+
+def out_size(size, k, s, p, d):
+    """Output length along one axis: floor((size + 2p - d(k-1) - 1) / s) + 1 (math.md)."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def fits_int32(name, *values):
+    for v in values:
+        if v > INT32_MAX:
+            raise ValueError(f"{name} is too large for the BLAS kernels ({v} > 2**31 - 1)")
