@@ -14,6 +14,6 @@ from cnnframe.registry import (
     register_optimizer,
     register_schedule,
 )
-from cnnframe import ops
+from cnnframe import ops  # noqa: E402  (needs the compiled kernels)
 
 # -- layers, losses, optimizers, model (each module adds its public names here) --------------------

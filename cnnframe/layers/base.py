@@ -123,6 +123,9 @@ class Layer:
     def eval(self):
         return self.train(False)
 
+    def reseed(self, seed):
+        """Reset any random state (e.g. Dropout's mask generator) from an int seed. Default: none."""
+
     def state_dict(self):
         """Parameters and buffers by name (views, not copies)."""
         state = OrderedDict((k, p.data) for k, p in self._params.items())
