@@ -1,0 +1,165 @@
+"""Loss functions: ``loss.forward(pred, target)`` returns the mean loss as a float, then
+``loss.backward()`` returns dL/dpred (same shape and dtype as ``pred``).
+
+Registered names: ``"softmax_cross_entropy"`` (alias ``"cross_entropy"``) and ``"mse"``.
+"""
+import numbers
+
+import numpy as np
+
+from cnnframe.registry import register_loss
+
+__all__ = ["Loss", "SoftmaxCrossEntropy", "MSE", "softmax", "log_softmax"]
+
+
+def log_softmax(logits):
+    """Row-wise log softmax of (N, classes) logits: ``z - max(z) - log(sum(exp(z - max(z))))``."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def softmax(logits):
+    """Row-wise softmax of (N, classes) logits, computed with the row maximum subtracted."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Loss:
+    """Base class: ``forward(pred, target) -> float`` (the mean), ``backward() -> dL/dpred``."""
+
+    registered_name = None
+
+    def forward(self, pred, target):
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(pred, target)")
+
+    def backward(self):
+        raise NotImplementedError(f"{type(self).__name__} must implement backward()")
+
+    def __call__(self, pred, target):
+        return self.forward(pred, target)
+
+    def get_config(self):
+        return {"type": self.registered_name or type(self).__name__}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**{k: v for k, v in config.items() if k != "type"})
+
+    def _saved(self):
+        if getattr(self, "_grad", None) is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
+        return self._grad
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+def _float_pred(pred, owner):
+    pred = np.asarray(pred)
+    if pred.dtype.kind != "f":
+        raise TypeError(f"{owner}: predictions must be a float array, got dtype {pred.dtype}")
+    return pred
+
+
+# Decorators run bottom-up: the canonical name is registered last so it becomes `registered_name`.
+@register_loss("softmax_cross_entropy")
+@register_loss("cross_entropy")
+class SoftmaxCrossEntropy(Loss):
+    """Softmax cross-entropy on raw logits z (N, classes) with integer labels y (N,).
+
+    With label smoothing ε the target row is ``t = (1-ε)·onehot(y) + ε/classes`` (as in PyTorch):
+    ``L = -1/N Σ_n Σ_c t[n,c] log softmax(z_n)[c]``,  ``dL/dz = (softmax(z) - t) / N``.
+    After ``forward``, ``probabilities`` holds softmax(z).
+    """
+
+    def __init__(self, label_smoothing=0.0):
+        if (
+            isinstance(label_smoothing, bool)
+            or not isinstance(label_smoothing, numbers.Real)
+            or not 0.0 <= float(label_smoothing) < 1.0
+        ):
+            raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+        self.probabilities = None
+        self._grad = None
+
+    def forward(self, pred, target):
+        z = _float_pred(pred, "SoftmaxCrossEntropy")
+        if z.ndim != 2:
+            raise ValueError(f"SoftmaxCrossEntropy: logits must have shape (N, classes), got shape {z.shape}")
+        n, classes = z.shape
+        y = np.asarray(target)
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(
+                f"SoftmaxCrossEntropy: labels must have shape ({n},) to match logits of shape {z.shape}, "
+                f"got shape {y.shape}"
+            )
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"SoftmaxCrossEntropy: labels must be integer class indices, got dtype {y.dtype}")
+        if n == 0:
+            raise ValueError("SoftmaxCrossEntropy: empty batch (N = 0)")
+        bad = (y < 0) | (y >= classes)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"SoftmaxCrossEntropy: label {int(y[i])} at index {i} is out of range for {classes} classes "
+                f"(labels must be in [0, {classes}))"
+            )
+        logp = log_softmax(z)
+        rows = np.arange(n)
+        eps = self.label_smoothing
+        nll = -logp[rows, y].astype(np.float64)
+        if eps:
+            smooth = -logp.mean(axis=1, dtype=np.float64)
+            per_sample = (1.0 - eps) * nll + eps * smooth
+        else:
+            per_sample = nll
+        loss = float(per_sample.mean())
+
+        probs = np.exp(logp)
+        self.probabilities = probs
+        grad = probs.copy()
+        if eps:
+            grad -= z.dtype.type(eps / classes)
+        grad[rows, y] -= z.dtype.type(1.0 - eps)
+        grad *= z.dtype.type(1.0 / n)
+        self._grad = grad
+        return loss
+
+    def backward(self):
+        """dL/dz = (softmax(z) - t) / N, shape (N, classes), dtype of the logits."""
+        return self._saved()
+
+    def get_config(self):
+        return {"type": self.registered_name, "label_smoothing": self.label_smoothing}
+
+
+@register_loss("mse")
+class MSE(Loss):
+    """Mean squared error over all elements: ``L = mean((pred - target)²)``, ``dL/dpred = 2 (pred - target) / size``."""
+
+    def __init__(self):
+        self._grad = None
+
+    def forward(self, pred, target):
+        pred = _float_pred(pred, "MSE")
+        target = np.asarray(target)
+        if target.shape != pred.shape:
+            raise ValueError(f"MSE: target shape {target.shape} does not match prediction shape {pred.shape}")
+        if target.dtype.kind not in "fiub":
+            raise TypeError(f"MSE: target must be numeric, got dtype {target.dtype}")
+        if pred.size == 0:
+            raise ValueError("MSE: empty prediction array")
+        diff = pred - target.astype(pred.dtype, copy=False)
+        loss = float(np.mean(np.square(diff), dtype=np.float64))
+        diff *= pred.dtype.type(2.0 / pred.size)
+        self._grad = diff
+        return loss
+
+    def backward(self):
+        """dL/dpred = 2 (pred - target) / pred.size, shape and dtype of ``pred``."""
+        return self._saved()
+
+    def get_config(self):
+        return {"type": self.registered_name}
