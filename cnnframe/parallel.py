@@ -49,6 +49,18 @@ def get_num_threads():
     return _num_threads if openmp_enabled() else 1
 
 
+def threads_for(work, grain):
+    """Threads worth using for ``work`` units when each thread should get at least ``grain``.
+
+    Starting a thread team costs microseconds on an idle machine and whole scheduler slices on a
+    busy one, so small operations run on one thread.
+    """
+    n = get_num_threads()
+    if n == 1:
+        return 1
+    return int(max(1, min(n, work // grain)))
+
+
 @contextmanager
 def num_threads(n):
     """Temporarily use ``n`` threads: ``with cnnframe.num_threads(1): ...``."""

@@ -1,22 +1,31 @@
 # cython: language_level=3
-"""2-D convolution kernels: im2col + GEMM, parallel over images with OpenMP.
+"""2-D convolution kernels: im2col + GEMM over pixel rows, parallel with OpenMP.
 
-Equation numbers refer to docs/math.md.  With K = C·kh·kw and P = Ho·Wo, one image is
+Equation numbers refer to docs/math.md.  Each call first copies the input to a zero-padded
+channels-last image ``Xh[n, r, q, c] = Xp[n, c, r, q]`` so that one im2col row (one output pixel's
+receptive field) is made of a few contiguous copies.  With K = kh·kw·C, the im2col matrix has one
+row per output pixel (n, i, j):
 
-    forward (1):   Y (F×P)  = W (F×K) · col (K×P) + b
-    weights (2):   dW (F×K) += G (F×P) · colᵀ
-    bias (3):      db (F)   += Σ_p G
-    input (4):     dcol (K×P) = Wᵀ · G, then col2im scatter-adds dcol into dXp
+    col[(n, i, j), (m·kw + l)·C + c] = Xp[n, c, i·sh + m·dh, j·sw + l·dw]
 
-where ``col[(c·kh + m)·kw + l, i·Wo + j] = Xp[c, i·s + m·d, j·s + l·d]`` (im2col).  The col2im form of
-(4) adds exactly the products of the full convolution of G with the rotated kernel, minus the ones
-with the zeros that (4) inserts for stride > 1.
+and the weights are reordered the same way, ``Wr[f, (m·kw + l)·C + c] = W[f, c, m, l]``.  Then
 
-Several images share one GEMM (a K × nb·P col buffer) so that tiny images still give BLAS wide
-matrices.  Blocks of images are spread over threads with ``prange``; each thread owns its scratch
-buffers and its dW/db accumulators, which are summed in a fixed order afterwards (so results depend
-on the thread count only through rounding).  When there are fewer images than threads, each image is
-split across threads instead (by output columns forward, by input channels backward).
+    forward (1):  Y[n, f, i, j] = b[f] + Σ_k col[(n, i, j), k] · Wr[f, k]      out = col · Wrᵀ
+    weights (2):  dWr[f, k]     = Σ_(n,i,j) G[n, f, i, j] · col[(n, i, j), k]   dWr = G · col
+    bias (3):     db[f]         = Σ_(n,i,j) G[n, f, i, j]
+    input (4):    dcol = Gᵀ · Wr, and col2im scatter-adds each dcol entry back onto the input
+                  position its col entry was read from.
+
+The col2im form of (4) adds exactly the products of the full convolution of G with the 180°-rotated
+kernel, minus the products with the zeros that (4) inserts between strided outputs;
+``cnnframe.ops.conv2d_input_grad_full`` computes (4) literally and the tests check both agree.
+
+Parallel plan: the N·Ho·Wo pixel rows are cut into one contiguous span per thread; each thread
+walks its span in chunks sized to stay in L2 (im2col of a chunk, then one GEMM).  Backward keeps
+each image within one thread when there are at least as many images as threads, so the col2im
+scatter never races; with fewer images than threads, each thread scatters into its own copy of dX.
+Every thread owns its dW/db accumulators; they are summed in a fixed order, so results depend on
+the thread count only through float rounding.
 
 Callers (``cnnframe.ops.conv``) validate every argument and pin BLAS to one thread: nothing here
 checks bounds.
@@ -24,15 +33,23 @@ checks bounds.
 import numpy as np
 
 cimport cython
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport prange
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 ctypedef fused floating:
     float
     double
 
-# A GEMM narrower than this many columns runs well below BLAS peak; group images to reach it.
-cdef int TARGET_COLS = 512
+# Rows of col per GEMM: about this many elements keeps a chunk in L2 next to the weights.
+cdef Py_ssize_t CHUNK_ELEMS = 65536
+cdef Py_ssize_t MIN_ROWS = 32
+cdef Py_ssize_t MAX_ROWS = 2048
+
+
+def _set_chunk_elems(Py_ssize_t n):
+    """Tuning hook for benchmarks: the col chunk size in elements."""
+    global CHUNK_ELEMS
+    CHUNK_ELEMS = n
 
 
 cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
@@ -41,7 +58,7 @@ cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floati
     """Row-major C (m×n) = alpha·op(A)·op(B) + beta·C.
 
     A row-major array is the column-major transpose, so ask column-major BLAS for
-    Cᵀ = op(B)ᵀ·op(A)ᵀ: B first, swapped m and n, same transpose flags.
+    Cᵀ = op(B)ᵀ·op(A)ᵀ: B first, m and n swapped, transpose flags kept.
     """
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
@@ -51,99 +68,123 @@ cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floati
         dgemm(&tb, &ta, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc)
 
 
-cdef inline void valid_range(int n_out, int size, int s, int off, int* lo, int* hi) noexcept nogil:
-    """Outputs j in [lo, hi) read an in-bounds input j·s + off (0 <= j·s + off < size)."""
-    cdef int a = 0, b
-    if off < 0:
-        a = (-off + s - 1) // s
-    if size - 1 - off < 0:
-        b = 0
-    else:
-        b = (size - 1 - off) // s + 1
-    if b > n_out:
-        b = n_out
-    if a > b:
-        a = b
-    lo[0] = a
-    hi[0] = b
+cdef Py_ssize_t chunk_rows(Py_ssize_t K) noexcept nogil:
+    cdef Py_ssize_t r = CHUNK_ELEMS // K
+    if r < MIN_ROWS:
+        r = MIN_ROWS
+    if r > MAX_ROWS:
+        r = MAX_ROWS
+    return r
 
 
-cdef void im2col(floating* x, int c0, int c1, int H, int W, int kh, int kw,
-                 int sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo,
-                 floating* col, Py_ssize_t ldcol) noexcept nogil:
-    """col[(c·kh + m)·kw + l, i·Wo + j] = Xp[c, i·sh + m·dh, j·sw + l·dw] for channels c0 <= c < c1.
-
-    ``x`` is one image (C, H, W); ``col`` has rows of length ``ldcol``.  Padding reads as 0.
-    """
-    cdef int c, m, l, i, j, r, off, jlo, jhi
-    cdef floating* dst
-    cdef floating* row
+cdef void to_channels_last(floating* x, int C, int H, int W, int ph, int pw,
+                           floating* xh) noexcept nogil:
+    """xh[r, q, c] = Xp[c, r, q] for one image; xh (Hp, Wp, C) must start zeroed (the padding)."""
+    cdef int c, r, q
+    cdef Py_ssize_t Wp = W + 2 * pw
     cdef floating* src
-    for c in range(c0, c1):
-        for m in range(kh):
-            for l in range(kw):
-                dst = col + ((<Py_ssize_t>c * kh + m) * kw + l) * ldcol
-                off = l * dw - pw
-                valid_range(Wo, W, sw, off, &jlo, &jhi)
-                for i in range(Ho):
-                    row = dst + i * Wo
-                    r = i * sh - ph + m * dh
-                    if r < 0 or r >= H:
-                        for j in range(Wo):
-                            row[j] = 0
-                        continue
-                    src = x + (<Py_ssize_t>c * H + r) * W + off
-                    for j in range(jlo):
-                        row[j] = 0
-                    if sw == 1:
-                        for j in range(jlo, jhi):
-                            row[j] = src[j]
-                    else:
-                        for j in range(jlo, jhi):
-                            row[j] = src[j * sw]
-                    for j in range(jhi, Wo):
-                        row[j] = 0
-
-
-cdef void col2im(floating* col, Py_ssize_t ldcol, int c0, int c1, int H, int W, int kh, int kw,
-                 int sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo,
-                 floating* x) noexcept nogil:
-    """The adjoint of im2col: X[c, i·sh + m·dh - ph, j·sw + l·dw - pw] += col[...] (padding dropped)."""
-    cdef int c, m, l, i, j, r, off, jlo, jhi
-    cdef floating* srow
     cdef floating* dst
-    for c in range(c0, c1):
+    for r in range(H):
+        dst = xh + ((r + ph) * Wp + pw) * C
+        for c in range(C):
+            src = x + (<Py_ssize_t>c * H + r) * W
+            for q in range(W):
+                dst[q * C + c] = src[q]
+
+
+cdef void from_channels_last(floating* xh, int C, int H, int W, int ph, int pw,
+                             floating* x) noexcept nogil:
+    """x[c, r, q] += Xh[r + ph, q + pw, c]: crop the padding and go back to channels-first."""
+    cdef int c, r, q
+    cdef Py_ssize_t Wp = W + 2 * pw
+    cdef floating* src
+    cdef floating* dst
+    for r in range(H):
+        src = xh + ((r + ph) * Wp + pw) * C
+        for c in range(C):
+            dst = x + (<Py_ssize_t>c * H + r) * W
+            for q in range(W):
+                dst[q] += src[q * C + c]
+
+
+cdef void im2col_rows(floating* xh, Py_ssize_t row0, Py_ssize_t row1, int C, int Hp, int Wp,
+                      int kh, int kw, int sh, int sw, int dh, int dw, int Ho, int Wo,
+                      floating* col) noexcept nogil:
+    """col[row - row0, (m·kw + l)·C + c] = Xh[n, i·sh + m·dh, j·sw + l·dw, c] for pixel rows
+    row0 <= row < row1, row = (n·Ho + i)·Wo + j."""
+    cdef Py_ssize_t row, P = <Py_ssize_t>Ho * Wo, K = <Py_ssize_t>kh * kw * C, img = <Py_ssize_t>Hp * Wp * C
+    cdef Py_ssize_t n, pix, t, span = <Py_ssize_t>kw * C
+    cdef int i, j, m, l
+    cdef floating* dst
+    cdef floating* src
+    for row in range(row0, row1):
+        n = row // P
+        pix = row - n * P
+        i = <int>(pix // Wo)
+        j = <int>(pix - <Py_ssize_t>i * Wo)
+        dst = col + (row - row0) * K
         for m in range(kh):
-            for l in range(kw):
-                srow = col + ((<Py_ssize_t>c * kh + m) * kw + l) * ldcol
-                off = l * dw - pw
-                valid_range(Wo, W, sw, off, &jlo, &jhi)
-                for i in range(Ho):
-                    r = i * sh - ph + m * dh
-                    if r < 0 or r >= H:
-                        continue
-                    dst = x + (<Py_ssize_t>c * H + r) * W + off
-                    if sw == 1:
-                        for j in range(jlo, jhi):
-                            dst[j] += srow[i * Wo + j]
-                    else:
-                        for j in range(jlo, jhi):
-                            dst[j * sw] += srow[i * Wo + j]
+            src = xh + n * img + ((<Py_ssize_t>(i * sh + m * dh)) * Wp + j * sw) * C
+            if dw == 1:
+                # kw neighbouring pixels: one contiguous run of kw·C values.
+                for t in range(span):
+                    dst[t] = src[t]
+                dst += span
+            else:
+                for l in range(kw):
+                    for t in range(C):
+                        dst[t] = src[<Py_ssize_t>l * dw * C + t]
+                    dst += C
 
 
-cdef int images_per_block(int n, int p, int nthreads) noexcept nogil:
-    """Images per GEMM: enough for ~TARGET_COLS columns, but leave every thread some blocks."""
-    cdef int nb = (TARGET_COLS + p - 1) // p
-    cdef int per_thread = (n + nthreads - 1) // nthreads
-    if nb > per_thread:
-        nb = per_thread
-    if nb < 1:
-        nb = 1
-    # Even out the blocks so that the last one is not a sliver.
-    cdef int nblocks = (n + nb - 1) // nb
-    nblocks = ((nblocks + nthreads - 1) // nthreads) * nthreads
-    nb = (n + nblocks - 1) // nblocks
-    return nb if nb >= 1 else 1
+cdef void col2im_rows(floating* col, Py_ssize_t row0, Py_ssize_t row1, int C, int Hp, int Wp,
+                      int kh, int kw, int sh, int sw, int dh, int dw, int Ho, int Wo,
+                      floating* xh) noexcept nogil:
+    """The adjoint of im2col_rows: Xh[n, i·sh + m·dh, j·sw + l·dw, c] += col[row - row0, ...]."""
+    cdef Py_ssize_t row, P = <Py_ssize_t>Ho * Wo, K = <Py_ssize_t>kh * kw * C, img = <Py_ssize_t>Hp * Wp * C
+    cdef Py_ssize_t n, pix, t, span = <Py_ssize_t>kw * C
+    cdef int i, j, m, l
+    cdef floating* src
+    cdef floating* dst
+    for row in range(row0, row1):
+        n = row // P
+        pix = row - n * P
+        i = <int>(pix // Wo)
+        j = <int>(pix - <Py_ssize_t>i * Wo)
+        src = col + (row - row0) * K
+        for m in range(kh):
+            dst = xh + n * img + ((<Py_ssize_t>(i * sh + m * dh)) * Wp + j * sw) * C
+            if dw == 1:
+                for t in range(span):
+                    dst[t] += src[t]
+                src += span
+            else:
+                for l in range(kw):
+                    for t in range(C):
+                        dst[<Py_ssize_t>l * dw * C + t] += src[t]
+                    src += C
+
+
+cdef void reorder_weights(floating* w, int F, int C, int kh, int kw, floating* wr) noexcept nogil:
+    """wr[f, (m·kw + l)·C + c] = w[f, c, m, l]."""
+    cdef int f, c, m, l
+    for f in range(F):
+        for c in range(C):
+            for m in range(kh):
+                for l in range(kw):
+                    wr[((<Py_ssize_t>f * kh + m) * kw + l) * C + c] = w[((<Py_ssize_t>f * C + c) * kh + m) * kw + l]
+
+
+def _channels_last(floating[:, :, :, ::1] x, int ph, int pw, int nthreads):
+    """Zero-padded channels-last copy (N, H + 2ph, W + 2pw, C) of x, built in parallel."""
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    dtype = np.float32 if floating is float else np.float64
+    xh_arr = np.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=dtype)
+    cdef floating[:, :, :, ::1] xh = xh_arr
+    cdef int n
+    for n in prange(N, nogil=True, schedule='static', num_threads=nthreads):
+        to_channels_last(&x[n, 0, 0, 0], C, H, W, ph, pw, &xh[n, 0, 0, 0])
+    return xh_arr
 
 
 @cython.boundscheck(False)
@@ -153,70 +194,49 @@ def forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[::1] b,
     """Y = X ⋆ W + b (eq. 1), written into ``y`` (N, F, Ho, Wo)."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
-    cdef int Ho = y.shape[2], Wo = y.shape[3]
-    cdef int P = Ho * Wo, K = C * kh * kw
-    cdef Py_ssize_t CHW = <Py_ssize_t>C * H * W, FP = <Py_ssize_t>F * P
-    if N == 0:
+    cdef int Ho = y.shape[2], Wo = y.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
+    cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, K = <Py_ssize_t>C * kh * kw, rows = P * N
+    if rows == 0:
         return
     if nthreads < 1:
         nthreads = 1
+    if nthreads > rows:
+        nthreads = <int>rows
     dtype = np.float32 if floating is float else np.float64
-    cdef int nb, nblocks, blk, n0, nimg, t, j, f, p, p0, p1
-    cdef floating[:, ::1] col_buf
-    cdef floating[:, ::1] out_buf
+    cdef floating[:, :, :, ::1] xh = _channels_last(x, ph, pw, nthreads)
+    cdef floating[:, ::1] wr = np.empty((F, K), dtype=dtype)
+    reorder_weights(&w[0, 0, 0, 0], F, C, kh, kw, &wr[0, 0])
+    cdef Py_ssize_t R = chunk_rows(K)
+    cdef floating[:, ::1] col_buf = np.empty((nthreads, R * K), dtype=dtype)
+    cdef floating[:, ::1] out_buf = np.empty((nthreads, R * F), dtype=dtype)
+    cdef int t, f
+    cdef Py_ssize_t r0, r1, c0, c1, nr, row, n, pix, seg
     cdef floating* col
     cdef floating* out
     cdef floating* yp
-    cdef floating* src
-
-    if N >= nthreads or nthreads == 1:
-        nb = images_per_block(N, P, nthreads)
-        nblocks = (N + nb - 1) // nb
-        col_buf = np.empty((nthreads, <Py_ssize_t>K * nb * P), dtype=dtype)
-        out_buf = np.empty((nthreads, FP * nb if nb > 1 else 1), dtype=dtype)
-        for blk in prange(nblocks, nogil=True, schedule='static', num_threads=nthreads):
-            t = threadid()
-            col = &col_buf[t, 0]
-            out = &out_buf[t, 0]
-            n0 = blk * nb
-            nimg = N - n0 if N - n0 < nb else nb
-            for j in range(nimg):
-                im2col(&x[n0 + j, 0, 0, 0], 0, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
-                       col + j * P, <Py_ssize_t>nimg * P)
-            if nimg == 1:
-                yp = &y[n0, 0, 0, 0]
+    for t in prange(nthreads, nogil=True, schedule='static', num_threads=nthreads):
+        col = &col_buf[t, 0]
+        out = &out_buf[t, 0]
+        r0 = rows * t // nthreads
+        r1 = rows * (t + 1) // nthreads
+        c0 = r0
+        while c0 < r1:
+            c1 = c0 + R if c0 + R < r1 else r1
+            nr = c1 - c0
+            im2col_rows(&xh[0, 0, 0, 0], c0, c1, C, Hp, Wp, kh, kw, sh, sw, dh, dw, Ho, Wo, col)
+            # out (nr × F) = col (nr × K) · Wrᵀ
+            gemm_rm(False, True, <int>nr, F, <int>K, 1, col, <int>K, &wr[0, 0], <int>K, 0, out, F)
+            # Transpose out into Y image by image, writing along Y's contiguous rows.
+            row = c0
+            while row < c1:
+                n = row // P
+                seg = (n + 1) * P if (n + 1) * P < c1 else c1
+                yp = &y[n, 0, 0, 0] - n * P
                 for f in range(F):
-                    for p in range(P):
-                        yp[f * P + p] = b[f]
-                gemm_rm(False, False, F, P, K, 1, &w[0, 0, 0, 0], K, col, P, 1, yp, P)
-            else:
-                gemm_rm(False, False, F, nimg * P, K, 1, &w[0, 0, 0, 0], K, col, nimg * P, 0,
-                        out, nimg * P)
-                for j in range(nimg):
-                    yp = &y[n0 + j, 0, 0, 0]
-                    for f in range(F):
-                        src = out + <Py_ssize_t>f * nimg * P + j * P
-                        for p in range(P):
-                            yp[f * P + p] = src[p] + b[f]
-        return
-
-    # Fewer images than threads: build each image's col once, then split its GEMM by output columns.
-    col_buf = np.empty((1, <Py_ssize_t>K * P), dtype=dtype)
-    col = &col_buf[0, 0]
-    cdef int n
-    for n in range(N):
-        for t in prange(nthreads, nogil=True, schedule='static', num_threads=nthreads):
-            im2col(&x[n, 0, 0, 0], t * C // nthreads, (t + 1) * C // nthreads, H, W, kh, kw,
-                   sh, sw, ph, pw, dh, dw, Ho, Wo, col, P)
-        for t in prange(nthreads, nogil=True, schedule='static', num_threads=nthreads):
-            p0 = t * P // nthreads
-            p1 = (t + 1) * P // nthreads
-            if p1 > p0:
-                yp = &y[n, 0, 0, 0]
-                for f in range(F):
-                    for p in range(p0, p1):
-                        yp[f * P + p] = b[f]
-                gemm_rm(False, False, F, p1 - p0, K, 1, &w[0, 0, 0, 0], K, col + p0, P, 1, yp + p0, P)
+                    for pix in range(row, seg):
+                        yp[f * P + pix] = out[(pix - c0) * F + f] + b[f]
+                row = seg
+            c0 = c1
 
 
 @cython.boundscheck(False)
@@ -225,94 +245,90 @@ def backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[:, :, 
              floating[:, :, :, ::1] dx, floating[:, :, :, ::1] dw, floating[::1] db,
              int sh, int sw, int ph, int pw, int dh, int dw_, int need_dx, int nthreads):
     """Add dW (eq. 2) into ``dw`` and db (eq. 3) into ``db``; if ``need_dx``, add dX (eq. 4, col2im
-    form) into ``dx`` (which must start zeroed)."""
+    form) into ``dx``."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
-    cdef int Ho = gy.shape[2], Wo = gy.shape[3]
-    cdef int P = Ho * Wo, K = C * kh * kw, KK = kh * kw
-    cdef Py_ssize_t FP = <Py_ssize_t>F * P
-    if N == 0:
+    cdef int Ho = gy.shape[2], Wo = gy.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
+    cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, K = <Py_ssize_t>C * kh * kw, rows = P * N
+    if rows == 0:
         return
     if nthreads < 1:
         nthreads = 1
+    if nthreads > rows:
+        nthreads = <int>rows
     dtype = np.float32 if floating is float else np.float64
-    cdef int nb, nblocks, blk, n0, nimg, t, j, f, p, r0, r1, c0, c1, n
-    cdef floating[:, ::1] col_buf
-    cdef floating[:, ::1] g_buf
-    cdef floating[:, :, ::1] dw_acc
-    cdef floating[:, ::1] db_acc
+    cdef floating[:, :, :, ::1] xh = _channels_last(x, ph, pw, nthreads)
+    cdef floating[:, ::1] wr = np.empty((F, K), dtype=dtype)
+    reorder_weights(&w[0, 0, 0, 0], F, C, kh, kw, &wr[0, 0])
+    # Images never straddle two threads when there are enough of them: then all threads share
+    # one dX; otherwise each thread scatters into a private copy, summed afterwards.
+    cdef bint by_image = N >= nthreads
+    cdef int ncopies = 1 if by_image else nthreads
+    cdef floating[:, :, :, :, ::1] dxh
+    if need_dx:
+        dxh = np.zeros((ncopies, N, Hp, Wp, C), dtype=dtype)
+    else:
+        dxh = np.zeros((1, 1, 1, 1, 1), dtype=dtype)
+    cdef Py_ssize_t R = chunk_rows(K)
+    cdef floating[:, ::1] col_buf = np.empty((nthreads, R * K), dtype=dtype)
+    cdef floating[:, ::1] g_buf = np.empty((nthreads, R * F), dtype=dtype)
+    cdef floating[:, :, ::1] dw_acc = np.zeros((nthreads, F, K), dtype=dtype)
+    cdef floating[:, ::1] db_acc = np.zeros((nthreads, F), dtype=dtype)
+    cdef int t, f, copy
+    cdef Py_ssize_t r0, r1, c0, c1, nr, row, n, pix, seg
     cdef floating* col
     cdef floating* g
-    cdef floating* gsrc
+    cdef floating* gp
     cdef floating s
-
-    if N >= nthreads or nthreads == 1:
-        nb = images_per_block(N, P, nthreads)
-        nblocks = (N + nb - 1) // nb
-        col_buf = np.empty((nthreads, <Py_ssize_t>K * nb * P), dtype=dtype)
-        g_buf = np.empty((nthreads, FP * nb if nb > 1 else 1), dtype=dtype)
-        dw_acc = np.zeros((nthreads, F, K), dtype=dtype)
-        db_acc = np.zeros((nthreads, F), dtype=dtype)
-        for blk in prange(nblocks, nogil=True, schedule='static', num_threads=nthreads):
-            t = threadid()
-            col = &col_buf[t, 0]
-            n0 = blk * nb
-            nimg = N - n0 if N - n0 < nb else nb
-            if nimg == 1:
-                g = &gy[n0, 0, 0, 0]
-            else:
-                # Gather the block's G into one F × nimg·P matrix, image after image per row.
-                g = &g_buf[t, 0]
-                for j in range(nimg):
-                    for f in range(F):
-                        gsrc = &gy[n0 + j, f, 0, 0]
-                        for p in range(P):
-                            g[<Py_ssize_t>f * nimg * P + j * P + p] = gsrc[p]
+    for t in prange(nthreads, nogil=True, schedule='static', num_threads=nthreads):
+        col = &col_buf[t, 0]
+        g = &g_buf[t, 0]
+        if by_image:
+            r0 = (N * t // nthreads) * P
+            r1 = (N * (t + 1) // nthreads) * P
+            copy = 0
+        else:
+            r0 = rows * t // nthreads
+            r1 = rows * (t + 1) // nthreads
+            copy = t
+        c0 = r0
+        while c0 < r1:
+            c1 = c0 + R if c0 + R < r1 else r1
+            nr = c1 - c0
+            # Gather this chunk's G as an F × nr matrix (pixel rows become columns).
+            row = c0
+            while row < c1:
+                n = row // P
+                seg = (n + 1) * P if (n + 1) * P < c1 else c1
+                gp = &gy[n, 0, 0, 0] - n * P
+                for f in range(F):
+                    for pix in range(row, seg):
+                        g[f * nr + (pix - c0)] = gp[f * P + pix]
+                row = seg
             for f in range(F):
                 s = 0
-                for p in range(nimg * P):
-                    s = s + g[<Py_ssize_t>f * nimg * P + p]
+                for row in range(nr):
+                    s = s + g[f * nr + row]
                 db_acc[t, f] += s
-            for j in range(nimg):
-                im2col(&x[n0 + j, 0, 0, 0], 0, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw_, Ho, Wo,
-                       col + j * P, <Py_ssize_t>nimg * P)
-            gemm_rm(False, True, F, K, nimg * P, 1, g, nimg * P, col, nimg * P, 1,
-                    &dw_acc[t, 0, 0], K)
+            im2col_rows(&xh[0, 0, 0, 0], c0, c1, C, Hp, Wp, kh, kw, sh, sw, dh, dw_, Ho, Wo, col)
+            # dWr (F × K) += G (F × nr) · col (nr × K)
+            gemm_rm(False, False, F, <int>K, <int>nr, 1, g, <int>nr, col, <int>K, 1, &dw_acc[t, 0, 0], <int>K)
             if need_dx:
-                # col is no longer needed: reuse it for dcol = Wᵀ·G.
-                gemm_rm(True, False, K, nimg * P, F, 1, &w[0, 0, 0, 0], K, g, nimg * P, 0,
-                        col, nimg * P)
-                for j in range(nimg):
-                    col2im(col + j * P, <Py_ssize_t>nimg * P, 0, C, H, W, kh, kw, sh, sw, ph, pw,
-                           dh, dw_, Ho, Wo, &dx[n0 + j, 0, 0, 0])
-        # Fixed summation order over threads: deterministic for a given thread count.
-        acc = np.asarray(dw_acc)
-        np.add(np.asarray(dw), acc.sum(axis=0).reshape(np.asarray(dw).shape), out=np.asarray(dw))
-        np.add(np.asarray(db), np.asarray(db_acc).sum(axis=0), out=np.asarray(db))
+                # dcol (nr × K) = Gᵀ · Wr, written over col (no longer needed).
+                gemm_rm(True, False, <int>nr, <int>K, F, 1, g, <int>nr, &wr[0, 0], <int>K, 0, col, <int>K)
+                col2im_rows(col, c0, c1, C, Hp, Wp, kh, kw, sh, sw, dh, dw_, Ho, Wo, &dxh[copy, 0, 0, 0, 0])
+            c0 = c1
+    # Fixed summation order over threads: deterministic for a given thread count.
+    dwr = np.asarray(dw_acc).sum(axis=0).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
+    np.add(np.asarray(dw), dwr, out=np.asarray(dw))
+    np.add(np.asarray(db), np.asarray(db_acc).sum(axis=0), out=np.asarray(db))
+    if not need_dx:
         return
-
-    # Fewer images than threads: split each image by input channels.  Channel block [c0, c1) owns
-    # rows [c0·kh·kw, c1·kh·kw) of col, the matching columns of dW and channels c0..c1 of dX, so
-    # no two threads write the same memory.
-    col_buf = np.empty((1, <Py_ssize_t>K * P), dtype=dtype)
-    col = &col_buf[0, 0]
-    for n in range(N):
-        for t in prange(nthreads, nogil=True, schedule='static', num_threads=nthreads):
-            c0 = t * C // nthreads
-            c1 = (t + 1) * C // nthreads
-            if c1 > c0:
-                r0 = c0 * KK
-                r1 = c1 * KK
-                im2col(&x[n, 0, 0, 0], c0, c1, H, W, kh, kw, sh, sw, ph, pw, dh, dw_, Ho, Wo, col, P)
-                gemm_rm(False, True, F, r1 - r0, P, 1, &gy[n, 0, 0, 0], P, col + <Py_ssize_t>r0 * P, P, 1,
-                        &dw[0, 0, 0, 0] + r0, K)
-                if need_dx:
-                    gemm_rm(True, False, r1 - r0, P, F, 1, &w[0, 0, 0, 0] + r0, K, &gy[n, 0, 0, 0], P, 0,
-                            col + <Py_ssize_t>r0 * P, P)
-                    col2im(col, P, c0, c1, H, W, kh, kw, sh, sw, ph, pw, dh, dw_, Ho, Wo, &dx[n, 0, 0, 0])
-        for f in range(F):
-            gsrc = &gy[n, f, 0, 0]
-            s = 0
-            for p in range(P):
-                s = s + gsrc[p]
-            db[f] += s
+    cdef floating[:, :, :, ::1] dsum
+    if ncopies > 1:
+        dsum = np.asarray(dxh).sum(axis=0)
+    else:
+        dsum = dxh[0]
+    cdef int nn
+    for nn in prange(N, nogil=True, schedule='static', num_threads=nthreads):
+        from_channels_last(&dsum[nn, 0, 0, 0], C, H, W, ph, pw, &dx[nn, 0, 0, 0])

@@ -9,6 +9,15 @@ from cnnframe import parallel
 from cnnframe._ext import conv as _conv
 from cnnframe.ops._checks import fits_int32, float_array, out_size, pair, same_dtype
 
+# Multiply-adds per thread below which another thread costs more than it saves.
+GRAIN_FLOPS = 500_000
+
+
+def _threads(x_shape, w_shape, out_shape):
+    n, k, ho, wo = out_shape
+    flops = 2 * n * k * ho * wo * w_shape[1] * w_shape[2] * w_shape[3]
+    return parallel.threads_for(flops, GRAIN_FLOPS)
+
 
 def conv2d_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1):
     """Output shape (N, K, Ho, Wo) of a convolution; raises ValueError when it would be empty.
@@ -30,7 +39,7 @@ def conv2d_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation
             f"channel mismatch: input has {c} channels (shape {tuple(input_shape)}) but weight expects "
             f"{cw} (shape {tuple(weight_shape)})"
         )
-    if min(k, kh, kw) < 1:
+    if min(k, cw, kh, kw) < 1:
         raise ValueError(f"weight shape {tuple(weight_shape)} has an empty dimension")
     ho = out_size(h, kh, sh, ph, dh)
     wo = out_size(w, kw, sw, pw, dw)
@@ -68,7 +77,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     y = np.empty(out_shape, dtype=x.dtype)
     b = bias if bias is not None else np.zeros(weight.shape[0], dtype=x.dtype)
     with parallel.blas_single_threaded():
-        _conv.forward(x, weight, b, y, s[0], s[1], p[0], p[1], d[0], d[1], parallel.get_num_threads())
+        _conv.forward(x, weight, b, y, s[0], s[1], p[0], p[1], d[0], d[1], _threads(x.shape, weight.shape, out_shape))
     return y
 
 
@@ -102,7 +111,7 @@ def conv2d_backward(x, weight, grad_out, stride=1, padding=0, dilation=1, need_i
     with parallel.blas_single_threaded():
         _conv.backward(
             x, weight, grad_out, dx, dw, db, s[0], s[1], p[0], p[1], d[0], d[1], int(want_col2im_dx),
-            parallel.get_num_threads(),
+            _threads(x.shape, weight.shape, out_shape),
         )
     if not need_input_grad:
         return None, dw, db

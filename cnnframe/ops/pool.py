@@ -10,6 +10,13 @@ from cnnframe import parallel
 from cnnframe._ext import pool as _pool
 from cnnframe.ops._checks import float_array, out_size, pair
 
+# Window elements per thread below which another thread costs more than it saves.
+GRAIN_ELEMS = 50_000
+
+
+def _threads(out_shape, k):
+    return parallel.threads_for(out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3] * k[0] * k[1], GRAIN_ELEMS)
+
 
 def pool2d_output_shape(input_shape, kernel_size, stride=None, padding=0):
     """(N, C, Ho, Wo) with Ho = floor((H + 2p - kh) / s) + 1; stride defaults to the kernel size.
@@ -49,7 +56,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
     k, s, p, shape = _params(x, kernel_size, stride, padding)
     y = np.empty(shape, dtype=x.dtype)
     arg = np.empty(shape, dtype=np.int64)
-    _pool.max_forward(x, y, arg, k[0], k[1], s[0], s[1], p[0], p[1], parallel.get_num_threads())
+    _pool.max_forward(x, y, arg, k[0], k[1], s[0], s[1], p[0], p[1], _threads(shape, k))
     return y, arg
 
 
@@ -69,7 +76,7 @@ def max_pool2d_backward(grad_out, argmax, input_shape):
     if argmax.size and (argmax.min() < 0 or argmax.max() >= plane):
         raise ValueError(f"argmax holds indices outside the input plane of {plane} elements")
     dx = np.zeros(input_shape, dtype=grad_out.dtype)
-    _pool.max_backward(grad_out, argmax, dx, parallel.get_num_threads())
+    _pool.max_backward(grad_out, argmax, dx, parallel.threads_for(grad_out.size, GRAIN_ELEMS))
     return dx
 
 
@@ -78,7 +85,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
     x = float_array(x, "input", 4)
     k, s, p, shape = _params(x, kernel_size, stride, padding)
     y = np.empty(shape, dtype=x.dtype)
-    _pool.avg_forward(x, y, k[0], k[1], s[0], s[1], p[0], p[1], parallel.get_num_threads())
+    _pool.avg_forward(x, y, k[0], k[1], s[0], s[1], p[0], p[1], _threads(shape, k))
     return y
 
 
@@ -93,5 +100,5 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
     if grad_out.shape != expected:
         raise ValueError(f"grad_out has shape {grad_out.shape}, but pooling input {input_shape} gives {expected}")
     dx = np.zeros(input_shape, dtype=grad_out.dtype)
-    _pool.avg_backward(grad_out, dx, k[0], k[1], s[0], s[1], p[0], p[1], parallel.get_num_threads())
+    _pool.avg_backward(grad_out, dx, k[0], k[1], s[0], s[1], p[0], p[1], _threads(expected, k))
     return dx

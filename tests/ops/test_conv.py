@@ -1,0 +1,230 @@
+"""Convolution kernels against the loop reference (docs/math.md eqs. 1-4) and finite differences."""
+import numpy as np
+import pytest
+
+import cnnframe
+from cnnframe import ops
+from cnnframe.ops import _reference as ref
+
+
+def random_case(rng):
+    """A random valid configuration within the ranges the kernels promise to support."""
+    while True:
+        n, c, k = rng.integers(1, 5), rng.integers(1, 6), rng.integers(1, 4)
+        kh, kw = rng.integers(1, 6, size=2)
+        h, w = rng.integers(1, 13, size=2)
+        s = tuple(int(v) for v in rng.integers(1, 4, size=2))
+        p = tuple(int(v) for v in rng.integers(0, 4, size=2))
+        d = tuple(int(v) for v in rng.integers(1, 3, size=2))
+        try:
+            out = ops.conv2d_output_shape((n, c, h, w), (k, c, kh, kw), s, p, d)
+        except ValueError:
+            continue
+        return (n, c, h, w), (k, c, kh, kw), s, p, d, out
+
+
+def rel_err(a, b):
+    return np.abs(a - b).max() / max(1e-30, np.abs(b).max())
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_matches_reference_float64(seed):
+    rng = np.random.default_rng(seed)
+    xs, ws, s, p, d, out = random_case(rng)
+    x, w, b, g = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0]), rng.standard_normal(out)
+    y_ref = ref.conv2d_forward_ref(x, w, b, s, p, d)
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward_ref(x, w, g, s, p, d)
+    for threads in (1, 2):
+        with cnnframe.num_threads(threads):
+            y = ops.conv2d_forward(x, w, b, s, p, d)
+            dx, dw, db = ops.conv2d_backward(x, w, g, s, p, d)
+            dx_full, _, _ = ops.conv2d_backward(x, w, g, s, p, d, method="full")
+        assert y.shape == out and y.dtype == np.float64
+        assert rel_err(y, y_ref) < 1e-10, (threads, xs, ws, s, p, d)
+        assert rel_err(dw, dw_ref) < 1e-10
+        assert rel_err(db, db_ref) < 1e-10
+        assert rel_err(dx, dx_ref) < 1e-10
+        assert rel_err(dx_full, dx_ref) < 1e-10
+
+
+@pytest.mark.parametrize("seed", range(100, 112))
+def test_matches_reference_float32(seed):
+    rng = np.random.default_rng(seed)
+    xs, ws, s, p, d, out = random_case(rng)
+    x, w, b, g = (rng.standard_normal(sh).astype(np.float32) for sh in (xs, ws, (ws[0],), out))
+    y_ref = ref.conv2d_forward_ref(x, w, b, s, p, d)
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward_ref(x, w, g, s, p, d)
+    for threads in (1, 2):
+        with cnnframe.num_threads(threads):
+            y = ops.conv2d_forward(x, w, b, s, p, d)
+            dx, dw, db = ops.conv2d_backward(x, w, g, s, p, d)
+        assert y.dtype == dx.dtype == dw.dtype == db.dtype == np.float32
+        for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref), (db, db_ref)):
+            assert rel_err(got, want) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "xs, ws, s, p, d",
+    [
+        ((1, 3, 7, 5), (2, 3, 3, 2), (2, 1), (1, 0), (1, 2)),  # batch 1, non-square everything
+        ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0, 1),  # smallest possible
+        ((3, 2, 9, 4), (2, 2, 1, 4), (3, 1), (0, 2), 1),  # kernel wider than tall
+        ((2, 4, 6, 11), (3, 4, 5, 1), 2, (2, 0), (1, 1)),  # stride remainder leaves unread rows
+        ((1, 5, 12, 12), (4, 5, 3, 3), 1, 1, 1),  # batch 1 with more threads than images
+    ],
+)
+def test_edge_shapes(xs, ws, s, p, d):
+    rng = np.random.default_rng(7)
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    y_ref = ref.conv2d_forward_ref(x, w, b, s, p, d)
+    g = rng.standard_normal(y_ref.shape)
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward_ref(x, w, g, s, p, d)
+    for threads in (1, 2, 3):
+        with cnnframe.num_threads(threads):
+            y = ops.conv2d_forward(x, w, b, s, p, d)
+            dx, dw, db = ops.conv2d_backward(x, w, g, s, p, d)
+        np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(db, db_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_worked_1d_example_from_math_md():
+    """x = [a, b, c, d], w = [p, q]: dL/dx = correlate([0, g0, g1, g2, 0], [q, p]), dL/dw = correlate(x, g)."""
+    a, b_, c, d_ = 1.0, 2.0, 3.0, 4.0
+    p_, q = 0.5, -1.5
+    g0, g1, g2 = 0.1, 0.2, 0.3
+    x = np.array([a, b_, c, d_]).reshape(1, 1, 1, 4)
+    w = np.array([p_, q]).reshape(1, 1, 1, 2)
+    y = ops.conv2d_forward(x, w)
+    np.testing.assert_allclose(y.ravel(), [a * p_ + b_ * q, b_ * p_ + c * q, c * p_ + d_ * q])
+    g = np.array([g0, g1, g2]).reshape(1, 1, 1, 3)
+    dx, dw, db = ops.conv2d_backward(x, w, g)
+    np.testing.assert_allclose(dx.ravel(), [g0 * p_, g0 * q + g1 * p_, g1 * q + g2 * p_, g2 * q])
+    np.testing.assert_allclose(dw.ravel(), [a * g0 + b_ * g1 + c * g2, b_ * g0 + c * g1 + d_ * g2])
+    np.testing.assert_allclose(db, [g0 + g1 + g2])
+
+
+@pytest.mark.parametrize("s, p, d", [(1, 0, 1), (2, 1, 1), ((1, 2), (2, 0), (2, 1))])
+def test_central_difference_gradients(s, p, d):
+    """Float64 central differences of L = Σ Y·G, eps 1e-6, relative error below 1e-6 everywhere."""
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((2, 2, 6, 5)), rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(3)
+    g = rng.standard_normal(ops.conv2d_forward(x, w, b, s, p, d).shape)
+    dx, dw, db = ops.conv2d_backward(x, w, g, s, p, d)
+    eps = 1e-6
+
+    def loss(x_, w_, b_):
+        return float(np.sum(ops.conv2d_forward(x_, w_, b_, s, p, d) * g))
+
+    for arr, grad in ((x, dx), (w, dw), (b, db)):
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + eps
+            up = loss(x, w, b)
+            arr[idx] = old - eps
+            down = loss(x, w, b)
+            arr[idx] = old
+            num[idx] = (up - down) / (2 * eps)
+        # Rounding in L (|L| ~ 10) limits central differences to ~1e-9 absolute; entries near zero
+        # therefore get a slightly looser relative bound.
+        err = np.abs(num - grad) / np.maximum(1e-8, np.abs(num) + np.abs(grad))
+        assert err.max() < 1e-5
+        assert np.abs(num - grad).max() < 1e-7
+
+
+def test_thread_count_changes_only_rounding():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 6, 10, 9)).astype(np.float32)
+    w = rng.standard_normal((7, 6, 3, 3)).astype(np.float32)
+    g = rng.standard_normal((5, 7, 10, 9)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3, 4):
+        with cnnframe.num_threads(threads):
+            results.append((ops.conv2d_forward(x, w, None, 1, 1),) + ops.conv2d_backward(x, w, g, 1, 1))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # The same thread count gives bit-identical results.
+    with cnnframe.num_threads(2):
+        again = ops.conv2d_backward(x, w, g, 1, 1)
+    for a, b in zip(results[1][1:], again):
+        assert np.array_equal(a, b)
+
+
+def test_non_contiguous_inputs():
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((3, 4, 14, 12))
+    x = base[:, ::2, ::2, :]  # strided view
+    w = rng.standard_normal((3, 3, 2, 4)).transpose(0, 2, 1, 3)  # (3, 2, 3, 4) non-contiguous
+    assert not x.flags.c_contiguous and not w.flags.c_contiguous
+    y = ops.conv2d_forward(x, w, None, 1, 1)
+    np.testing.assert_allclose(y, ref.conv2d_forward_ref(np.ascontiguousarray(x), np.ascontiguousarray(w), None, 1, 1))
+    g = rng.standard_normal(y.shape)[:, :, :, :]
+    g = np.asfortranarray(g)
+    dx, dw, db = ops.conv2d_backward(x, w, g, 1, 1)
+    dx_r, dw_r, db_r = ref.conv2d_backward_ref(np.ascontiguousarray(x), np.ascontiguousarray(w), np.ascontiguousarray(g), 1, 1)
+    np.testing.assert_allclose(dx, dx_r, rtol=1e-10)
+    np.testing.assert_allclose(dw, dw_r, rtol=1e-10)
+
+
+def test_inputs_are_not_modified():
+    rng = np.random.default_rng(2)
+    x, w, b = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((2, 3, 3, 3)), rng.standard_normal(2)
+    g = rng.standard_normal((2, 2, 5, 5))
+    copies = [a.copy() for a in (x, w, b, g)]
+    ops.conv2d_forward(x, w, b, 1, 1)
+    ops.conv2d_backward(x, w, g, 1, 1)
+    for a, c in zip((x, w, b, g), copies):
+        assert np.array_equal(a, c)
+
+
+def test_empty_batch_and_no_input_grad():
+    x = np.zeros((0, 2, 5, 5), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    assert ops.conv2d_forward(x, w).shape == (0, 3, 3, 3)
+    x = np.ones((2, 2, 5, 5), np.float32)
+    dx, dw, db = ops.conv2d_backward(x, w, np.ones((2, 3, 3, 3), np.float32), need_input_grad=False)
+    assert dx is None and dw.shape == w.shape and db.shape == (3,)
+    np.testing.assert_allclose(db, 18.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, words",
+    [
+        (dict(x=np.ones((2, 3, 5)), w=np.ones((1, 3, 3, 3))), ValueError, ["input", "4 dimensions", "(2, 3, 5)"]),
+        (dict(x=np.ones((1, 3, 5, 5), np.int64), w=np.ones((1, 3, 3, 3))), TypeError, ["input", "int64"]),
+        (dict(x=np.ones((1, 3, 5, 5), np.float16), w=np.ones((1, 3, 3, 3), np.float16)), TypeError, ["float16"]),
+        (dict(x=np.ones((1, 3, 5, 5), np.float32), w=np.ones((1, 3, 3, 3))), TypeError, ["weight", "float64", "float32"]),
+        (dict(x=np.ones((1, 3, 5, 5)), w=np.ones((1, 2, 3, 3))), ValueError, ["channel", "3", "2", "(1, 2, 3, 3)"]),
+        (dict(x=np.ones((1, 3, 2, 2)), w=np.ones((1, 3, 3, 3))), ValueError, ["output size", "2x2", "3x3"]),
+        (dict(x=np.ones((1, 3, 5, 5)), w=np.ones((1, 3, 3, 3)), stride=0), ValueError, ["stride", ">= 1"]),
+        (dict(x=np.ones((1, 3, 5, 5)), w=np.ones((1, 3, 3, 3)), stride=(1, -2)), ValueError, ["stride"]),
+        (dict(x=np.ones((1, 3, 5, 5)), w=np.ones((1, 3, 3, 3)), padding=-1), ValueError, ["padding", ">= 0"]),
+        (dict(x=np.ones((1, 3, 5, 5)), w=np.ones((1, 3, 3, 3)), dilation=0), ValueError, ["dilation"]),
+        (dict(x=np.ones((1, 3, 5, 5)), w=np.ones((1, 3, 3, 3)), stride=1.5), TypeError, ["stride", "int"]),
+        (dict(x=np.ones((1, 3, 5, 5)), w=np.ones((1, 3, 3, 3)), stride=True), TypeError, ["stride"]),
+        (dict(x=np.ones((1, 3, 5, 5)), w=np.ones((1, 3, 3, 3)), padding=(1, 2, 3)), TypeError, ["padding"]),
+        (dict(x=np.ones((1, 3, 5, 5)), w=np.ones((2, 3, 3, 3)), bias=np.ones(3)), ValueError, ["bias", "(2,)"]),
+        (dict(x=[[1.0]], w=np.ones((1, 1, 1, 1))), TypeError, ["input", "numpy array"]),
+        (dict(x=np.ones((1, 0, 5, 5)), w=np.ones((1, 0, 3, 3))), ValueError, ["empty"]),
+    ],
+)
+def test_bad_input_is_rejected_with_a_clear_message(kwargs, exc, words):
+    args = dict(kwargs)
+    x, w = args.pop("x"), args.pop("w")
+    with pytest.raises(exc) as info:
+        ops.conv2d_forward(x, w, **args)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_backward_rejects_mismatched_grad_out():
+    x, w = np.ones((2, 3, 5, 5)), np.ones((4, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"grad_out has shape \(2, 4, 4, 4\).*\(2, 4, 3, 3\)"):
+        ops.conv2d_backward(x, w, np.ones((2, 4, 4, 4)))
+    with pytest.raises(TypeError, match="grad_out"):
+        ops.conv2d_backward(x, w, np.ones((2, 4, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="method"):
+        ops.conv2d_backward(x, w, np.ones((2, 4, 3, 3)), method="fft")
