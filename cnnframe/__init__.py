@@ -17,3 +17,30 @@ from cnnframe.registry import (
 from cnnframe import ops  # noqa: E402  (needs the compiled kernels)
 
 # -- layers, losses, optimizers, model (each module adds its public names here) --------------------
+
+# -- losses, optimizers, schedules, Sequential, checkpoints, atomic I/O (helper "model") --
+from cnnframe import io, losses, optim  # noqa: E402
+from cnnframe.losses import MSE, SoftmaxCrossEntropy  # noqa: E402
+from cnnframe.model import Sequential, load, load_checkpoint  # noqa: E402
+from cnnframe.optim import SGD, Adam  # noqa: E402
+
+# -- layers, gradient checking, contract tests (helper "layers") --
+from cnnframe.layers import (  # noqa: E402
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    LeakyReLU,
+    Layer,
+    MaxPool2D,
+    Parameter,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from cnnframe import gradcheck, layers, testing  # noqa: E402

@@ -41,7 +41,7 @@ ctypedef fused floating:
     double
 
 # Rows of col per GEMM: about this many elements keeps a chunk in L2 next to the weights.
-cdef Py_ssize_t CHUNK_ELEMS = 65536
+cdef Py_ssize_t CHUNK_ELEMS = 131072
 cdef Py_ssize_t MIN_ROWS = 32
 cdef Py_ssize_t MAX_ROWS = 2048
 
@@ -210,7 +210,7 @@ def forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[::1] b,
     cdef floating[:, ::1] col_buf = np.empty((nthreads, R * K), dtype=dtype)
     cdef floating[:, ::1] out_buf = np.empty((nthreads, R * F), dtype=dtype)
     cdef int t, f
-    cdef Py_ssize_t r0, r1, c0, c1, nr, row, n, pix, seg
+    cdef Py_ssize_t r0, r1, c0, c1, nr, row, n, pix, seg, blk, blk_end
     cdef floating* col
     cdef floating* out
     cdef floating* yp
@@ -232,9 +232,14 @@ def forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[::1] b,
                 n = row // P
                 seg = (n + 1) * P if (n + 1) * P < c1 else c1
                 yp = &y[n, 0, 0, 0] - n * P
-                for f in range(F):
-                    for pix in range(row, seg):
-                        yp[f * P + pix] = out[(pix - c0) * F + f] + b[f]
+                # 16 pixels at a time: their rows of out stay in L1 while every channel is written.
+                blk = row
+                while blk < seg:
+                    blk_end = blk + 16 if blk + 16 < seg else seg
+                    for f in range(F):
+                        for pix in range(blk, blk_end):
+                            yp[f * P + pix] = out[(pix - c0) * F + f] + b[f]
+                    blk = blk_end
                 row = seg
             c0 = c1
 

@@ -47,7 +47,9 @@ def named_parameters(params, owner):
         if not isinstance(name, str) or not name:
             raise TypeError(f"{owner}: parameter names must be non-empty strings, got {name!r}")
         if not (isinstance(getattr(p, "data", None), np.ndarray) and isinstance(getattr(p, "grad", None), np.ndarray)):
-            raise TypeError(f"{owner}: {name!r} is not a Parameter (needs .data and .grad arrays), got {type(p).__name__}")
+            raise TypeError(
+                f"{owner}: {name!r} is not a Parameter (needs .data and .grad arrays), got {type(p).__name__}"
+            )
         if p.data.dtype.kind != "f" or p.grad.shape != p.data.shape:
             raise ValueError(
                 f"{owner}: parameter {name!r} must be a float array with a gradient of the same shape "

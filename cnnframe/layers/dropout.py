@@ -1,0 +1,50 @@
+"""Inverted dropout with its own seeded mask generator."""
+import numbers
+
+from cnnframe.layers._util import check_grad, check_input, config_seed, make_rng
+from cnnframe.layers.base import Layer
+from cnnframe.registry import register_layer
+
+
+@register_layer("dropout")
+class Dropout(Layer):
+    """Training: y = x · m / (1 − p) with m[i] ~ Bernoulli(1 − p) drawn afresh each forward;
+    dx = G · m / (1 − p).  Evaluation: the identity.  Any shape; p = 1 zeroes everything.
+
+    The mask comes from the layer's own numpy Generator, seeded by ``seed`` and reset by
+    ``reseed(seed)``, so a run (and a gradient check) is reproducible.  Uniforms are drawn in float64
+    for every dtype, so float32 and float64 layers with the same seed drop the same elements.
+    """
+
+    def __init__(self, p=0.5, seed=None, dtype="float32"):
+        super().__init__(dtype)
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.seed = config_seed(seed)
+        self._rng = make_rng(seed, "Dropout")
+        self._mask = None
+        self._y_shape = None
+
+    def reseed(self, seed):
+        """Restart the mask generator from ``seed`` (int, numpy Generator or None)."""
+        self._rng = make_rng(seed, "Dropout")
+
+    def forward(self, x):
+        x = check_input(self, x, min_ndim=1)
+        self._ensure_built(x)
+        self._y_shape = x.shape
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        keep = self._rng.random(x.shape) >= self.p
+        scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+        self._mask = keep.astype(self.dtype) * self.dtype.type(scale)
+        return x * self._mask
+
+    def backward(self, grad_out):
+        g = check_grad(self, grad_out, self._y_shape)
+        return g if self._mask is None else g * self._mask
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p, "seed": self.seed}

@@ -1,0 +1,119 @@
+"""BatchNorm1D/2D against the formulas written out with NumPy: batch statistics, running averages
+(biased variance to normalise, unbiased to update, momentum 0.1), evaluation mode, gradients."""
+import numpy as np
+import pytest
+
+import cnnframe
+from cnnframe.gradcheck import check_layer
+from cnnframe.layers import BatchNorm1D, BatchNorm2D
+
+
+def _set_affine(layer, rng):
+    c = layer.num_features
+    layer.parameters()["weight"].data[...] = rng.uniform(0.5, 1.5, c)
+    layer.parameters()["bias"].data[...] = rng.standard_normal(c)
+
+
+def test_batchnorm2d_training_by_hand():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 5, 2)) * 2 + 1
+    layer = BatchNorm2D(3, dtype="float64")
+    _set_affine(layer, rng)
+    gamma, beta = layer.parameters()["weight"].data.copy(), layer.parameters()["bias"].data.copy()
+    y = layer.forward(x)
+    m = 4 * 5 * 2
+    for c in range(3):
+        v = x[:, c].ravel()
+        mu = v.sum() / m
+        var = ((v - mu) ** 2).sum() / m
+        np.testing.assert_allclose(y[:, c], gamma[c] * (x[:, c] - mu) / np.sqrt(var + 1e-5) + beta[c], rtol=1e-12)
+        assert layer.buffers()["running_mean"][c] == pytest.approx(0.9 * 0 + 0.1 * mu, rel=1e-12)
+        assert layer.buffers()["running_var"][c] == pytest.approx(0.9 * 1 + 0.1 * var * m / (m - 1), rel=1e-12)
+
+    # gradient: differentiate y = γ (x − μ)/√(σ²+eps) + β by hand through μ and σ²
+    g = rng.standard_normal(x.shape)
+    dx = layer.backward(g)
+    for c in range(3):
+        v, gc = x[:, c], g[:, c]
+        mu = v.mean()
+        var = ((v - mu) ** 2).mean()
+        s = np.sqrt(var + 1e-5)
+        dxhat = gc * gamma[c]
+        dvar = np.sum(dxhat * (v - mu)) * -0.5 * s**-3
+        dmu = -np.sum(dxhat) / s + dvar * np.mean(-2 * (v - mu))
+        want = dxhat / s + dvar * 2 * (v - mu) / m + dmu / m
+        np.testing.assert_allclose(dx[:, c], want, rtol=1e-10, atol=1e-12)
+        assert layer.parameters()["weight"].grad[c] == pytest.approx(np.sum(gc * (v - mu) / s), rel=1e-11)
+        assert layer.parameters()["bias"].grad[c] == pytest.approx(gc.sum(), rel=1e-12)
+
+
+def test_batchnorm1d_running_stats_and_eval():
+    rng = np.random.default_rng(1)
+    layer = BatchNorm1D(dtype="float64", momentum=0.3)
+    rm, rv = np.zeros(4), np.ones(4)
+    for _ in range(3):
+        x = rng.standard_normal((6, 4)) * 3 + 2
+        layer.forward(x)
+        rm = 0.7 * rm + 0.3 * x.mean(axis=0)
+        rv = 0.7 * rv + 0.3 * x.var(axis=0, ddof=1)
+    np.testing.assert_allclose(layer.buffers()["running_mean"], rm, rtol=1e-12)
+    np.testing.assert_allclose(layer.buffers()["running_var"], rv, rtol=1e-12)
+
+    layer.eval()
+    _set_affine(layer, rng)
+    gamma, beta = layer.parameters()["weight"].data, layer.parameters()["bias"].data
+    x = rng.standard_normal((2, 4))
+    y = layer.forward(x)
+    np.testing.assert_allclose(y, gamma * (x - rm) / np.sqrt(rv + 1e-5) + beta, rtol=1e-12)
+    np.testing.assert_allclose(layer.buffers()["running_mean"], rm)  # eval leaves the statistics alone
+    g = rng.standard_normal(x.shape)
+    np.testing.assert_allclose(layer.backward(g), g * gamma / np.sqrt(rv + 1e-5), rtol=1e-12)
+    # eval works on a single sample
+    assert layer.forward(x[:1]).shape == (1, 4)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("cls, shape", [(BatchNorm2D, (3, 3, 4)), (BatchNorm1D, (5,))])
+def test_gradcheck_both_modes(cls, shape, mode):
+    rng = np.random.default_rng(2)
+    layer = cls(dtype="float64")
+    layer.build(shape)
+    _set_affine(layer, rng)
+    layer.buffers()["running_mean"][...] = rng.standard_normal(shape[0])
+    layer.buffers()["running_var"][...] = rng.uniform(0.5, 2, shape[0])
+    getattr(layer, mode)()
+    with cnnframe.num_threads(1):
+        report = check_layer(layer, shape, batch_size=4)
+    assert report.passed, str(report)
+
+
+def test_inference_and_config():
+    layer = BatchNorm2D()
+    assert layer.output_shape((8, 5, 5)) == (8, 5, 5)
+    assert not layer.parameters()
+    layer.forward(np.ones((2, 8, 3, 3), np.float32))
+    assert layer.num_features == 8
+    assert [p.shape for p in layer.parameters().values()] == [(8,), (8,)]
+    assert not any(p.weight_decay for p in layer.parameters().values())
+    assert list(layer.state_dict()) == ["weight", "bias", "running_mean", "running_var"]
+    assert layer.get_config() == {"type": "batchnorm2d", "dtype": "float32", "num_features": 8, "eps": 1e-5, "momentum": 0.1}
+    layer.buffers()["running_mean"][...] = 3
+    layer.reset_parameters(np.random.default_rng(0))
+    assert np.all(layer.buffers()["running_mean"] == 0) and np.all(layer.buffers()["running_var"] == 1)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"BatchNorm1D: training needs more than one value per feature.*\(1, 4\).*eval"):
+        BatchNorm1D().forward(np.ones((1, 4), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm2D: expected input with 4 dimensions \(N, C, H, W\), got shape \(2, 4\)"):
+        BatchNorm2D().forward(np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm1D: expected input with 2 dimensions \(N, F\), got shape \(2, 4, 3\)"):
+        BatchNorm1D().forward(np.ones((2, 4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm2D: input has 3 features/channels \(shape \(2, 3, 2, 2\)\) but the layer was built for 4"):
+        BatchNorm2D(4).forward(np.ones((2, 3, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="momentum"):
+        BatchNorm2D(momentum=1.5)
+    with pytest.raises(ValueError, match="eps"):
+        BatchNorm1D(eps=0)
+    with pytest.raises(ValueError, match=r"per-sample input shape \(C, H, W\)"):
+        BatchNorm2D().output_shape((4,))
