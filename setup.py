@@ -90,7 +90,7 @@ def _extensions():
         Extension(
             f"cnnframe._ext.{name}",
             [f"cnnframe/_ext/{name}.pyx"],
-            include_dirs=[np.get_include()],
+            include_dirs=[np.get_include(), "cnnframe/_ext"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )
         for name in names

@@ -1,12 +1,15 @@
 """Convolution speed: cnnframe vs plain NumPy im2col vs PyTorch CPU (when importable).
 
-    python benchmarks/bench_conv.py [--threads 1 2] [--dtype float32] [--quick]
+    python benchmarks/bench_conv.py [--threads 1 2] [--dtype float32] [--rounds 7] [--quick]
 
-Each backend runs in its own process (thread pools of torch, OpenBLAS and libgomp in one process
-fight and give meaningless numbers).  Times are the best of seven timed repeats (the least
-disturbed by other work on a shared machine); GFLOP/s count
-2·N·F·Ho·Wo·C·kh·kw per forward and twice that per backward (dW and dX).  The last column is
-PyTorch's time / cnnframe's time for forward+backward: above 1 means cnnframe is faster.
+Each backend runs in its own worker process (thread pools of torch, OpenBLAS and libgomp in one
+process fight and give meaningless numbers).  The workers stay alive and take turns: for every
+shape, each round times every backend once, one after the other, and the best round counts.  On a
+shared, noisy machine this keeps the comparison side by side: a slow spell hits all backends alike.
+
+GFLOP/s count 2·N·F·Ho·Wo·C·kh·kw per forward and twice that per backward (dW and dX; every
+backend computes the input gradient).  The last column is PyTorch's time / cnnframe's time for
+forward+backward: above 1 means cnnframe is faster.
 """
 import argparse
 import json
@@ -37,28 +40,8 @@ def flops(shape):
     return 2.0 * n * f * ho * wo * c * k * k
 
 
-def timeit(fn, min_time):
-    fn()
-    fn()  # warm-up: allocation, thread pools, JIT kernels
-    reps = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        dt = time.perf_counter() - t0
-        if dt > min_time / 5 or reps > 10000:
-            break
-        reps *= 2
-    samples = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        samples.append((time.perf_counter() - t0) / reps)
-    return float(min(samples))
-
-
 def make_backend(name, threads):
+    """Return setup(x, w, b, g, stride, pad) -> (forward_fn, backward_fn) for one backend."""
     if name == "cnnframe":
         import cnnframe
         from cnnframe import ops
@@ -91,15 +74,15 @@ def make_backend(name, threads):
             tw = torch.from_numpy(w).requires_grad_(True)
             tb = torch.from_numpy(b).requires_grad_(True)
             tg = torch.from_numpy(g)
+            y = F.conv2d(tx, tw, tb, s, p)
 
             def fwd():
                 with torch.no_grad():
                     return F.conv2d(tx, tw, tb, s, p)
 
             def bwd():
-                # The graph's forward is rebuilt each time; subtract a forward to get backward alone.
-                y = F.conv2d(tx, tw, tb, s, p)
-                return torch.autograd.grad(y, (tx, tw, tb), tg)
+                # Backward alone, through the same graph each time.
+                return torch.autograd.grad(y, (tx, tw, tb), tg, retain_graph=True)
 
             return fwd, bwd
 
@@ -107,35 +90,63 @@ def make_backend(name, threads):
     raise ValueError(name)
 
 
-def worker(backend, threads, dtype, min_time, shapes):
+def best_time(fn, min_time):
+    """Best per-call time over a few short batches (each batch lasts about min_time seconds)."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    reps = max(1, int(min_time / once))
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
+def serve(backend, threads, dtype):
+    """Worker loop: read a JSON request per line, answer with the best forward/backward times."""
     setup = make_backend(backend, threads)
-    rng = np.random.default_rng(0)
-    out = []
-    for shape in shapes:
-        n, c, h, w_, f, k, s, p = shape
-        x = rng.standard_normal((n, c, h, w_)).astype(dtype)
-        w = (rng.standard_normal((f, c, k, k)) * 0.1).astype(dtype)
-        b = rng.standard_normal(f).astype(dtype)
-        ho, wo = (h + 2 * p - k) // s + 1, (w_ + 2 * p - k) // s + 1
-        g = rng.standard_normal((n, f, ho, wo)).astype(dtype)
-        fwd, bwd = setup(x, w, b, g, s, p)
-        tf = timeit(fwd, min_time)
-        tb = timeit(bwd, min_time)
-        if backend == "torch":
-            tb = max(tb - tf, 1e-9)
-        out.append({"shape": shape, "fwd": tf, "bwd": tb})
-    return out
+    cache = {}
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        shape = tuple(req["shape"])
+        if shape not in cache:
+            n, c, h, w_, f, k, s, p = shape
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((n, c, h, w_)).astype(dtype)
+            w = (rng.standard_normal((f, c, k, k)) * 0.1).astype(dtype)
+            b = rng.standard_normal(f).astype(dtype)
+            ho, wo = (h + 2 * p - k) // s + 1, (w_ + 2 * p - k) // s + 1
+            g = rng.standard_normal((n, f, ho, wo)).astype(dtype)
+            cache = {shape: setup(x, w, b, g, s, p)}
+        fwd, bwd = cache[shape]
+        print(json.dumps({"fwd": best_time(fwd, req["min_time"]), "bwd": best_time(bwd, req["min_time"])}), flush=True)
 
 
-def run_worker(backend, threads, dtype, min_time, shapes):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", backend, "--threads", str(threads),
-           "--dtype", dtype, "--min-time", str(min_time), "--shapes", json.dumps(shapes)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if res.returncode != 0:
-        print(f"[{backend} x{threads}] failed:\n{res.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return json.loads(res.stdout.strip().splitlines()[-1])
+class Worker:
+    def __init__(self, backend, threads, dtype):
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve", backend, "--threads", str(threads), "--dtype", dtype]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        self.name = backend
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.ok = self._read() is not None
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        return json.loads(line) if line else None
+
+    def time(self, shape, min_time):
+        self.proc.stdin.write(json.dumps({"shape": shape, "min_time": min_time}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def torch_available():
@@ -146,43 +157,48 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--min-time", type=float, default=0.3, help="seconds per timed measurement")
-    ap.add_argument("--quick", action="store_true", help="shorter timings (noisier)")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds per shape (best one counts)")
+    ap.add_argument("--min-time", type=float, default=0.05, help="seconds per timed batch")
+    ap.add_argument("--quick", action="store_true", help="3 rounds of shorter batches (noisier)")
     ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy baseline")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--shapes", help=argparse.SUPPRESS)
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    min_time = 0.05 if args.quick else args.min_time
-    if args.worker:
-        shapes = [tuple(s) for s in json.loads(args.shapes)]
-        print(json.dumps(worker(args.worker, args.threads[0], args.dtype, min_time, shapes)))
+    if args.serve:
+        serve(args.serve, args.threads[0], args.dtype)
         return 0
+    rounds, min_time = (3, 0.02) if args.quick else (args.rounds, args.min_time)
 
     backends = ["cnnframe"] + ([] if args.no_numpy else ["numpy"]) + (["torch"] if torch_available() else [])
     if "torch" not in backends:
         print("PyTorch is not importable: comparing with NumPy only (pip install torch to compare).")
     for threads in args.threads:
-        results = {b: run_worker(b, threads, args.dtype, min_time, SHAPES) for b in backends}
-        print(f"\n{args.dtype}, {threads} thread(s): milliseconds (GFLOP/s) forward | backward")
-        head = f"{'N,Cin,H,W,Cout,k,s,p':<26}" + "".join(f"{b + ' fwd':>17}{b + ' bwd':>17}" for b in backends)
-        if "torch" in backends:
+        workers = [Worker(b, threads, args.dtype) for b in backends]
+        workers = [w for w in workers if w.ok]
+        names = [w.name for w in workers]
+        print(f"\n{args.dtype}, {threads} thread(s): milliseconds (GFLOP/s), best of {rounds} alternating rounds")
+        head = f"{'N,Cin,H,W,Cout,k,s,p':<24}" + "".join(f"{n + ' fwd':>17}{n + ' bwd':>17}" for n in names)
+        if "torch" in names:
             head += f"{'torch/cnnframe':>16}"
-        print(head)
-        for i, shape in enumerate(SHAPES):
+        print(head, flush=True)
+        for shape in SHAPES:
+            best = {n: {"fwd": float("inf"), "bwd": float("inf")} for n in names}
+            for _ in range(rounds):
+                for w in workers:
+                    r = w.time(shape, min_time)
+                    for key in ("fwd", "bwd"):
+                        best[w.name][key] = min(best[w.name][key], r[key])
             fl = flops(shape)
-            row = f"{','.join(map(str, shape)):<26}"
-            for b in backends:
-                r = results[b]
-                if r is None:
-                    row += f"{'-':>17}{'-':>17}"
-                    continue
-                tf, tb = r[i]["fwd"], r[i]["bwd"]
+            row = f"{','.join(map(str, shape)):<24}"
+            for n in names:
+                tf, tb = best[n]["fwd"], best[n]["bwd"]
                 row += f"{tf * 1e3:>8.3f} ({fl / tf / 1e9:5.1f})" + f"{tb * 1e3:>8.3f} ({2 * fl / tb / 1e9:5.1f})"
-            if "torch" in backends and results["torch"] and results["cnnframe"]:
-                tc = results["cnnframe"][i]["fwd"] + results["cnnframe"][i]["bwd"]
-                tt = results["torch"][i]["fwd"] + results["torch"][i]["bwd"]
+            if "torch" in names:
+                tc = best["cnnframe"]["fwd"] + best["cnnframe"]["bwd"]
+                tt = best["torch"]["fwd"] + best["torch"]["bwd"]
                 row += f"{tt / tc:>15.2f}x"
             print(row, flush=True)
+        for w in workers:
+            w.close()
     return 0
 
 

@@ -1,5 +1,6 @@
 import pytest
 
+from cnnframe._ext import conv as conv_ext
 from cnnframe.ops import conv, pool
 
 
@@ -8,3 +9,23 @@ def every_size_uses_all_threads(monkeypatch):
     """Kernel tests use tiny tensors; make them take the multi-threaded paths anyway."""
     monkeypatch.setattr(conv, "GRAIN_FLOPS", 1)
     monkeypatch.setattr(pool, "GRAIN_ELEMS", 1)
+
+
+# The float32 convolution has three code paths: BLAS on an explicit im2col (every CPU, and all of
+# float64), the AVX-512 micro-kernel on the explicit im2col, and the micro-kernel reading the input
+# in place (stride 1).  "implicit" forces the last one for every stride-1 case, whatever the
+# size heuristics would pick.
+KERNEL_PATHS = ["blas", "microkernel", "implicit"]
+
+
+@pytest.fixture(params=KERNEL_PATHS)
+def kernel_path(request):
+    if request.param != "blas" and not conv_ext.microkernel_available():
+        pytest.skip("this CPU has no AVX-512: only the BLAS path exists here")
+    old_mk = conv_ext._use_microkernel(request.param != "blas")
+    old_policy = conv_ext._implicit_policy(on=request.param == "implicit")
+    if request.param == "implicit":
+        conv_ext._implicit_policy(max_waste_pct=10**6, dx_min_channels=1, dw_min_taps=1)
+    yield request.param
+    conv_ext._use_microkernel(old_mk)
+    conv_ext._implicit_policy(**old_policy)

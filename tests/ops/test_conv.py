@@ -48,7 +48,7 @@ def test_matches_reference_float64(seed):
 
 
 @pytest.mark.parametrize("seed", range(100, 112))
-def test_matches_reference_float32(seed):
+def test_matches_reference_float32(seed, kernel_path):
     rng = np.random.default_rng(seed)
     xs, ws, s, p, d, out = random_case(rng)
     x, w, b, g = (rng.standard_normal(sh).astype(np.float32) for sh in (xs, ws, (ws[0],), out))
@@ -87,6 +87,31 @@ def test_edge_shapes(xs, ws, s, p, d):
         np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(db, db_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "xs, ws, s, p, d",
+    [
+        ((3, 17, 9, 11), (20, 17, 3, 3), 1, 1, 1),  # more than 16 channels and filters: full vectors + tails
+        ((2, 33, 6, 7), (35, 33, 2, 3), 1, (0, 2), 1),  # ragged tiles everywhere, non-square kernel
+        ((2, 18, 7, 12), (9, 18, 5, 4), 1, (2, 3), (2, 2)),  # dilation: one segment per tap
+        ((1, 24, 5, 5), (40, 24, 3, 3), 2, 1, 1),  # stride 2 (explicit im2col)
+        ((5, 2, 4, 4), (3, 2, 1, 1), 1, 1, 1),  # padding beyond d(k-1): dX cannot be a full correlation
+    ],
+)
+def test_float32_paths_on_wider_layers(xs, ws, s, p, d, kernel_path):
+    rng = np.random.default_rng(8)
+    x, w, b = (rng.standard_normal(sh).astype(np.float32) for sh in (xs, ws, (ws[0],)))
+    y_ref = ref.conv2d_forward_ref(x, w, b, s, p, d)
+    g = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward_ref(x, w, g, s, p, d)
+    for threads in (1, 2, 3):
+        with cnnframe.num_threads(threads):
+            y = ops.conv2d_forward(x, w, b, s, p, d)
+            dx, dw, db = ops.conv2d_backward(x, w, g, s, p, d)
+            _, dw_only, _ = ops.conv2d_backward(x, w, g, s, p, d, need_input_grad=False)
+        for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref), (db, db_ref), (dw_only, dw_ref)):
+            assert rel_err(got, want) < 1e-5, (kernel_path, threads)
 
 
 def test_worked_1d_example_from_math_md():
@@ -134,7 +159,7 @@ def test_central_difference_gradients(s, p, d):
         assert np.abs(num - grad).max() < 1e-7
 
 
-def test_thread_count_changes_only_rounding():
+def test_thread_count_changes_only_rounding(kernel_path):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((5, 6, 10, 9)).astype(np.float32)
     w = rng.standard_normal((7, 6, 3, 3)).astype(np.float32)

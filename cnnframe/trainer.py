@@ -1,0 +1,546 @@
+"""The training loop: seeded and resumable, with a run directory of checkpoints and metrics.
+
+Determinism.  Everything random is derived from ``seed``: the model's initial weights
+(``model.initialize(seed)``); per epoch e, the batch order and the augmentation shifts come from a
+generator seeded by (seed, e), and the model is reseeded (Dropout masks) from (seed, e).  The learning
+rate of step i of epoch e is ``schedule.lr_at(e + i / steps)``.  So the state after an epoch (weights,
+BatchNorm statistics, optimizer slots, early-stopping counters) is all a resume needs: ten epochs
+straight and five + resume five give bit-identical weights (same thread count).
+
+Run directory ``<run_dir>/<name>-<YYYYmmdd-HHMMSS>/``:
+
+    config.yaml    the resolved config          metrics.csv   one row per epoch (appended on resume)
+    last.npz       state after the latest epoch  best.npz      the best model by the monitored metric
+    summary.json   final metrics, written atomically at the end (and on interruption)
+
+Ctrl-C and a non-finite loss both write ``last.npz`` with the state of the last *completed* epoch
+(the interrupted epoch is discarded), so ``--resume`` continues exactly.
+"""
+import csv
+import io as _io
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from cnnframe import io as cio
+
+METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
+_SHUFFLE, _RESEED = 0x5EED, 0xD0
+
+
+class TrainingError(Exception):
+    """Training stopped abnormally; ``status`` is 'diverged' or 'interrupted'."""
+
+    status = "failed"
+
+
+class TrainingDiverged(TrainingError):
+    status = "diverged"
+
+
+class TrainingInterrupted(TrainingError):
+    status = "interrupted"
+
+
+def _epoch_seed(seed, epoch, purpose):
+    return int(np.random.SeedSequence([purpose, seed, epoch]).generate_state(1, np.uint64)[0])
+
+
+class Monitor:
+    """Tracks the best value of one metric: 'min' for losses, 'max' for accuracies."""
+
+    def __init__(self, metric, min_delta=0.0):
+        from cnnframe.config import monitor_mode
+
+        self.metric = metric
+        self.mode = monitor_mode(metric)
+        self.min_delta = float(min_delta)
+        self.best = None
+        self.best_epoch = None
+        self.bad_epochs = 0
+
+    def update(self, metrics):
+        """Record an epoch's metrics; returns True when the monitored value improved."""
+        value = metrics.get(self.metric)
+        ok = value is not None and math.isfinite(value)
+        if ok and (self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                         else value > self.best + self.min_delta)):
+            self.best, self.best_epoch, self.bad_epochs = float(value), int(metrics["epoch"]), 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def state_dict(self):
+        return {"metric": self.metric, "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state):
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], int(state["bad_epochs"])
+
+
+class Trainer:
+    """Train ``model`` with ``loss`` and ``optimizer`` on ``data`` (a ``cnnframe.data.Splits``).
+
+    Python use (no YAML)::
+
+        data = cnnframe.data.load_dataset("digits", seed=0)
+        model = cnnframe.Sequential([...], input_shape=data.input_shape)
+        opt = cnnframe.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+        trainer = Trainer(model, cnnframe.SoftmaxCrossEntropy(), opt, data, epochs=20, shift=1)
+        summary = trainer.fit()          # summary["test"]["acc"]
+
+    The trainer re-initialises the model's weights from ``seed`` (``initialize=False`` keeps them).
+    ``run_dir`` (optional) is the directory to write checkpoints and metrics into; ``config``, when the
+    run comes from YAML, is the resolved config saved with it.
+    """
+
+    def __init__(self, model, loss, optimizer, data, *, schedule=None, epochs=10, batch_size=64, seed=0, shift=0,
+                 early_stopping=None, checkpoint=None, test_checkpoint="last", run_dir=None, config=None,
+                 threads=None, quiet=False, initialize=True, out=None):
+        from cnnframe import parallel
+        from cnnframe.optim.schedules import Constant
+
+        if threads is not None:
+            parallel.set_num_threads(threads)
+        self.model, self.loss, self.optimizer, self.data = model, loss, optimizer, data
+        self.epochs, self.batch_size, self.seed, self.shift = int(epochs), int(batch_size), int(seed), int(shift)
+        self.schedule = schedule if schedule is not None else Constant(optimizer.lr, self.epochs)
+        es = dict(early_stopping or {})
+        self.patience = es.get("patience")
+        self.early_stopping = Monitor(es.get("monitor", "val_loss"), es.get("min_delta", 0.0))
+        ck = dict(checkpoint or {})
+        self.every = int(ck.get("every", 1))
+        self.keep_best = bool(ck.get("best", True))
+        self.best = Monitor(ck.get("monitor", "val_loss"))
+        self.test_checkpoint = test_checkpoint
+        self.run_dir = run_dir
+        self.config = config
+        self.quiet = quiet
+        self.out = out if out is not None else sys.stdout
+        self.epoch = 0  # completed epochs
+        self.history = []
+        self.best_state = None
+        self.status = "new"
+        if not model.built:
+            model.build(data.input_shape)
+        if initialize:
+            model.initialize(self.seed)
+        self._check_forward()
+
+    # -- construction from a resolved config -----------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg, run_root=None, quiet=False, out=None, create_run_dir=True):
+        """Load the data, build model/loss/optimizer/schedule from a resolved config; make the run dir."""
+        from cnnframe import config as C
+        from cnnframe import parallel
+        from cnnframe.data import load_splits
+        from cnnframe.model import Sequential
+
+        tr = cfg["trainer"]
+        if tr["threads"] is not None:
+            parallel.set_num_threads(tr["threads"])
+        data = load_splits(cfg["data"], C.split_seed(cfg), tr["dtype"])
+        model = Sequential(C.build_layers(cfg), input_shape=data.input_shape)
+        opt = C.build_optimizer(cfg, model.parameters())
+        trainer = cls(model, C.build_loss(cfg), opt, data, schedule=C.build_schedule(cfg), epochs=tr["epochs"],
+                      batch_size=tr["batch_size"], seed=tr["seed"], shift=cfg["data"]["augment"]["shift"],
+                      early_stopping=tr["early_stopping"], checkpoint=tr["checkpoint"],
+                      test_checkpoint=tr["test_checkpoint"], config=cfg, quiet=quiet, out=out)
+        if create_run_dir:  # only once everything is built, so a failure leaves no empty run directory
+            trainer.run_dir = make_run_dir(run_root or tr["run_dir"], tr["name"])
+        return trainer
+
+    @classmethod
+    def resume(cls, run_dir, cfg=None, quiet=False, out=None):
+        """Continue the run in ``run_dir`` from its ``last.npz`` (config: ``cfg`` or the run's config.yaml)."""
+        from cnnframe.config import load_config
+        from cnnframe.model import load_checkpoint
+
+        last = os.path.join(run_dir, "last.npz")
+        if not os.path.isdir(run_dir):
+            raise FileNotFoundError(f"run directory not found: {run_dir}")
+        if not os.path.exists(last):
+            raise FileNotFoundError(f"{run_dir} has no last.npz to resume from")
+        if cfg is None:
+            cfg = load_config(os.path.join(run_dir, "config.yaml"))
+        trainer = cls.from_config(cfg, quiet=quiet, out=out, create_run_dir=False)
+        trainer.run_dir = run_dir
+        saved, arrays, meta = load_checkpoint(last)
+        try:
+            trainer.model.load_state_dict(saved.state_dict())
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{last} does not fit the configured model: {e}") from None
+        trainer.optimizer.load_state_dict({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
+        trainer.epoch = int(meta["epoch"])
+        trainer.early_stopping.load_state_dict(meta["early_stopping"])
+        trainer.best.load_state_dict(meta["best"])
+        best_path = os.path.join(run_dir, "best.npz")
+        if trainer.keep_best and os.path.exists(best_path):
+            trainer.best_state = _copy_state(load_checkpoint(best_path)[0].state_dict())
+        trainer.history = _read_metrics(os.path.join(run_dir, "metrics.csv"), upto=trainer.epoch)
+        trainer.status = "resumed"
+        from cnnframe import parallel
+
+        if meta.get("threads") not in (None, parallel.get_num_threads()):
+            trainer._say(f"note: this run used {meta['threads']} threads so far and continues with "
+                         f"{parallel.get_num_threads()}; results will not be bit-identical to an uninterrupted run")
+        return trainer
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _say(self, text=""):
+        if not self.quiet:
+            print(text, file=self.out, flush=True)
+
+    def _check_forward(self):
+        from cnnframe.config import check_model_runs
+
+        check_model_runs(self.model, self.data.input_shape, self.data.train[0].dtype)
+
+    def _targets(self, y):
+        return loss_targets(self.loss, y, self.data.num_classes, self.data.train[0].dtype)
+
+    def _snapshot(self):
+        return {"epoch": self.epoch, "model": _copy_state(self.model.state_dict()),
+                "optim": self.optimizer.state_dict(), "early_stopping": self.early_stopping.state_dict(),
+                "best": self.best.state_dict()}
+
+    def _meta(self, snap, kind):
+        from cnnframe import __version__, parallel
+
+        return {"kind": kind, "epoch": snap["epoch"], "epochs": self.epochs, "seed": self.seed,
+                "early_stopping": snap["early_stopping"], "best": snap["best"],
+                "data": {"name": self.data.name, "offset": self.data.offset, "scale": self.data.scale,
+                         "num_classes": self.data.num_classes, "input_shape": list(self.data.input_shape)},
+                "threads": parallel.get_num_threads(), "cnnframe_version": __version__, "config": self.config}
+
+    def _save(self, name, snap):
+        """Write the model (which must hold ``snap``'s state) and ``snap`` to ``<run_dir>/<name>.npz``."""
+        if self.run_dir is None:
+            return
+        arrays = {f"optim/{k}": v for k, v in snap["optim"].items()}
+        self.model.save(os.path.join(self.run_dir, f"{name}.npz"), arrays=arrays, meta=self._meta(snap, name))
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def train_epoch(self, epoch):
+        """One pass over the training part; returns (mean loss, accuracy, lr at the epoch's start)."""
+        from tqdm import tqdm
+
+        from cnnframe.data import batches, random_shift
+
+        X, y = self.data.train
+        rng = np.random.default_rng(_epoch_seed(self.seed, epoch, _SHUFFLE))
+        self.model.reseed(_epoch_seed(self.seed, epoch, _RESEED))
+        self.model.train()
+        parts = batches(len(y), self.batch_size, rng)
+        steps = len(parts)
+        total_loss, correct, seen = 0.0, 0, 0
+        lr0 = self.schedule.lr_at(epoch)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
+                   disable=True if self.quiet else None, file=sys.stderr, dynamic_ncols=True)
+        try:
+            for i, idx in enumerate(parts):
+                lr = self.schedule.lr_at(epoch + i / steps)
+                self.optimizer.lr = lr
+                xb = random_shift(X[idx], self.shift, rng) if self.shift else X[idx]
+                yb = y[idx]
+                self.optimizer.zero_grad()
+                out = self.model.forward(xb)
+                loss = self.loss.forward(out, self._targets(yb))
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the loss became {loss} at epoch {epoch + 1}, step {i + 1}/{steps} (lr {lr:.4g}); "
+                        f"training stopped. Try a smaller optimizer.lr or optimizer.clip_norm"
+                    )
+                self.model.backward(self.loss.backward(), input_grad=False)
+                self.optimizer.step()
+                total_loss += loss * len(idx)
+                correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+                seen += len(idx)
+                bar.update(1)
+                if i % 4 == 3 or i == steps - 1:
+                    bar.set_postfix_str(f"loss {total_loss / seen:.4f} acc {100.0 * correct / seen:.2f}%",
+                                        refresh=False)
+        finally:
+            bar.close()
+        return total_loss / seen, correct / seen, lr0
+
+    def evaluate(self, X, y, batch_size=500):
+        """Eval-mode pass → {"loss", "acc", "pred", "probs"} (see ``evaluate_model``)."""
+        return evaluate_model(self.model, self.loss, X, y, self.data.num_classes, batch_size)
+
+    def fit(self, stop_after=None):
+        """Train until ``epochs`` (or early stopping, or ``stop_after`` completed epochs); returns the summary.
+
+        Raises TrainingInterrupted (Ctrl-C) or TrainingDiverged after saving the last completed epoch.
+        """
+        if self.run_dir is not None:
+            self._prepare_run_dir()
+        Xv, yv = self.data.val
+        snap = self._snapshot()
+        t_start = time.perf_counter()
+        self.status = "running"
+        try:
+            while self.epoch < self.epochs:
+                if self.patience is not None and self.early_stopping.bad_epochs >= self.patience:
+                    self.status = "early_stopped"
+                    break
+                if stop_after is not None and self.epoch >= stop_after:
+                    self.status = "paused"
+                    break
+                e = self.epoch
+                t0 = time.perf_counter()
+                tr_loss, tr_acc, lr = self.train_epoch(e)
+                val = self.evaluate(Xv, yv)
+                row = {"epoch": e + 1, "lr": lr, "train_loss": tr_loss, "train_acc": tr_acc,
+                       "val_loss": val["loss"], "val_acc": val["acc"], "seconds": time.perf_counter() - t0}
+                self.epoch = e + 1
+                self.history.append(row)
+                self.early_stopping.update(row)
+                improved = self.best.update(row)
+                snap = self._snapshot()
+                if improved and self.keep_best:
+                    self.best_state = snap["model"]
+                    self._save("best", snap)
+                if self.run_dir is not None:
+                    self._append_metrics(row)
+                    finishing = (self.epoch == self.epochs or self.epoch == stop_after or
+                                 (self.patience is not None and self.early_stopping.bad_epochs >= self.patience))
+                    if self.epoch % self.every == 0 or finishing:
+                        self._save("last", snap)
+                self._say(_epoch_line(row, self.epochs, val_part=len(yv) > 0))
+            else:
+                self.status = "completed"
+        except KeyboardInterrupt:
+            self._abort(snap, "interrupted")
+            raise TrainingInterrupted(
+                f"interrupted during epoch {snap['epoch'] + 1}; "
+                + (f"{self.run_dir}/last.npz holds the state after epoch {snap['epoch']}; "
+                   f"continue with: python -m cnnframe train --resume {self.run_dir}" if self.run_dir else
+                   "the model holds the state after the last completed epoch")
+            ) from None
+        except TrainingDiverged as err:
+            self._abort(snap, "diverged")
+            where = f"; {self.run_dir}/last.npz keeps the state after epoch {snap['epoch']}" if self.run_dir else ""
+            raise TrainingDiverged(str(err) + where) from None
+        elapsed = time.perf_counter() - t_start
+        return self._finish(elapsed)
+
+    def _abort(self, snap, status):
+        self.model.load_state_dict(snap["model"])
+        self.optimizer.load_state_dict(snap["optim"])
+        self.epoch = snap["epoch"]
+        self.status = status
+        if self.run_dir is not None:
+            self._save("last", snap)
+            self._write_summary(self._summary(None))
+
+    def _finish(self, elapsed):
+        test = None
+        if self.status in ("completed", "early_stopped"):
+            test = self.test()
+        summary = self._summary(test, elapsed)
+        if self.run_dir is not None:
+            self._write_summary(summary)
+        if test is not None:
+            self._say(format_test(test, self.data.name))
+        if self.run_dir is not None:
+            self._say(f"run directory: {self.run_dir}")
+        return summary
+
+    def test(self, split="test"):
+        """Metrics of the test checkpoint ('last' = the current model, or 'best') on a data split."""
+        X, y = getattr(self.data, split)
+        use_best = self.test_checkpoint == "best" and self.best_state is not None
+        live = _copy_state(self.model.state_dict()) if use_best else None
+        if use_best:
+            self.model.load_state_dict(self.best_state)
+        try:
+            return test_report(self.model, self.loss, X, y, self.data.num_classes, split,
+                               "best" if use_best else "last", self.best.best_epoch if use_best else self.epoch)
+        finally:
+            if use_best:
+                self.model.load_state_dict(live)
+
+    def _summary(self, test, elapsed=None):
+        from cnnframe import __version__, parallel
+
+        last = self.history[-1] if self.history else None
+        return {"name": os.path.basename(self.run_dir) if self.run_dir else None, "status": self.status,
+                "epochs_completed": self.epoch, "epochs": self.epochs,
+                "best": {**self.best.state_dict()} if self.keep_best else None,
+                "early_stopping": {**self.early_stopping.state_dict(), "patience": self.patience},
+                "final": last, "test": test,
+                "train_seconds": sum(r["seconds"] for r in self.history),
+                "wall_seconds_this_session": elapsed, "threads": parallel.get_num_threads(), "seed": self.seed,
+                "data": {"name": self.data.name, "train": int(len(self.data.train[1])),
+                         "val": int(len(self.data.val[1])), "test": int(len(self.data.test[1]))},
+                "cnnframe_version": __version__}
+
+    # -- files ------------------------------------------------------------------------------------------
+    def _prepare_run_dir(self):
+        from cnnframe.config import dump_config
+
+        os.makedirs(self.run_dir, exist_ok=True)
+        if self.config is not None:
+            cio.atomic_write_text(os.path.join(self.run_dir, "config.yaml"), dump_config(self.config))
+        # Rows after the checkpoint's epoch belong to an epoch that will be re-run: drop them.
+        path = os.path.join(self.run_dir, "metrics.csv")
+        self.history = self.history[: self.epoch]
+        buf = _io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+        w.writeheader()
+        for row in self.history:
+            w.writerow(_csv_row(row))
+        cio.atomic_write_text(path, buf.getvalue())
+
+    def _append_metrics(self, row):
+        with open(os.path.join(self.run_dir, "metrics.csv"), "a", encoding="utf-8", newline="") as f:
+            csv.DictWriter(f, fieldnames=METRIC_FIELDS, lineterminator="\n").writerow(_csv_row(row))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _write_summary(self, summary):
+        # Strict JSON: NaN (e.g. the metrics of an empty validation part) is written as null.
+        cio.atomic_write_text(os.path.join(self.run_dir, "summary.json"),
+                              json.dumps(_nan_to_none(summary), indent=2, allow_nan=False, default=_json_default) + "\n")
+
+
+# -- evaluation ---------------------------------------------------------------------------------------
+def loss_targets(loss, y, num_classes, dtype):
+    """Integer labels for cross-entropy; one-hot rows (N, classes) for MSE."""
+    if getattr(loss, "registered_name", None) == "mse":
+        t = np.zeros((len(y), num_classes), dtype=dtype)
+        t[np.arange(len(y)), y] = 1
+        return t
+    return y
+
+
+def evaluate_model(model, loss, X, y, num_classes, batch_size=500):
+    """Eval-mode pass over (X, y) → {"loss": mean loss, "acc", "pred" (N,), "probs" (N, classes)}.
+
+    probs = softmax(logits) for a softmax cross-entropy loss, else the model's outputs.
+    """
+    from cnnframe.losses import softmax
+
+    if len(y) == 0:
+        return {"loss": float("nan"), "acc": float("nan"), "pred": np.zeros(0, np.int64), "probs": None}
+    was = model.training
+    model.eval()
+    try:
+        total, outs = 0.0, []
+        for start in range(0, len(y), batch_size):
+            xb, yb = X[start:start + batch_size], y[start:start + batch_size]
+            out = model.forward(xb)
+            total += loss.forward(out, loss_targets(loss, yb, num_classes, out.dtype)) * len(yb)
+            outs.append(out)
+    finally:
+        model.train(was)
+    out = np.concatenate(outs)
+    probs = softmax(out.astype(np.float64)) if _is_softmax_loss(loss) else out
+    pred = out.argmax(axis=1)
+    return {"loss": total / len(y), "acc": float(np.mean(pred == y)), "pred": pred, "probs": probs}
+
+
+def test_report(model, loss, X, y, num_classes, split="test", checkpoint="last", epoch=None):
+    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) as a JSON-ready dict."""
+    from sklearn.metrics import confusion_matrix
+
+    res = evaluate_model(model, loss, X, y, num_classes)
+    k = num_classes
+    cm = confusion_matrix(y, res["pred"], labels=list(range(k))) if len(y) else np.zeros((k, k), int)
+    return {"split": split, "checkpoint": checkpoint, "epoch": epoch, "loss": res["loss"], "acc": res["acc"],
+            "samples": int(len(y)), "confusion_matrix": cm.tolist()}
+
+
+# -- module helpers -------------------------------------------------------------------------------------
+def _is_softmax_loss(loss):
+    return getattr(loss, "registered_name", None) in ("softmax_cross_entropy", "cross_entropy")
+
+
+def _copy_state(state):
+    return {k: np.array(v, copy=True) for k, v in state.items()}
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def _csv_row(row):
+    # repr() keeps every bit of a float, so two identical runs give byte-identical files.
+    return {k: (repr(float(v)) if k not in ("epoch",) else int(v)) for k, v in row.items()}
+
+
+def _read_metrics(path, upto):
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path, encoding="utf-8", newline="") as f:
+        for r in csv.DictReader(f):
+            try:
+                row = {k: (int(r[k]) if k == "epoch" else float(r[k])) for k in METRIC_FIELDS}
+            except (KeyError, TypeError, ValueError):
+                continue
+            if row["epoch"] <= upto:
+                rows.append(row)
+    return rows
+
+
+def make_run_dir(root, name):
+    """Create ``root/<name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... when taken) and return its path."""
+    os.makedirs(root, exist_ok=True)
+    base = os.path.join(root, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    path, n = base, 1
+    while True:
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{base}-{n}"
+
+
+def _pct(v):
+    return "  n/a " if v is None or not math.isfinite(v) else f"{100.0 * v:6.2f}%"
+
+
+def _epoch_line(row, epochs, val_part=True):
+    width = len(str(epochs))
+    text = (f"epoch {row['epoch']:>{width}}/{epochs}  lr {row['lr']:.4g}  "
+            f"train loss {row['train_loss']:.4f} acc {_pct(row['train_acc'])}")
+    if val_part:
+        text += f"  val loss {row['val_loss']:.4f} acc {_pct(row['val_acc'])}"
+    return text + f"  {row['seconds']:.2f}s"
+
+
+def format_confusion(cm):
+    """A confusion matrix as text: rows are true classes, columns predicted classes."""
+    cm = np.asarray(cm)
+    k = cm.shape[0]
+    w = max(3, len(str(int(cm.max()))) if cm.size else 1, len(str(k - 1)))
+    head = "true\\pred " + " ".join(f"{j:>{w}}" for j in range(k))
+    lines = [head] + [f"{i:>9} " + " ".join(f"{int(v):>{w}}" for v in cm[i]) for i in range(k)]
+    return "\n".join(lines)
+
+
+def format_test(test, name="data"):
+    what = f"{test['split']} ({test['samples']} samples, {test['checkpoint']} model"
+    what += f", epoch {test['epoch']})" if test.get("epoch") is not None else ")"
+    return (f"{name} {what}: accuracy {100.0 * test['acc']:.2f}%  loss {test['loss']:.4f}\n"
+            f"confusion matrix:\n{format_confusion(test['confusion_matrix'])}")

@@ -1,0 +1,254 @@
+"""End-to-end command line: train, resume, evaluate, predict, validate, gradcheck, info, and user errors."""
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cnnframe.cli import main
+from cnnframe.model import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "digits-tiny.yaml")
+DIGITS = os.path.join(ROOT, "configs", "digits.yaml")
+
+
+def run_module(*args, cwd=ROOT):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "cnnframe", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def train_tiny(capsys, tmp_path, *extra, name="t"):
+    code, out, err = cli(capsys, "train", TINY, "-q", "--run-dir", str(tmp_path), "--set", f"trainer.name={name}",
+                         *extra)
+    assert code == 0, err
+    runs = glob.glob(os.path.join(str(tmp_path), f"{name}-*"))
+    assert len(runs) == 1
+    return runs[0], out
+
+
+def rows_without_seconds(run):
+    with open(os.path.join(run, "metrics.csv")) as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+# -- commands -------------------------------------------------------------------------------------------------
+def test_info_subprocess():
+    r = run_module("info")
+    assert r.returncode == 0, r.stderr
+    assert "cnnframe 0." in r.stdout and "OpenMP:" in r.stdout and "threads:" in r.stdout
+    assert "BLAS" in r.stdout and "conv2d" in r.stdout
+
+
+def test_validate_prints_summary(capsys):
+    code, out, _ = cli(capsys, "validate", DIGITS)
+    assert code == 0
+    assert "configs/digits.yaml: OK" in out and "Total parameters: 8,538" in out and "Conv2D" in out
+    code, out, _ = cli(capsys, "validate", TINY, "--show-config", "--set", "trainer.epochs=7")
+    assert code == 0 and "epochs: 7" in out
+
+
+def test_train_evaluate_predict(capsys, tmp_path):
+    code, out, err = cli(capsys, "train", TINY, "--run-dir", str(tmp_path), "--set", "trainer.name=full")
+    assert code == 0, err
+    assert "# resolved config" in out and "Total parameters" in out and "epoch 2/2" in out
+    assert "confusion matrix" in out and "accuracy" in out
+    (run,) = glob.glob(os.path.join(str(tmp_path), "full-*"))
+    with open(os.path.join(run, "summary.json")) as f:
+        summary = json.load(f)
+    acc = summary["test"]["acc"]
+
+    code, out, _ = cli(capsys, "evaluate", run)
+    assert code == 0 and f"accuracy {100 * acc:.2f}%" in out and "confusion matrix" in out
+    code, out, _ = cli(capsys, "evaluate", os.path.join(run, "last.npz"), "--split", "val")
+    assert code == 0 and "val (144 samples" in out
+
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    np.save(tmp_path / "five.npy", d.images[:5])  # raw (N, 8, 8) pixels 0..16, as the data set stores them
+    code, out, _ = cli(capsys, "predict", os.path.join(run, "last.npz"), "--input", str(tmp_path / "five.npy"))
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0] == "index,class," + ",".join(f"p{j}" for j in range(10)) and len(lines) == 6
+    probs = np.array([[float(v) for v in line.split(",")[2:]] for line in lines[1:]])
+    classes = [int(line.split(",")[1]) for line in lines[1:]]
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5) and classes == list(probs.argmax(axis=1))
+    # the same as the model applied to X / 16
+    model, _, _ = load_checkpoint(os.path.join(run, "last.npz"))
+    model.eval()
+    expected = model.forward((d.images[:5, None] / 16).astype(np.float32)).argmax(axis=1)
+    assert classes == list(expected)
+
+    out_csv = tmp_path / "preds.csv"
+    code, out, _ = cli(capsys, "predict", run + "/last.npz", "--input", str(tmp_path / "five.npy"),
+                       "--output", str(out_csv))
+    assert code == 0 and "wrote 5 predictions" in out
+    assert out_csv.read_text().strip().splitlines() == lines
+
+
+def test_resume_equals_straight(capsys, tmp_path):
+    straight, _ = train_tiny(capsys, tmp_path, name="straight")
+    part, out = train_tiny(capsys, tmp_path, "--stop-after", "1", name="part")
+    assert "--resume" in out
+    code, _, err = cli(capsys, "train", "--resume", part, "-q")
+    assert code == 0, err
+    a, a_arrays, _ = load_checkpoint(os.path.join(straight, "last.npz"))
+    b, b_arrays, meta = load_checkpoint(os.path.join(part, "last.npz"))
+    assert meta["epoch"] == 2
+    for k, v in a.state_dict().items():
+        assert np.array_equal(v, b.state_dict()[k]), k
+    for k in a_arrays:
+        assert np.array_equal(a_arrays[k], b_arrays[k]), k
+    assert rows_without_seconds(straight) == rows_without_seconds(part)
+    # a finished run cannot be resumed without more epochs
+    code, _, err = cli(capsys, "train", "--resume", part, "-q")
+    assert code == 2 and "already completed 2 of 2 epochs" in err
+
+
+def test_same_seed_same_metrics(capsys, tmp_path):
+    a, _ = train_tiny(capsys, tmp_path, name="a")
+    b, _ = train_tiny(capsys, tmp_path, name="b")
+    assert rows_without_seconds(a) == rows_without_seconds(b)
+    c, _ = train_tiny(capsys, tmp_path, "--set", "trainer.seed=1", name="c")
+    assert rows_without_seconds(a) != rows_without_seconds(c)
+
+
+def test_gradcheck(capsys):
+    code, out, _ = cli(capsys, "gradcheck", TINY)
+    assert code == 0, out
+    assert "7 of 7 layers pass" in out and "[ok] layer  0 Conv2D" in out
+
+
+def test_train_on_npz(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % 3
+    X = rng.normal(0, 1, (120, 8, 8)) + y[:, None, None]  # separable by brightness
+    np.savez(tmp_path / "mine.npz", X=X, y=y)
+    cfg = tmp_path / "npz.yaml"
+    cfg.write_text(open(TINY).read().replace("dataset: digits", "dataset: npz\n  path: mine.npz\n  normalize: standardize")
+                   .replace("out_features: 10", "out_features: 3"))
+    code, out, err = cli(capsys, "train", str(cfg), "-q", "--run-dir", str(tmp_path / "runs"))
+    assert code == 0, err
+    assert "test accuracy" in out
+
+
+# -- user errors: exit status 2, the key path, no traceback ---------------------------------------------------
+BAD = {
+    "unknown key": ("  epochs: 2", "  epoch: 2", "trainer.epoch", "did you mean 'epochs'"),
+    "wrong type": ("  batch_size: 64", "  batch_size: [64]", "trainer.batch_size", "integer"),
+    "out of range": ("  epochs: 2", "  epochs: -3", "trainer.epochs", ">= 1"),
+    "unknown layer": ("type: maxpool2d", "type: maxpool", "model.layers[3].type", "did you mean 'maxpool2d'"),
+    "bad layer value": ("kernel_size: 3", "kernel_size: 0", "model.layers[0].kernel_size", ">= 1"),
+    "shape mismatch": ("{type: maxpool2d, kernel_size: 2}", "{type: maxpool2d, kernel_size: 12}",
+                       "model.layers[3]", "(4, 8, 8)"),
+    "malformed yaml": ("  batch_size: 64", "  batch_size: [64", "digits-tiny.yaml:", "malformed YAML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config(capsys, tmp_path, case):
+    old, new, key, needle = BAD[case]
+    text = open(TINY).read()
+    assert old in text
+    path = tmp_path / "digits-tiny.yaml"
+    path.write_text(text.replace(old, new, 1))
+    for command in ("validate", "train"):
+        code, out, err = cli(capsys, command, str(path), "--set", f"trainer.run_dir={tmp_path}")
+        assert code == 2
+        assert key in err and needle in err and "Traceback" not in err
+        assert err.startswith("cnnframe: error: ") and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "digits-tiny")  # nothing was trained
+
+
+def test_malformed_yaml_line_number(capsys, tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("data:\n  dataset: digits\nmodel:\n  layers:\n    - {type: relu\ntrainer: {}\n")
+    code, _, err = cli(capsys, "validate", str(path))
+    assert code == 2 and f"{path}:6:" in err
+
+
+def test_bad_set_and_missing_files(capsys, tmp_path):
+    code, _, err = cli(capsys, "validate", TINY, "--set", "trainer.epochs")
+    assert code == 2 and "KEY=VALUE" in err
+    code, _, err = cli(capsys, "validate", TINY, "--set", "model.layers[20].out_channels=3")
+    assert code == 2 and "model.layers[20]" in err and "out of range" in err
+    code, _, err = cli(capsys, "validate", TINY, "--set", "optimizer.lr=fast")
+    assert code == 2 and "optimizer.lr" in err and "--set optimizer.lr=fast" in err
+    code, _, err = cli(capsys, "train", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "not found" in err
+    code, _, err = cli(capsys, "evaluate", str(tmp_path / "nothing"))
+    assert code == 2 and "not found" in err
+    code, _, err = cli(capsys, "train", "--resume", str(tmp_path / "nothing"))
+    assert code == 2 and "not found" in err
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    code, _, err = cli(capsys, "predict", str(tmp_path / "junk.npz"), "--input", "x.npy")
+    assert code == 2 and "not a cnnframe checkpoint" in err
+
+
+def test_bad_npz_data(capsys, tmp_path):
+    np.savez(tmp_path / "bad.npz", X=np.zeros((30, 8, 8)), labels=np.zeros(30, int))
+    code, _, err = cli(capsys, "validate", TINY, "--set", "data.dataset=npz", "--set",
+                       f"data.path={tmp_path / 'bad.npz'}")
+    assert code == 2 and "data.path" in err and "has no array 'y'" in err and "arrays: X, labels" in err
+    np.savez(tmp_path / "range.npz", X=np.zeros((30, 8, 8)), y=np.arange(30) % 12)
+    code, _, err = cli(capsys, "validate", TINY, "--set", "data.dataset=npz", "--set",
+                       f"data.path={tmp_path / 'range.npz'}", "--set", "data.num_classes=10")
+    assert code == 2 and "data.path" in err and "out of range for num_classes=10" in err
+
+
+def test_predict_rejects_wrong_input_shape(capsys, tmp_path):
+    run, _ = train_tiny(capsys, tmp_path, "--set", "trainer.epochs=1", name="p")
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 7, 7)))
+    code, _, err = cli(capsys, "predict", os.path.join(run, "last.npz"), "--input", str(tmp_path / "wrong.npy"))
+    assert code == 2 and "(3, 7, 7)" in err and "(1, 8, 8)" in err
+
+
+def test_user_error_subprocess_has_no_traceback(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(open(TINY).read().replace("type: conv2d", "type: conv2"))
+    r = run_module("train", str(path), "--run-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert "model.layers[0].type" in r.stderr and "did you mean 'conv2d'" in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    r = run_module("train", TINY, "--bogus-flag")
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+
+
+def test_plugin_forward_disagreeing_with_output_shape(capsys, tmp_path):
+    (tmp_path / "halve.py").write_text(
+        "import cnnframe\nfrom cnnframe.layers import Layer\n\n\n"
+        "@cnnframe.register_layer('test_halve')\nclass Halve(Layer):\n"
+        "    def forward(self, x):\n        return x[:, : x.shape[1] // 2]\n\n"
+        "    def backward(self, g):\n        return g\n")
+    cfg = tmp_path / "halve.yaml"
+    cfg.write_text("plugins: [halve.py]\n" + open(TINY).read().replace("{type: relu}", "{type: test_halve}"))
+    code, _, err = cli(capsys, "validate", str(cfg))
+    assert code == 2 and "model.layers[2]" in err
+    assert "declares (4, 8, 8) but forward() returned samples of shape (2, 8, 8)" in err and "halve.py" in err
+
+
+def test_interrupt_and_divergence_exit_codes(capsys, tmp_path, monkeypatch):
+    from cnnframe import trainer as T
+
+    def interrupted(self, stop_after=None):
+        raise T.TrainingInterrupted("interrupted during epoch 1")
+
+    monkeypatch.setattr(T.Trainer, "fit", interrupted)
+    code, _, err = cli(capsys, "train", TINY, "-q", "--run-dir", str(tmp_path))
+    assert code == 130 and "interrupted during epoch 1" in err
+    monkeypatch.setattr(T.Trainer, "fit", lambda self, stop_after=None: (_ for _ in ()).throw(
+        T.TrainingDiverged("the loss became nan")))
+    code, _, err = cli(capsys, "train", TINY, "-q", "--run-dir", str(tmp_path))
+    assert code == 1 and "the loss became nan" in err and "Traceback" not in err

@@ -1,0 +1,212 @@
+"""The training loop: Python API, determinism, resume, interruption, divergence, early stopping."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+import cnnframe
+from cnnframe.config import load_config
+from cnnframe.data import load_dataset
+from cnnframe.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from cnnframe.model import load_checkpoint
+from cnnframe.trainer import Monitor, Trainer, TrainingDiverged, TrainingInterrupted
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "digits-tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+def tiny_cfg(tmp_path, *sets):
+    return load_config(TINY, [f"trainer.run_dir={tmp_path}", *sets])
+
+
+def weights(run_dir, name="last.npz"):
+    model, arrays, meta = load_checkpoint(os.path.join(run_dir, name))
+    return model.state_dict(), arrays, meta
+
+
+def metric_rows(run_dir):
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+# -- Python API -------------------------------------------------------------------------------------------------
+def test_python_api_learns_digits(digits):
+    model = cnnframe.Sequential([Conv2D(8, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(10)],
+                                input_shape=digits.input_shape)
+    opt = cnnframe.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    trainer = Trainer(model, cnnframe.SoftmaxCrossEntropy(), opt, digits, epochs=3, batch_size=32, seed=1,
+                      quiet=True)
+    summary = trainer.fit()
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 3
+    assert summary["test"]["acc"] > 0.9  # chance is 0.1
+    cm = np.array(summary["test"]["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 360 and np.trace(cm) / 360 == pytest.approx(summary["test"]["acc"])
+    assert [r["epoch"] for r in trainer.history] == [1, 2, 3]
+    assert trainer.history[-1]["train_loss"] < trainer.history[0]["train_loss"]
+
+
+def test_learning_rate_follows_the_schedule_per_step(digits):
+    model = cnnframe.Sequential([Flatten(), Dense(10)], input_shape=digits.input_shape)
+    opt = cnnframe.SGD(model.parameters(), lr=0.1)
+    sched = cnnframe.optim.OneCycle(0.1, 2)
+    seen = []
+    step = opt.step
+
+    def spy():
+        seen.append(opt.lr)
+        step()
+
+    opt.step = spy
+    Trainer(model, cnnframe.SoftmaxCrossEntropy(), opt, digits, schedule=sched, epochs=2, batch_size=100,
+            quiet=True).fit()
+    steps = len(seen) // 2
+    assert len(seen) == 2 * steps == 2 * int(np.ceil(len(digits.train[1]) / 100))
+    expected = [sched.lr_at(e + i / steps) for e in range(2) for i in range(steps)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+
+
+def test_monitor_modes():
+    m = Monitor("val_loss", min_delta=0.1)
+    assert m.update({"epoch": 1, "val_loss": 1.0})
+    assert not m.update({"epoch": 2, "val_loss": 0.95}) and m.bad_epochs == 1
+    assert m.update({"epoch": 3, "val_loss": 0.8}) and m.best_epoch == 3 and m.bad_epochs == 0
+    a = Monitor("val_acc")
+    assert a.update({"epoch": 1, "val_acc": 0.5}) and not a.update({"epoch": 2, "val_acc": 0.4})
+    assert not a.update({"epoch": 3, "val_acc": float("nan")}) and a.best == 0.5
+
+
+# -- run directory, determinism, resume ------------------------------------------------------------------------------
+def test_run_dir_contents(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    trainer = Trainer.from_config(cfg, quiet=True)
+    summary = trainer.fit()
+    run = trainer.run_dir
+    assert os.path.basename(run).startswith("digits-tiny-")
+    assert sorted(os.listdir(run)) == ["best.npz", "config.yaml", "last.npz", "metrics.csv", "summary.json"]
+    assert load_config(os.path.join(run, "config.yaml")) == cfg
+    rows = metric_rows(run)
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    with open(os.path.join(run, "summary.json")) as f:
+        saved = json.load(f)
+    assert saved["test"]["acc"] == summary["test"]["acc"] and saved["status"] == "completed"
+    state, arrays, meta = weights(run)
+    assert meta["epoch"] == 2 and meta["config"] == cfg and meta["kind"] == "last"
+    assert any(k.startswith("optim/momentum_buffer/") for k in arrays)
+    assert meta["data"]["scale"] == 1 / 16
+
+
+def test_straight_equals_interrupted_and_resumed(tmp_path):
+    """3 epochs straight == 1 epoch, stop + resume to 2, Ctrl-C in epoch 3, resume: identical weights."""
+    straight = Trainer.from_config(tiny_cfg(tmp_path, "trainer.epochs=3", "trainer.name=a"), quiet=True)
+    straight.fit()
+
+    cfg = tiny_cfg(tmp_path, "trainer.epochs=3", "trainer.name=b")
+    first = Trainer.from_config(cfg, quiet=True)
+    assert first.fit(stop_after=1)["status"] == "paused"
+    second = Trainer.resume(first.run_dir, quiet=True)
+    assert second.epoch == 1
+    # Ctrl-C in the middle of epoch 3: last.npz must hold the state after epoch 2.
+    calls = {"n": 0}
+    layer = second.model.layers[0]
+    forward = layer.forward
+
+    def interrupt_in_epoch_3(x):
+        if second.epoch == 2:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+        return forward(x)
+
+    layer.forward = interrupt_in_epoch_3
+    with pytest.raises(TrainingInterrupted, match="after epoch 2"):
+        second.fit()
+    assert calls["n"] == 5 and second.epoch == 2
+    _, _, meta = weights(first.run_dir)
+    assert meta["epoch"] == 2
+    third = Trainer.resume(first.run_dir, quiet=True)
+    summary = third.fit()
+    assert summary["status"] == "completed" and third.epoch == 3
+
+    a, a_opt, _ = weights(straight.run_dir)
+    b, b_opt, _ = weights(first.run_dir)
+    assert_same_state(a, b)
+    assert_same_state(a_opt, b_opt)
+    ra = [{k: v for k, v in r.items() if k != "seconds"} for r in metric_rows(straight.run_dir)]
+    rb = [{k: v for k, v in r.items() if k != "seconds"} for r in metric_rows(first.run_dir)]
+    assert ra == rb and len(ra) == 3
+    assert weights(straight.run_dir, "best.npz")[2]["epoch"] == weights(first.run_dir, "best.npz")[2]["epoch"]
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = Trainer.from_config(tiny_cfg(tmp_path, "trainer.epochs=3"), quiet=True)
+    forward = trainer.loss.forward
+
+    def poisoned(pred, target):
+        value = forward(pred, target)
+        return float("nan") if trainer.epoch == 1 else value
+
+    trainer.loss.forward = poisoned
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1/") as info:
+        trainer.fit()
+    assert "last.npz keeps the state after epoch 1" in str(info.value)
+    state, _, meta = weights(trainer.run_dir)
+    assert meta["epoch"] == 1
+    assert_same_state(state, trainer.model.state_dict())  # the model was rolled back to epoch 1 too
+    with open(os.path.join(trainer.run_dir, "summary.json")) as f:
+        assert json.load(f)["status"] == "diverged"
+    assert len(metric_rows(trainer.run_dir)) == 1
+
+
+def test_early_stopping(tmp_path):
+    cfg = tiny_cfg(tmp_path, "trainer.epochs=6", "trainer.early_stopping.patience=1",
+                   "trainer.early_stopping.min_delta=100", "trainer.early_stopping.monitor=train_loss")
+    trainer = Trainer.from_config(cfg, quiet=True)
+    summary = trainer.fit()
+    assert summary["status"] == "early_stopped" and trainer.epoch == 2
+    assert summary["test"] is not None
+    assert weights(trainer.run_dir)[2]["epoch"] == 2
+
+
+def test_test_checkpoint_best_uses_best_weights(tmp_path):
+    cfg = tiny_cfg(tmp_path, "trainer.epochs=3", "trainer.test_checkpoint=best", "trainer.checkpoint.monitor=val_acc")
+    trainer = Trainer.from_config(cfg, quiet=True)
+    summary = trainer.fit()
+    best_state, _, meta = weights(trainer.run_dir, "best.npz")
+    assert summary["test"]["checkpoint"] == "best" and summary["test"]["epoch"] == meta["epoch"]
+    live = {k: v.copy() for k, v in trainer.model.state_dict().items()}
+    trainer.model.load_state_dict(best_state)
+    X, y = trainer.data.test
+    assert trainer.evaluate(X, y)["acc"] == summary["test"]["acc"]
+    trainer.model.load_state_dict(live)
+
+
+def test_resume_rejects_a_mismatched_model(tmp_path):
+    trainer = Trainer.from_config(tiny_cfg(tmp_path, "trainer.epochs=1"), quiet=True)
+    trainer.fit()
+    other = load_config(TINY, [f"trainer.run_dir={tmp_path}", "model.layers[0].out_channels=6"])
+    with pytest.raises(ValueError, match="does not fit the configured model"):
+        Trainer.resume(trainer.run_dir, other, quiet=True)
+
+
+def test_mse_loss_trains_on_one_hot_targets(digits):
+    model = cnnframe.Sequential([Flatten(), Dense(10)], input_shape=digits.input_shape)
+    opt = cnnframe.SGD(model.parameters(), lr=0.5, momentum=0.5)
+    trainer = Trainer(model, cnnframe.MSE(), opt, digits, epochs=2, batch_size=64, quiet=True)
+    summary = trainer.fit()
+    assert summary["test"]["acc"] > 0.8
+    res = trainer.evaluate(*digits.val)
+    assert res["probs"].shape == (len(digits.val[1]), 10)  # raw outputs for a non-softmax loss
