@@ -89,8 +89,8 @@ def _extensions():
     exts = [
         Extension(
             f"cnnframe._ext.{name}",
-            [f"cnnframe/_ext/{name}.pyx"],
-            include_dirs=[np.get_include(), "cnnframe/_ext"],
+            [f"src/cnnframe/_ext/{name}.pyx"],
+            include_dirs=[np.get_include(), "src/cnnframe/_ext"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )
         for name in names

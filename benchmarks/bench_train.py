@@ -48,8 +48,7 @@ def read_config(path):
     """The resolved config, via cnnframe in a short-lived child so this process stays library-free."""
     code = ("import json, sys; from cnnframe.config import load_config; "
             "print(json.dumps(load_config(sys.argv[1])))")
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(r.stderr.strip())
     return json.loads(r.stdout)
@@ -86,7 +85,6 @@ def onecycle_like(cfg, epochs):
 
 # -- workers ---------------------------------------------------------------------------------------------------------
 def worker_cnnframe(cfg, threads, epochs):
-    sys.path.insert(0, ROOT)
     import cnnframe
     from cnnframe.config import build_layers, build_loss, build_optimizer
 
@@ -195,8 +193,7 @@ def run_epochs(one_epoch, epochs):
 
 # -- driver -------------------------------------------------------------------------------------------------------------
 def run_worker(backend, args, cfg):
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), CNNFRAME_NUM_THREADS=str(args.threads),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), CNNFRAME_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", backend, "--cfg-json", json.dumps(cfg),
            "--threads", str(args.threads), "--epochs", str(args.epochs)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)

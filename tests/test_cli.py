@@ -18,8 +18,8 @@ DIGITS = os.path.join(ROOT, "configs", "digits.yaml")
 
 
 def run_module(*args, cwd=ROOT):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "cnnframe", *args], cwd=cwd, env=env, capture_output=True,
+    """``python -m cnnframe ...`` as a user types it, from the repository root by default."""
+    return subprocess.run([sys.executable, "-m", "cnnframe", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=120)
 
 
