@@ -56,13 +56,13 @@ def test_threads_for_small_work_uses_one_thread():
             assert parallel.threads_for(10_000, 100) == 2
 
 
-def test_blas_pinned_inside_kernels_and_restored():
+def test_kernel_blas_pinned_to_one_thread_numpy_blas_untouched():
     libs = parallel._blas_controllers()
     assert libs, "threadpoolctl found no BLAS library"
-    before = [lc.get_num_threads() for lc in libs]
-    with parallel.blas_single_threaded():
-        assert all(lc.get_num_threads() == 1 for lc in libs)
-    assert [lc.get_num_threads() for lc in libs] == before
-    x = np.ones((2, 3, 5, 5), np.float32)
-    cnnframe.ops.conv2d_forward(x, np.ones((2, 3, 3, 3), np.float32))
-    assert [lc.get_num_threads() for lc in libs] == before
+    kernel = parallel.kernel_blas()
+    others = [lc for lc in libs if lc not in kernel]
+    before = [lc.get_num_threads() for lc in others]
+    x = np.ones((2, 3, 5, 5))
+    cnnframe.ops.conv2d_backward(x, np.ones((2, 3, 3, 3)), np.ones((2, 2, 3, 3)))
+    assert all(lc.get_num_threads() == 1 for lc in kernel)
+    assert [lc.get_num_threads() for lc in others] == before

@@ -370,12 +370,29 @@ def _construct(factory, kwargs, key, what):
         raise ConfigError(f"{what} raised {type(e).__name__}: {e}{_code_location(e)}", key=key) from None
 
 
-def _code_location(exc):
-    """' (at file:line)' for the innermost frame of the exception's traceback outside this module."""
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_LIBRARY_DIRS = tuple({os.path.abspath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+
+
+def _is_user_file(filename):
+    """Not cnnframe itself, not the standard library or an installed package (numpy, ...)."""
+    f = os.path.abspath(filename)
+    if f.startswith(_PACKAGE_DIR + os.sep) or filename.startswith("<"):
+        return False
+    return not (f.startswith(_LIBRARY_DIRS) or "site-packages" in f or "dist-packages" in f)
+
+
+def _code_location(exc, user_only=False):
+    """' (at file:line)' for the innermost frame of the exception's traceback in the user's code (a plugin),
+    else (unless ``user_only``) the innermost frame outside this module."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) != os.path.abspath(__file__)]
-    if not frames:
+    user = [f for f in frames if _is_user_file(f.filename)]
+    if user:
+        f = user[-1]
+    elif frames and not user_only:
+        f = frames[-1]
+    else:
         return ""
-    f = frames[-1]
     return f" (at {f.filename}:{f.lineno})"
 
 
@@ -493,11 +510,33 @@ def _registry_type(registry, spec, key, default=None):
     name = spec.get("type", default)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"must be a registered {registry.family} name, got {_show(name)}", key=f"{key}.type")
+    module = _type_module(name)
+    if module:  # import it here, so a broken module is reported like a broken plugin (file and line)
+        _import_module(module, f"{key}.type")
     try:
         return name, registry.get(name)
     except KeyError as e:
         msg = e.args[0] if e.args else str(e)
         raise ConfigError(str(msg), key=f"{key}.type") from None
+
+
+def _type_module(name):
+    """The module of a ``package.module:ClassName`` type (None for a registered name)."""
+    if isinstance(name, str) and ":" in name:
+        return name.partition(":")[0].strip() or None
+    return None
+
+
+def _type_modules(raw):
+    """Modules named by ``module:Class`` types in a (validated) raw config, in order of appearance.
+
+    The resolved config lists them under ``plugins`` so whatever reloads a run (``--resume``, ``evaluate``,
+    ``predict``) imports them first, even where the type was replaced by the class's registered name.
+    """
+    names = [(raw.get("data") or {}).get("dataset")]
+    names += [spec.get("type") for spec in (raw.get("model") or {}).get("layers") or []]
+    names += [(raw.get(s) or {}).get("type") for s in ("loss", "optimizer", "schedule")]
+    return [m for m in dict.fromkeys(_type_module(n) for n in names) if m]
 
 
 def resolve_data(raw, base_dir, key="data"):
@@ -583,7 +622,31 @@ def make_layer(spec, key, dtype="float32"):
         impl = getattr(type(layer), method, None)
         if not callable(impl) or (method != "output_shape" and impl is getattr(Layer, method)):
             raise ConfigError(f"layer {name!r} ({_where(cls)}) does not implement {method}()", key=key)
+    _check_layer_config(layer, registry.LAYERS, name, key)
     return layer
+
+
+def _check_layer_config(layer, layers, name, key):
+    """A checkpoint stores ``get_config()`` and rebuilds the layer from its ``type``: check both now,
+    not when the first checkpoint is written or reloaded."""
+    import json
+
+    cls = type(layer)
+    try:
+        cfg = layer.get_config()
+        json.dumps(cfg)
+    except Exception as e:
+        raise ConfigError(f"layer {name!r}: get_config() must return a JSON-serialisable dict; "
+                          f"{type(e).__name__}: {e}{_code_location(e) or ' (' + _where(cls) + ')'}", key=key) from None
+    typ = cfg.get("type") if isinstance(cfg, dict) else None
+    try:
+        found = layers.get(typ) if isinstance(typ, str) else None
+    except KeyError:
+        found = None
+    if found is not cls:
+        raise ConfigError(f"layer {name!r} ({_where(cls)}): get_config()['type'] is {typ!r}, which does not "
+                          f"name its class {cls.__module__}.{cls.__qualname__}, so a saved model could not be "
+                          f"reloaded; start get_config() from super().get_config()", key=key)
 
 
 def _where(cls):
@@ -604,7 +667,8 @@ def layer_shapes(layers, input_shape, key="model.layers"):
             out = layer.output_shape(shape)
         except (TypeError, ValueError) as e:
             raise ConfigError(
-                f"layer {i} ({name}) does not fit its input of shape {shape}: {e}", key=k
+                f"layer {i} ({name}) does not fit its input of shape {shape}: {e}{_code_location(e, user_only=True)}",
+                key=k,
             ) from None
         except Exception as e:
             raise ConfigError(
@@ -772,6 +836,7 @@ def resolve_config(raw, base_dir=".", name=None):
             raise ConfigError(f"gives learning rate {lr!r} at epoch {t}; expected a finite number >= 0",
                               key="schedule")
     cfg["trainer"] = trainer
+    cfg["plugins"] += [m for m in _type_modules(raw) if m not in cfg["plugins"]]
     return cfg
 
 

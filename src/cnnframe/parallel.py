@@ -1,16 +1,18 @@
 """The thread budget: the one piece of global state cnnframe keeps.
 
-Kernels run ``prange`` loops over ``get_num_threads()`` OpenMP threads.  BLAS calls made *inside*
-those loops must run on one thread each, otherwise OpenBLAS starts its own pool inside every OpenMP
-thread and a layer gets ~10x slower.  ``blas_single_threaded()`` pins every loaded BLAS to one thread
-for the duration of a kernel call, through one cached threadpoolctl controller (building a new one
-costs ~0.6 ms, more than a whole digits-sized layer).
+Kernels run ``prange`` loops over ``get_num_threads()`` OpenMP threads.  The BLAS they call
+(SciPy's, through ``scipy.linalg.cython_blas``) must then run on one thread per call, otherwise
+OpenBLAS starts its own pool inside every OpenMP thread and a layer gets ~10x slower.
+``pin_kernel_blas()`` limits that library to one thread, once per process, through threadpoolctl.
+It is pinned for good rather than around each call: raising OpenBLAS's thread count again wakes
+its worker threads, which then spin and steal the cores the OpenMP threads need.  NumPy's BLAS
+(used by ``Dense`` and by user code) is left alone.
 """
 import os
 import threading
 from contextlib import contextmanager
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _num_threads = None
 _blas_libs = None
 
@@ -74,11 +76,12 @@ def num_threads(n):
 
 
 def _blas_controllers():
+    """threadpoolctl controllers of every loaded BLAS (SciPy's included)."""
     global _blas_libs
     if _blas_libs is None:
         with _lock:
             if _blas_libs is None:
-                # The kernels call scipy's BLAS; import it so threadpoolctl sees that library too.
+                # The kernels call SciPy's BLAS; import it so threadpoolctl sees that library too.
                 import scipy.linalg.cython_blas  # noqa: F401
                 from threadpoolctl import ThreadpoolController
 
@@ -87,22 +90,31 @@ def _blas_controllers():
     return _blas_libs
 
 
-@contextmanager
-def blas_single_threaded():
-    """Run the body with every BLAS library limited to one thread, then restore the old limits."""
+def kernel_blas():
+    """The controllers of the BLAS the kernels call: the one shipped with or linked by SciPy.
+
+    When it cannot be told apart (e.g. SciPy and NumPy share one system BLAS), every BLAS counts.
+    """
+    import scipy
+
+    scipy_dir = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
     libs = _blas_controllers()
-    old = []
-    for lc in libs:
-        n = lc.get_num_threads()
-        old.append(n)
-        if n != 1:
-            lc.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lc, n in zip(libs, old):
-            if n != 1:
-                lc.set_num_threads(n)
+    mine = [lc for lc in libs if os.path.abspath(lc.filepath).startswith(os.path.join(scipy_dir, "scipy"))]
+    return mine or libs
+
+
+_pinned = False
+
+
+def pin_kernel_blas():
+    """Limit the kernels' BLAS to one thread (once; later calls cost a flag check)."""
+    global _pinned
+    if not _pinned:
+        with _lock:
+            if not _pinned:
+                for lc in kernel_blas():
+                    lc.set_num_threads(1)
+                _pinned = True
 
 
 def blas_info():

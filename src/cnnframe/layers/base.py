@@ -140,8 +140,12 @@ class Layer:
             buf[...] = _take(state, name, buf.shape, type(self).__name__)
 
     def get_config(self):
-        """The plain dict that rebuilds this layer: ``{"type": name, **hyper_parameters}``."""
-        return {"type": self.registered_name or type(self).__name__, "dtype": self.dtype.name}
+        """The plain dict that rebuilds this layer: ``{"type": name, **hyper_parameters}``.
+
+        ``name`` is the class's registered name, or ``"module:QualName"`` for a class that is not registered
+        itself (a subclass does not inherit its parent's name), which ``cnnframe.LAYERS.get`` imports.
+        """
+        return {"type": type_name(type(self)), "dtype": self.dtype.name}
 
     @classmethod
     def from_config(cls, config):
@@ -155,6 +159,11 @@ class Layer:
         cfg = {k: v for k, v in self.get_config().items() if k not in ("type",)}
         args = ", ".join(f"{k}={v!r}" for k, v in cfg.items())
         return f"{type(self).__name__}({args})"
+
+
+def type_name(cls):
+    """The ``type`` that rebuilds instances of ``cls``: its registered name, else ``"module:QualName"``."""
+    return cls.__dict__.get("registered_name") or f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _take(state, name, shape, owner):

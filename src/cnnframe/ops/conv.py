@@ -76,8 +76,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     x, weight, bias, s, p, d, out_shape = _prepare(x, weight, bias, stride, padding, dilation)
     y = np.empty(out_shape, dtype=x.dtype)
     b = bias if bias is not None else np.zeros(weight.shape[0], dtype=x.dtype)
-    with parallel.blas_single_threaded():
-        _conv.forward(x, weight, b, y, s[0], s[1], p[0], p[1], d[0], d[1], _threads(x.shape, weight.shape, out_shape))
+    parallel.pin_kernel_blas()
+    _conv.forward(x, weight, b, y, s[0], s[1], p[0], p[1], d[0], d[1], _threads(x.shape, weight.shape, out_shape))
     return y
 
 
@@ -108,11 +108,11 @@ def conv2d_backward(x, weight, grad_out, stride=1, padding=0, dilation=1, need_i
     db = np.zeros(weight.shape[0], dtype=x.dtype)
     want_col2im_dx = need_input_grad and method == "col2im"
     dx = np.zeros(x.shape, dtype=x.dtype) if want_col2im_dx else np.zeros((1, 1, 1, 1), dtype=x.dtype)
-    with parallel.blas_single_threaded():
-        _conv.backward(
-            x, weight, grad_out, dx, dw, db, s[0], s[1], p[0], p[1], d[0], d[1], int(want_col2im_dx),
-            _threads(x.shape, weight.shape, out_shape),
-        )
+    parallel.pin_kernel_blas()
+    _conv.backward(
+        x, weight, grad_out, dx, dw, db, s[0], s[1], p[0], p[1], d[0], d[1], int(want_col2im_dx),
+        _threads(x.shape, weight.shape, out_shape),
+    )
     if not need_input_grad:
         return None, dw, db
     if method == "full":
