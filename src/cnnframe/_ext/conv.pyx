@@ -73,7 +73,7 @@ def _use_microkernel(bint on):
 cdef bint USE_IMPLICIT = 1
 cdef int IMPLICIT_MAX_WASTE_PCT = 25   # extra columns computed over the padded width
 cdef int IMPLICIT_DX_MIN_CHANNELS = 16  # dX's outputs are the C input channels
-cdef int IMPLICIT_DW_MIN_TAPS = 10      # dW implicit only for large kernels
+cdef int IMPLICIT_DW_MIN_TAPS = 10      # backward implicit only for large kernels
 
 
 def _implicit_policy(on=None, max_waste_pct=None, dx_min_channels=None, dw_min_taps=None):
@@ -447,11 +447,13 @@ def backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[:, :, 
     cdef bint dx_implicit = False, dw_implicit = False
     if floating is float:
         if USE_MK and USE_IMPLICIT and sh == 1 and sw == 1:
-            # dX as a stride-1 correlation of G padded by d(k-1) - p (so p <= d(k-1)); it pays
-            # when the C outputs fill the micro-kernel's vectors.
-            dx_implicit = (need_dx and C >= IMPLICIT_DX_MIN_CHANNELS and dh * (kh - 1) >= ph
-                           and dw_ * (kw - 1) >= pw and little_waste(Wo + 2 * (dw_ * (kw - 1) - pw), W))
-            # dW reads the input in place: pays for large kernels, whose im2col copies the most.
+            # Backward reads the input (dW) and G (dX) in place only for large kernels, whose
+            # im2col and col2im copy the most; for 3x3 the copies are cheaper than the dropped
+            # columns.  dX is then a stride-1 correlation of G padded by d(k-1) - p (so p <= d(k-1)),
+            # and pays when its C outputs fill the micro-kernel's vectors.
+            dx_implicit = (need_dx and kh * kw >= IMPLICIT_DW_MIN_TAPS and C >= IMPLICIT_DX_MIN_CHANNELS
+                           and dh * (kh - 1) >= ph and dw_ * (kw - 1) >= pw
+                           and little_waste(Wo + 2 * (dw_ * (kw - 1) - pw), W))
             dw_implicit = (kh * kw >= IMPLICIT_DW_MIN_TAPS and little_waste(Wp, Wo)
                            and (dx_implicit or not need_dx))
         if dw_implicit:
