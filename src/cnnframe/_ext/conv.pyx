@@ -630,8 +630,13 @@ cdef void implicit_conv(float* xh, Py_ssize_t img, int N, int Wp, int C, float* 
             transpose_bias(out + (i - i0) * Wp * F, F, y + (n * F * Ho + i) * Wo, plane, Wo, b)
 
 
-cdef int _rows_per_chunk(int Wp, int Ho) noexcept nogil:
+cdef int _rows_per_chunk(int Wp, int Ho, int N, int nthreads) noexcept nogil:
+    """Output rows per work item: about IMPLICIT_PIXELS pixels, but at least two items per thread
+    when the batch is small (one image would otherwise leave threads idle)."""
     cdef int r = <int>(IMPLICIT_PIXELS // Wp)
+    cdef int share = <int>((<Py_ssize_t>Ho * N) // (2 * nthreads))
+    if r > share:
+        r = share
     if r < 1:
         r = 1
     if r > Ho:
@@ -645,7 +650,7 @@ def _forward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[::1] b
     cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
     cdef int Ho = y.shape[2], Wo = y.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
     cdef Py_ssize_t K = <Py_ssize_t>C * kh * kw, img = <Py_ssize_t>Hp * Wp * C
-    cdef int rpc = _rows_per_chunk(Wp, Ho)
+    cdef int rpc = _rows_per_chunk(Wp, Ho, N, nthreads)
     # The last rows' dropped columns read up to (kw-1)·dw·C values past an image: pad the end.
     cdef Py_ssize_t tail = (<Py_ssize_t>(kw - 1) * dw + 1) * C + 64
     bufs, release = SCRATCH.get(
@@ -680,7 +685,7 @@ def _backward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[:, :,
     cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
     cdef int Ho = gy.shape[2], Wo = gy.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
     cdef Py_ssize_t K = <Py_ssize_t>C * kh * kw, img = <Py_ssize_t>Hp * Wp * C
-    cdef int rpc = _rows_per_chunk(Wp, Ho)
+    cdef int rpc = _rows_per_chunk(Wp, Ho, N, nthreads)
     cdef Py_ssize_t tail = (<Py_ssize_t>(kw - 1) * dw_ + 1) * C + 64
     cdef Py_ssize_t gstride = <Py_ssize_t>F * rpc * Wp + 64
     # G padded for eq. (4): the full correlation needs d·(k-1) zeros, the forward padding p is
@@ -688,7 +693,7 @@ def _backward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[:, :,
     cdef int pgh = dh * (kh - 1) - ph, pgw = dw_ * (kw - 1) - pw
     cdef int Hg = Ho + 2 * pgh, Wg = Wo + 2 * pgw
     cdef Py_ssize_t gimg = <Py_ssize_t>Hg * Wg * F
-    cdef int rpc_dx = _rows_per_chunk(Wg, H)
+    cdef int rpc_dx = _rows_per_chunk(Wg, H, N, nthreads)
     cdef Py_ssize_t gtail = (<Py_ssize_t>(kw - 1) * dw_ + 1) * F + 64
     # (the offset tables are Py_ssize_t: two float32 slots each)
     if do_dw:
