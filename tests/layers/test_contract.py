@@ -8,15 +8,6 @@ from cnnframe import layers as L
 from cnnframe.testing import check_layer_contract
 
 
-@pytest.fixture
-def one_thread():
-    """Numerical checks run hundreds of tiny forwards; on a busy machine OpenMP fork/join on such
-    tiny kernels can cost milliseconds each, so they run on one thread (the threaded kernels are
-    exercised by the reference comparisons)."""
-    with cnnframe.num_threads(1):
-        yield
-
-
 # (id, factory(dtype), per-sample input shape)
 CASES = [
     ("conv_3x3_pad1", lambda d: L.Conv2D(4, 3, padding=1, seed=0, dtype=d), (3, 6, 6)),

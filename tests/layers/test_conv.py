@@ -11,15 +11,6 @@ from cnnframe.layers import Conv2D
 from cnnframe.ops import _reference as ref
 
 
-@pytest.fixture
-def one_thread():
-    """Numerical checks run hundreds of tiny forwards; on a busy machine OpenMP fork/join on such
-    tiny kernels can cost milliseconds each, so they run on one thread (the threaded kernels are
-    exercised by the reference comparisons)."""
-    with cnnframe.num_threads(1):
-        yield
-
-
 # (out_channels, kernel_size, stride, padding, dilation, bias, per-sample input shape)
 CONFIGS = [
     (4, 3, 1, 0, 1, True, (3, 6, 6)),

@@ -8,15 +8,6 @@ from cnnframe.layers import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from cnnframe.ops import _reference as ref
 
 
-@pytest.fixture
-def one_thread():
-    """Numerical checks run hundreds of tiny forwards; on a busy machine OpenMP fork/join on such
-    tiny kernels can cost milliseconds each, so they run on one thread (the threaded kernels are
-    exercised by the reference comparisons)."""
-    with cnnframe.num_threads(1):
-        yield
-
-
 # (kernel_size, stride, padding, per-sample input shape); several have overlapping windows (stride < kernel)
 CONFIGS = [
     (2, None, 0, (2, 6, 6)),
