@@ -163,6 +163,7 @@ def apply_override(data, assignment):
                 raise ConfigError(f"{join_key_path(parts[:i]) or 'config'} is not a list", file=src, key=here)
             if not -len(node) <= part < len(node):
                 raise ConfigError(f"index {part} out of range: the list has {len(node)} items", file=src, key=here)
+            parts[i] = part % len(node)  # so errors about model.layers[-1] are traced back to this --set
             node = node[part]
         else:
             if not isinstance(node, dict):
@@ -176,6 +177,7 @@ def apply_override(data, assignment):
             raise ConfigError(f"{join_key_path(parts[:-1])} is not a list", file=src, key=path)
         if not -len(node) <= last < len(node):
             raise ConfigError(f"index {last} out of range: the list has {len(node)} items", file=src, key=path)
+        parts[-1] = last % len(node)
         node[last] = value
     else:
         if not isinstance(node, dict):
@@ -545,6 +547,8 @@ def resolve_data(raw, base_dir, key="data"):
     section = dict(_mapping(raw, key))
     name = section.get("dataset", DATA_FIELDS["dataset"].default)
     DATA_FIELDS["dataset"].check(name, f"{key}.dataset")
+    if _type_module(name):
+        _import_module(_type_module(name), f"{key}.dataset")
     try:
         cls = registry.DATASETS.get(name)
     except KeyError as e:
@@ -641,7 +645,7 @@ def _check_layer_config(layer, layers, name, key):
     typ = cfg.get("type") if isinstance(cfg, dict) else None
     try:
         found = layers.get(typ) if isinstance(typ, str) else None
-    except KeyError:
+    except Exception:  # unknown name, or a module:Class that does not import
         found = None
     if found is not cls:
         raise ConfigError(f"layer {name!r} ({_where(cls)}): get_config()['type'] is {typ!r}, which does not "

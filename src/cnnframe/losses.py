@@ -66,7 +66,8 @@ def _float_pred(pred, owner):
 @register_loss("softmax_cross_entropy")
 @register_loss("cross_entropy")
 class SoftmaxCrossEntropy(Loss):
-    """Softmax cross-entropy on raw logits z (N, classes) with integer labels y (N,).
+    """Softmax cross-entropy on raw logits z (N, classes) with integer labels y (N,) (docs/math.md,
+    Softmax cross-entropy).
 
     With label smoothing ε the target row is ``t = (1-ε)·onehot(y) + ε/classes`` (as in PyTorch):
     ``L = -1/N Σ_n Σ_c t[n,c] log softmax(z_n)[c]``,  ``dL/dz = (softmax(z) - t) / N``.

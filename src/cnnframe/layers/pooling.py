@@ -8,7 +8,8 @@ from cnnframe.registry import register_layer
 
 
 class _Pool2D(Layer):
-    """Shared hyper-parameters and shape logic of MaxPool2D and AvgPool2D (PyTorch semantics).
+    """Shared hyper-parameters and shape logic of MaxPool2D and AvgPool2D (PyTorch semantics;
+    docs/math.md, Pooling).
 
     Ho = ⌊(H + 2p − kh)/s⌋ + 1 (same for Wo); ``stride`` defaults to ``kernel_size``; padding may be at
     most half the kernel, as in PyTorch, so every window holds at least one real input.
@@ -55,7 +56,8 @@ class _Pool2D(Layer):
 
 @register_layer("maxpool2d")
 class MaxPool2D(_Pool2D):
-    """Y[n,c,i,j] = max over the window (kh × kw at (i·s − p, j·s − p)) of X; padding never wins.
+    """Y[n,c,i,j] = max over the window (kh × kw at (i·s − p, j·s − p)) of X; padding never wins
+    (docs/math.md, Pooling: max pool).
 
     x: (N, C, H, W) → y: (N, C, Ho, Wo).  Backward (math.md, Pooling): each window's gradient goes to
     the position of its maximum (the first one on ties, as in PyTorch); overlapping windows add.
@@ -78,7 +80,8 @@ class MaxPool2D(_Pool2D):
 
 @register_layer("avgpool2d")
 class AvgPool2D(_Pool2D):
-    """Y[n,c,i,j] = (1/(kh·kw)) Σ over the window of Xp, padded zeros included (PyTorch's default).
+    """Y[n,c,i,j] = (1/(kh·kw)) Σ over the window of Xp, padded zeros included (PyTorch's default;
+    docs/math.md, Pooling: average pool).
 
     x: (N, C, H, W) → y: (N, C, Ho, Wo).  Backward (math.md, Pooling): every input of a window receives
     G[n,c,i,j] / (kh·kw); overlapping windows add.
@@ -99,8 +102,8 @@ class AvgPool2D(_Pool2D):
 class GlobalAvgPool2D(Layer):
     """y[n,c] = (1/(H·W)) Σ_h Σ_w x[n,c,h,w]: (N, C, H, W) → (N, C), ready for Dense without Flatten.
 
-    Backward: dx[n,c,h,w] = G[n,c] / (H·W).  Plain NumPy (a reduction over contiguous planes), so any
-    H × W works, including sizes that vary between batches.
+    Backward: dx[n,c,h,w] = G[n,c] / (H·W) (docs/math.md, Pooling: global average pool).  Plain NumPy
+    (a reduction over contiguous planes), so any H × W works, including sizes that vary between batches.
     """
 
     def __init__(self, dtype="float32"):

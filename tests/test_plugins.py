@@ -1,0 +1,411 @@
+"""User layers from YAML: ``plugins`` (files relative to the config, or module names), ``type: module:Class``,
+runs that reload in a fresh process (evaluate, predict, load_checkpoint), and broken plugins reported with
+their own file and line (exit status 2, no traceback)."""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+
+from cnnframe.cli import main
+from cnnframe.config import import_plugins, load_config, resolve_config
+from cnnframe.layers.base import type_name
+from cnnframe.model import Sequential, load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A registered layer with a parameter (so a reload must restore trained state), an unregistered one, and an
+# unregistered subclass of the registered one.  NAME is replaced per test so registrations do not collide.
+PLUGIN = '''
+import numpy as np
+import cnnframe
+from cnnframe import Layer
+
+
+@cnnframe.register_layer("NAME")
+class ChannelScale(Layer):
+    """y[n, c, ...] = w[c]·x[n, c, ...]."""
+
+    def __init__(self, num_features=None, dtype="float32"):
+        super().__init__(dtype)
+        self.num_features = num_features
+        if num_features is not None:
+            self.build((num_features,))
+
+    def build(self, input_shape):
+        if not self.built:
+            self.num_features = int(input_shape[0])
+            self.add_parameter("weight", np.full(self.num_features, 0.5))
+            super().build(input_shape)
+
+    def _w(self, ndim):
+        return self._params["weight"].data.reshape((-1,) + (1,) * (ndim - 2))
+
+    def forward(self, x):
+        self._ensure_built(x)
+        self._x = np.asarray(x, dtype=self.dtype)
+        return self._w(x.ndim) * self._x
+
+    def backward(self, g):
+        axes = (0,) + tuple(range(2, g.ndim))
+        self._params["weight"].grad += (g * self._x).sum(axis=axes)
+        return self._w(g.ndim) * g
+
+    def get_config(self):
+        return {**super().get_config(), "num_features": self.num_features}
+
+
+class Doubler(Layer):
+    """y = 2x (not registered: used as ``type: module:Doubler``)."""
+
+    def forward(self, x):
+        return 2 * np.asarray(x, dtype=self.dtype)
+
+    def backward(self, g):
+        return 2 * g
+
+
+class SubScale(ChannelScale):
+    """Not registered itself: must not be saved under its parent's name."""
+'''
+
+
+def model_yaml(*layers, plugins=None, epochs=1):
+    body = "".join(f"    - {layer}\n" for layer in layers)
+    head = f"plugins: {json.dumps(plugins)}\n" if plugins is not None else ""
+    return (head + "data: {dataset: digits}\nmodel:\n  layers:\n"
+            "    - {type: conv2d, out_channels: 4, kernel_size: 3, padding: 1}\n" + body +
+            "    - {type: relu}\n    - {type: maxpool2d, kernel_size: 2}\n    - {type: flatten}\n"
+            "    - {type: dense, out_features: 10}\n"
+            f"optimizer: {{type: sgd, lr: 0.1, momentum: 0.9}}\ntrainer: {{epochs: {epochs}, batch_size: 64}}\n")
+
+
+def run_module(*args, cwd, pythonpath=None):
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if pythonpath:
+        env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run([sys.executable, "-m", "cnnframe", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def train(cfg, tmp_path, cwd, pythonpath=None):
+    """Train one epoch in a subprocess; returns (run directory, test accuracy text)."""
+    r = run_module("train", str(cfg), "-q", "--run-dir", str(tmp_path / "runs"), cwd=cwd, pythonpath=pythonpath)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"test accuracy ([\d.]+)% .*run: (\S+)", r.stdout)
+    assert m, r.stdout
+    return m.group(2), m.group(1)
+
+
+def digits_inputs(path, n=7):
+    from sklearn.datasets import load_digits
+
+    np.save(path, load_digits().images[:n])
+    return path
+
+
+def read_predictions(path):
+    lines = open(path).read().splitlines()
+    assert lines[0] == "index,class," + ",".join(f"p{j}" for j in range(10))
+    return np.array([[float(v) for v in line.split(",")[2:]] for line in lines[1:]])
+
+
+def checkpoint_layer_types(ckpt):
+    with np.load(ckpt, allow_pickle=False) as npz:
+        return [lc["type"] for lc in json.loads(str(npz["__config__"]))["layers"]]
+
+
+# -- plugins that work --------------------------------------------------------------------------------------
+def test_plugin_file_relative_to_config_trains_evaluates_predicts(tmp_path):
+    conf = tmp_path / "conf"
+    (conf / "plugs").mkdir(parents=True)
+    plugin = conf / "plugs" / "scale.py"
+    plugin.write_text(PLUGIN.replace("NAME", "plug_scale_file"))
+    cfg = conf / "exp.yaml"
+    cfg.write_text(model_yaml("{type: plug_scale_file}", plugins=["plugs/scale.py"]))
+
+    run_dir, acc = train(cfg, tmp_path, cwd=tmp_path)  # run from elsewhere: the path is relative to the config
+    saved = load_config(os.path.join(run_dir, "config.yaml"))
+    assert saved["plugins"] == [str(plugin)]  # absolute, so the run directory works from anywhere
+    assert checkpoint_layer_types(os.path.join(run_dir, "last.npz"))[1] == "plug_scale_file"
+
+    r = run_module("evaluate", run_dir, cwd=ROOT)  # a fresh process re-imports the plugin from the run's config
+    assert r.returncode == 0, r.stderr
+    assert f"accuracy {acc}%" in r.stdout  # the trained weights came back, not a re-initialised layer
+
+    x = digits_inputs(tmp_path / "x.npy")
+    r = run_module("predict", os.path.join(run_dir, "last.npz"), "--input", str(x), "--output",
+                   str(tmp_path / "p.csv"), cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    probs = read_predictions(tmp_path / "p.csv")
+
+    # From Python: import the plugin, then load_checkpoint; same probabilities as the CLI's.
+    import_plugins([str(plugin)])
+    model, _, meta = load_checkpoint(os.path.join(run_dir, "last.npz"))
+    assert type(model.layers[1]).__name__ == "ChannelScale"
+    assert not np.allclose(model.layers[1].parameters()["weight"].data, 0.5)  # trained, then restored
+    model.eval()
+    X = (np.load(x) - meta["data"]["offset"]) * meta["data"]["scale"]
+    logits = model.forward(X[:, None].astype(np.float32)).astype(np.float64)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probs, e / e.sum(axis=1, keepdims=True), atol=2e-6)
+
+
+def test_plugin_by_module_name(tmp_path):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "cnnf_plug_by_name.py").write_text(PLUGIN.replace("NAME", "plug_scale_mod"))
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(model_yaml("{type: plug_scale_mod}", plugins=["cnnf_plug_by_name"]))
+
+    run_dir, acc = train(cfg, tmp_path, cwd=tmp_path, pythonpath=mods)
+    with open(os.path.join(run_dir, "config.yaml")) as f:
+        assert yaml.safe_load(f)["plugins"] == ["cnnf_plug_by_name"]
+    r = run_module("evaluate", run_dir, cwd=ROOT, pythonpath=mods)
+    assert r.returncode == 0 and f"accuracy {acc}%" in r.stdout, r.stderr
+    # where the module cannot be imported, the error says which module and that it is a plugin
+    r = run_module("evaluate", run_dir, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cannot import plugin module 'cnnf_plug_by_name'" in r.stderr
+
+
+def test_type_module_colon_class(tmp_path):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "cnnf_plug_colon.py").write_text(PLUGIN.replace("NAME", "plug_scale_colon"))
+    cfg = tmp_path / "exp.yaml"
+    # an unregistered class, and a registered one named by module:Class, with no plugins list
+    cfg.write_text(model_yaml("{type: 'cnnf_plug_colon:Doubler'}", "{type: 'cnnf_plug_colon:ChannelScale'}"))
+
+    run_dir, acc = train(cfg, tmp_path, cwd=tmp_path, pythonpath=mods)
+    with open(os.path.join(run_dir, "config.yaml")) as f:
+        text = f.read()
+    assert "plugins: [cnnf_plug_colon]" in text  # the run records the module, so reloads import it first
+    types = checkpoint_layer_types(os.path.join(run_dir, "last.npz"))
+    assert types[1:3] == ["cnnf_plug_colon:Doubler", "plug_scale_colon"]
+
+    r = run_module("evaluate", run_dir, cwd=ROOT, pythonpath=mods)
+    assert r.returncode == 0 and f"accuracy {acc}%" in r.stdout, r.stderr
+    x = digits_inputs(tmp_path / "x.npy", n=3)
+    # predict does not re-validate the config: it relies on the recorded plugins list for plug_scale_colon
+    r = run_module("predict", run_dir, "--input", str(x), cwd=ROOT, pythonpath=mods)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 4
+
+
+def test_get_config_type_of_unregistered_classes(tmp_path, monkeypatch):
+    (tmp_path / "cnnf_plug_types.py").write_text(PLUGIN.replace("NAME", "plug_scale_types"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import cnnf_plug_types as m
+
+    assert type_name(m.ChannelScale) == "plug_scale_types"
+    assert m.Doubler().get_config() == {"type": "cnnf_plug_types:Doubler", "dtype": "float32"}
+    assert m.SubScale(num_features=2).get_config()["type"] == "cnnf_plug_types:SubScale"  # not its parent's name
+    model = Sequential([m.SubScale(), m.Doubler(), m.ChannelScale()], input_shape=(3, 2, 2))
+    model.layers[0].parameters()["weight"].data[:] = [1.0, 2.0, 3.0]
+    model.save(tmp_path / "m.npz")
+    back, _, _ = load_checkpoint(tmp_path / "m.npz")
+    assert [type(layer) for layer in back.layers] == [m.SubScale, m.Doubler, m.ChannelScale]
+    np.testing.assert_array_equal(back.layers[0].parameters()["weight"].data, [1.0, 2.0, 3.0])
+
+
+def test_resolving_a_resolved_config_keeps_the_recorded_modules(tmp_path, monkeypatch):
+    (tmp_path / "cnnf_plug_idem.py").write_text(PLUGIN.replace("NAME", "plug_scale_idem"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg_path = tmp_path / "exp.yaml"
+    cfg_path.write_text(model_yaml("{type: 'cnnf_plug_idem:Doubler'}"))
+    cfg = load_config(cfg_path)
+    assert cfg["plugins"] == ["cnnf_plug_idem"]
+    assert resolve_config(json.loads(json.dumps(cfg)), name="exp") == cfg
+
+
+# -- broken plugins ------------------------------------------------------------------------------------------
+def write_marked(path, source):
+    """Write ``source``; return the 1-based line of the line marked ``# <-- here``."""
+    source = textwrap.dedent(source).lstrip("\n")
+    path.write_text(source)
+    return next(i for i, line in enumerate(source.splitlines(), 1) if "# <-- here" in line)
+
+
+def train_in_process(capsys, tmp_path, cfg):
+    code = main(["train", str(cfg), "-q", "--run-dir", str(tmp_path / "runs")])
+    out, err = capsys.readouterr()
+    assert not glob.glob(str(tmp_path / "runs" / "*")), "a failed config must not leave a run directory"
+    return code, err
+
+
+LAYER_HEAD = """
+        import numpy as np
+        import cnnframe
+        from cnnframe import Layer
+
+
+"""
+
+BROKEN = {
+    # name: (plugin source with the offending line marked, layer type to use, text the message must contain)
+    "import_error": ("""
+        import numpy as np
+
+        SCALE = undefined_name * 2  # <-- here
+        """, "relu", "NameError: name 'undefined_name' is not defined"),
+    "syntax_error": ("""
+        import numpy as np
+        def forward(x:  # <-- here
+            return x
+        """, "relu", "syntax error"),
+    "missing_dependency": ("""
+        import numpy as np
+        import cnnf_no_such_dependency_xyz  # <-- here
+        """, "relu", "ModuleNotFoundError: No module named 'cnnf_no_such_dependency_xyz'"),
+    "no_forward": (LAYER_HEAD + """
+        @cnnframe.register_layer("broken_no_forward")  # <-- here
+        class NoForward(Layer):
+            def backward(self, g):
+                return g
+        """, "broken_no_forward", "does not implement forward()"),
+    "no_backward": (LAYER_HEAD + """
+        @cnnframe.register_layer("broken_no_backward")  # <-- here
+        class NoBackward(Layer):
+            def forward(self, x):
+                return x
+        """, "broken_no_backward", "does not implement backward()"),
+    "declared_shape_wrong": (LAYER_HEAD + """
+        @cnnframe.register_layer("broken_declared_shape")  # <-- here
+        class Halve(Layer):
+            def forward(self, x):
+                return x[:, : x.shape[1] // 2]
+
+            def backward(self, g):
+                return np.concatenate([g, g], axis=1)
+        """, "broken_declared_shape", "declares (4, 8, 8) but forward() returned samples of shape (2, 8, 8)"),
+    "output_shape_not_a_shape": (LAYER_HEAD + """
+        @cnnframe.register_layer("broken_output_shape")  # <-- here
+        class Bad(Layer):
+            def output_shape(self, input_shape):
+                return input_shape[0] * input_shape[1]
+
+            def forward(self, x):
+                return x
+
+            def backward(self, g):
+                return g
+        """, "broken_output_shape", "returned 32; expected a tuple of positive ints"),
+    "output_shape_raises": (LAYER_HEAD + """
+        @cnnframe.register_layer("broken_output_shape_raises")
+        class Bad(Layer):
+            def output_shape(self, input_shape):
+                return tuple(input_shape) + None  # <-- here
+
+            def forward(self, x):
+                return x
+
+            def backward(self, g):
+                return g
+        """, "broken_output_shape_raises", "does not fit its input of shape (4, 8, 8)"),
+    "forward_raises": (LAYER_HEAD + """
+        @cnnframe.register_layer("broken_forward_raises")
+        class Bad(Layer):
+            def forward(self, x):
+                return x.reshape(3, 7)  # <-- here
+
+            def backward(self, g):
+                return g
+        """, "broken_forward_raises", "ValueError: cannot reshape array"),
+    "backward_wrong_shape": (LAYER_HEAD + """
+        @cnnframe.register_layer("broken_backward_shape")  # <-- here
+        class Bad(Layer):
+            def forward(self, x):
+                return x
+
+            def backward(self, g):
+                return g[:1]
+        """, "broken_backward_shape", "backward() returned a gradient of shape (1, 4, 8, 8)"),
+    "constructor_raises": (LAYER_HEAD + """
+        @cnnframe.register_layer("broken_init")
+        class Bad(Layer):
+            def __init__(self, dtype="float32"):
+                super().__init__(dtype)
+                self.table = {}["missing"]  # <-- here
+
+            def forward(self, x):
+                return x
+
+            def backward(self, g):
+                return g
+        """, "broken_init", "KeyError: 'missing'"),
+    "get_config_without_type": (LAYER_HEAD + """
+        @cnnframe.register_layer("broken_get_config")  # <-- here
+        class Bad(Layer):
+            def forward(self, x):
+                return x
+
+            def backward(self, g):
+                return g
+
+            def get_config(self):
+                return {"dtype": self.dtype.name}
+        """, "broken_get_config", "get_config()['type'] is None"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_plugin_file_names_its_file_and_line(case, capsys, tmp_path):
+    source, layer_type, expected = BROKEN[case]
+    plugin = tmp_path / f"{case}.py"
+    line = write_marked(plugin, source)
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(model_yaml(f"{{type: {layer_type}}}", plugins=[plugin.name]))
+    code, err = train_in_process(capsys, tmp_path, cfg)
+    assert code == 2, err
+    assert err.startswith("cnnframe: error: ") and err.count("\n") == 1, err  # one line, no traceback
+    assert f"{plugin}:{line}" in err, err
+    assert expected in err, err
+    if layer_type != "relu":
+        assert "model.layers[1]" in err  # and the layer's key path in the config
+
+
+def test_broken_module_named_by_type(capsys, tmp_path, monkeypatch):
+    plugin = tmp_path / "cnnf_broken_by_type.py"
+    line = write_marked(plugin, """
+        import numpy as np
+
+        def f(:  # <-- here
+            pass
+        """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(model_yaml("{type: 'cnnf_broken_by_type:Anything'}"))
+    code, err = train_in_process(capsys, tmp_path, cfg)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "model.layers[1].type" in err and "syntax error" in err and f"{plugin}:{line}" in err
+    cfg.write_text(model_yaml("{type: relu}").replace("dataset: digits", "dataset: 'cnnf_broken_by_type:Data'"))
+    code, err = train_in_process(capsys, tmp_path, cfg)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "data.dataset" in err and "syntax error" in err and f"{plugin}:{line}" in err
+    cfg.write_text(model_yaml("{type: 'cnnf_no_such_module_xyz:Layer'}"))
+    code, err = train_in_process(capsys, tmp_path, cfg)
+    assert code == 2 and "model.layers[1].type" in err and "cnnf_no_such_module_xyz" in err
+
+
+def test_broken_plugin_exit_status_and_no_traceback_in_a_real_process(tmp_path):
+    plugin = tmp_path / "boom.py"
+    line = write_marked(plugin, """
+        import numpy as np
+        raise RuntimeError("plugin failed on purpose")  # <-- here
+        """)
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(model_yaml("{type: relu}", plugins=["boom.py"]))
+    for command in ("train", "validate", "gradcheck"):
+        r = run_module(command, str(cfg), cwd=ROOT)
+        assert r.returncode == 2, (command, r.stderr)
+        assert "Traceback" not in r.stderr and r.stdout == ""
+        assert f"plugins[0]: plugin {plugin} failed to import at {plugin}:{line}: RuntimeError: plugin failed on " \
+               f"purpose" in r.stderr
