@@ -49,11 +49,45 @@ def test_bad_environment_variable_is_reported(tmp_path):
     assert "CNNFRAME_NUM_THREADS must be a positive integer" in out.stderr
 
 
-def test_threads_for_small_work_uses_one_thread():
+def test_threads_for_small_work_uses_one_thread(monkeypatch):
+    monkeypatch.setattr(parallel, "_dynamic", False)
     with cnnframe.num_threads(2):
         if cnnframe.get_num_threads() == 2:  # serial builds always report 1
             assert parallel.threads_for(10, 100) == 1
             assert parallel.threads_for(10_000, 100) == 2
+
+
+def test_dynamic_threads_leave_cores_busy_elsewhere(monkeypatch):
+    """With one core's worth of other work, two threads drop to one; with none, they stay two."""
+    monitor = parallel._LoadMonitor()
+    clock = {"now": 100.0, "busy": 50.0, "own": 10.0}
+    monkeypatch.setattr(parallel.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(monitor, "_busy_seconds", lambda: clock["busy"])
+    monkeypatch.setattr(parallel.os, "times", lambda: (clock["own"], 0.0, 0.0, 0.0, 0.0))
+    assert monitor.free_cores(2) == 2  # first reading: nothing known yet
+    # 1 s later: the system was busy for 2 core-seconds, 1 of them ours -> another process holds a core
+    clock.update(now=101.0, busy=52.0, own=11.0)
+    assert monitor.free_cores(2) == 1
+    # readings are cached for `interval` seconds
+    clock.update(now=101.1, busy=52.0, own=11.2)
+    assert monitor.free_cores(2) == 1
+    # 1 s later: all the busy time was ours
+    clock.update(now=102.1, busy=54.0, own=13.2)
+    assert monitor.free_cores(2) == 2
+    assert monitor.free_cores(1) == 1
+
+
+def test_dynamic_threads_can_be_switched_off(monkeypatch):
+    monkeypatch.setattr(parallel._LOAD, "free_cores", lambda n: 1)
+    with cnnframe.num_threads(2):
+        if cnnframe.get_num_threads() == 2:
+            cnnframe.set_dynamic(True)
+            assert parallel.threads_for(10**9, 1) == 1
+            cnnframe.set_dynamic(False)
+            try:
+                assert parallel.threads_for(10**9, 1) == 2
+            finally:
+                cnnframe.set_dynamic(True)
 
 
 def test_kernel_blas_pinned_to_one_thread_numpy_blas_untouched():

@@ -1,7 +1,7 @@
 """cnnframe: a small, fast, readable CNN training framework for the CPU."""
 __version__ = "0.1.0"
 
-from cnnframe.parallel import get_num_threads, num_threads, set_num_threads
+from cnnframe.parallel import get_dynamic, get_num_threads, num_threads, set_dynamic, set_num_threads
 from cnnframe.registry import (
     DATASETS,
     LAYERS,

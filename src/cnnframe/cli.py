@@ -300,6 +300,12 @@ def cmd_info(args):
     else:
         print("OpenMP: not compiled in (kernels run on one thread)")
     print(f"threads: {parallel.get_num_threads()}  (CNNFRAME_NUM_THREADS, trainer.threads or set_num_threads)")
+    dyn = "on" if parallel.get_dynamic() else "off"
+    print(f"dynamic threads: {dyn}  (fewer threads while other processes keep cores busy; CNNFRAME_DYNAMIC_THREADS)")
+    from cnnframe._ext import conv as _conv
+
+    mk = "AVX-512 micro-kernel" if _conv.microkernel_available() else "BLAS (no AVX-512 on this CPU)"
+    print(f"float32 convolution products: {mk}")
     libs = parallel.blas_info()
     if not libs:
         print("BLAS: none found by threadpoolctl")

@@ -159,23 +159,21 @@ def test_central_difference_gradients(s, p, d):
         assert np.abs(num - grad).max() < 1e-7
 
 
-def test_thread_count_changes_only_rounding(kernel_path):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_are_bit_identical_for_any_thread_count(kernel_path, dtype):
+    """Work is cut into a fixed number of spans, so the thread count never changes a bit."""
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((5, 6, 10, 9)).astype(np.float32)
-    w = rng.standard_normal((7, 6, 3, 3)).astype(np.float32)
-    g = rng.standard_normal((5, 7, 10, 9)).astype(np.float32)
-    results = []
-    for threads in (1, 2, 3, 4):
-        with cnnframe.num_threads(threads):
-            results.append((ops.conv2d_forward(x, w, None, 1, 1),) + ops.conv2d_backward(x, w, g, 1, 1))
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    # The same thread count gives bit-identical results.
-    with cnnframe.num_threads(2):
-        again = ops.conv2d_backward(x, w, g, 1, 1)
-    for a, b in zip(results[1][1:], again):
-        assert np.array_equal(a, b)
+    cases = [((5, 6, 10, 9), (7, 6, 3, 3), 1, 1), ((1, 17, 9, 9), (20, 17, 5, 5), 1, 2), ((3, 16, 8, 8), (32, 16, 3, 3), 2, 1)]
+    for xs, ws, s, p in cases:
+        x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+        g = rng.standard_normal(ops.conv2d_forward(x, w, None, s, p).shape).astype(dtype)
+        results = []
+        for threads in (1, 2, 3, 4, 7):
+            with cnnframe.num_threads(threads):
+                results.append((ops.conv2d_forward(x, w, None, s, p),) + ops.conv2d_backward(x, w, g, s, p))
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                assert np.array_equal(a, b), (xs, ws)
 
 
 def test_non_contiguous_inputs():

@@ -20,16 +20,18 @@ The col2im form of (4) adds exactly the products of the full convolution of G wi
 kernel, minus the products with the zeros that (4) inserts between strided outputs;
 ``cnnframe.ops.conv2d_input_grad_full`` computes (4) literally and the tests check both agree.
 
-Parallel plan: the N·Ho·Wo pixel rows are cut into one contiguous span per thread; each thread
-walks its span in chunks sized to stay in L2 (im2col of a chunk, then one GEMM).  Backward keeps
-each image within one thread when there are at least as many images as threads, so the col2im
-scatter never races; with fewer images than threads, each thread scatters into its own copy of dX.
-Every thread owns its dW/db accumulators; they are summed in a fixed order, so results depend on
-the thread count only through float rounding.
+Parallel plan: the N·Ho·Wo pixel rows are cut into SPANS contiguous spans (a fixed number, not
+the thread count); threads take spans, and walk each span in chunks sized to stay in L2 (im2col of
+a chunk, then one product).  Backward keeps each image within one span when there are at least as
+many images as spans, so the col2im scatter never races; otherwise each span scatters into its own
+copy of dX.  Every span owns its dW/db accumulators; they are summed in span order.  Results are
+therefore bit-identical for any thread count.
 
 Callers (``cnnframe.ops.conv``) validate every argument and pin BLAS to one thread: nothing here
 checks bounds.
 """
+import os
+
 import numpy as np
 
 from cnnframe._ext._scratch import SCRATCH
@@ -94,6 +96,21 @@ def _implicit_policy(on=None, max_waste_pct=None, dx_min_channels=None, dw_min_t
 
 cdef inline bint little_waste(int padded, int out) noexcept nogil:
     return 100 * padded <= (100 + IMPLICIT_MAX_WASTE_PCT) * out
+
+
+# Work is cut into a fixed number of spans, independent of the thread count; each span owns its
+# gradient accumulators, summed in span order.  So results are bit-identical for any number of
+# threads (threads only decide which span runs where), and the thread count may change between
+# calls (cnnframe.parallel lowers it when other processes keep cores busy).
+cdef int SPANS = max(8, os.cpu_count() or 1)
+
+
+def _set_spans(int n):
+    """Tests: change the number of work spans (results change with it, by rounding only)."""
+    global SPANS
+    old = SPANS
+    SPANS = max(1, n)
+    return old
 
 
 # Rows of col per GEMM: about this many elements keeps a chunk in L2 next to the weights.
@@ -383,8 +400,8 @@ def forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[::1] b,
         return
     if nthreads < 1:
         nthreads = 1
-    if nthreads > rows:
-        nthreads = <int>rows
+    if nthreads > SPANS:
+        nthreads = SPANS
     if floating is float:
         # The implicit path computes Wp - Wo dropped columns per row: worth it up to ~25 % extra.
         if USE_MK and USE_IMPLICIT and sh == 1 and sw == 1 and little_waste(Wp, Wo):
@@ -418,15 +435,15 @@ cdef void _forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[
         reorder_weights_t(&w[0, 0, 0, 0], F, C, kh, kw, &wr[0, 0])  # (K, F) for the micro-kernel
     else:
         reorder_weights(&w[0, 0, 0, 0], F, C, kh, kw, &wr[0, 0])
-    cdef int t, f
+    cdef int v, f, nspans = SPANS if SPANS < rows else <int>rows
     cdef Py_ssize_t r0, r1, c0, c1, nr, row, n, seg
     cdef floating* col
     cdef floating* out
-    for t in prange(nthreads, nogil=True, schedule='static', num_threads=nthreads):
-        col = &col_buf[t, 0]
-        out = &out_buf[t, 0]
-        r0 = rows * t // nthreads
-        r1 = rows * (t + 1) // nthreads
+    for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
+        col = &col_buf[threadid(), 0]
+        out = &out_buf[threadid(), 0]
+        r0 = rows * v // nspans
+        r1 = rows * (v + 1) // nspans
         c0 = r0
         while c0 < r1:
             c1 = c0 + R if c0 + R < r1 else r1
@@ -465,8 +482,8 @@ def backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[:, :, 
         return
     if nthreads < 1:
         nthreads = 1
-    if nthreads > rows:
-        nthreads = <int>rows
+    if nthreads > SPANS:
+        nthreads = SPANS
     cdef bint dx_implicit = False, dw_implicit = False
     if floating is float:
         if USE_MK and USE_IMPLICIT and sh == 1 and sw == 1:
@@ -486,10 +503,11 @@ def backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[:, :, 
             backward(x, w, gy, dx, dw, db, sh, sw, ph, pw, dh, dw_, False, nthreads)
             _backward_implicit(x, w, gy, dx, dw, db, ph, pw, dh, dw_, False, True, nthreads)
             return
-    # Images never straddle two threads when there are enough of them: then all threads share
-    # one dX; otherwise each thread scatters into a private copy, summed afterwards.
-    cdef bint by_image = N >= nthreads
-    cdef int ncopies = 1 if by_image else nthreads
+    # Spans are whole images when there are enough images: then all spans share one dX;
+    # otherwise each span scatters into a private copy of dX, summed afterwards in span order.
+    cdef int nspans = SPANS if SPANS < rows else <int>rows
+    cdef bint by_image = N >= nspans
+    cdef int ncopies = 1 if by_image else nspans
     cdef Py_ssize_t R = chunk_rows(K)
     if need_dx:
         dxh_shape = (ncopies, N, Hp, Wp, C)
@@ -497,8 +515,8 @@ def backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[:, :, 
         dxh_shape = (1, 1, 1, 1, 1)
     bufs, release = SCRATCH.get(
         np.float32 if floating is float else np.float64,
-        [(N, Hp, Wp, C), (F, K), dxh_shape, (nthreads, R * K), (nthreads, R * F), (nthreads, F, K),
-         (nthreads, F)],
+        [(N, Hp, Wp, C), (F, K), dxh_shape, (nthreads, R * K), (nthreads, R * F), (nspans, F, K),
+         (nspans, F)],
     )
     cdef floating[:, :, :, ::1] xh
     cdef floating[:, ::1] wr, col_buf, g_buf, db_acc
@@ -528,22 +546,22 @@ cdef void _backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating
     cdef bint mk = floating is float and USE_MK
     fill_channels_last(x, ph, pw, xh, nthreads)
     reorder_weights(&w[0, 0, 0, 0], F, C, kh, kw, &wr[0, 0])
-    cdef int t, f, copy
+    cdef int v, f, copy, nspans = dw_acc.shape[0]
     cdef Py_ssize_t r0, r1, c0, c1, nr, row, n, pix, seg
     cdef floating* col
     cdef floating* g
     cdef floating* gp
-    for t in prange(nthreads, nogil=True, schedule='static', num_threads=nthreads):
-        col = &col_buf[t, 0]
-        g = &g_buf[t, 0]
+    for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
+        col = &col_buf[threadid(), 0]
+        g = &g_buf[threadid(), 0]
         if by_image:
-            r0 = (N * t // nthreads) * P
-            r1 = (N * (t + 1) // nthreads) * P
+            r0 = (N * v // nspans) * P
+            r1 = (N * (v + 1) // nspans) * P
             copy = 0
         else:
-            r0 = rows * t // nthreads
-            r1 = rows * (t + 1) // nthreads
-            copy = t
+            r0 = rows * v // nspans
+            r1 = rows * (v + 1) // nspans
+            copy = v
         c0 = r0
         while c0 < r1:
             c1 = c0 + R if c0 + R < r1 else r1
@@ -559,16 +577,16 @@ cdef void _backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating
                         g[f * nr + (pix - c0)] = gp[f * P + pix]
                 row = seg
             for f in range(F):
-                db_acc[t, f] += sum_run(g + f * nr, nr)
+                db_acc[v, f] += sum_run(g + f * nr, nr)
             im2col_rows(&xh[0, 0, 0, 0], c0, c1, C, Hp, Wp, kh, kw, sh, sw, dh, dw_, Ho, Wo, col)
             # dWr (F × K) += G (F × nr) · col (nr × K)
             if floating is float:
                 if mk:
-                    cnnframe_mk_sgemm(F, K, nr, g, nr, 1, col, K, &dw_acc[t, 0, 0], K, 1)
+                    cnnframe_mk_sgemm(F, K, nr, g, nr, 1, col, K, &dw_acc[v, 0, 0], K, 1)
                 else:
-                    gemm_rm(False, False, F, <int>K, <int>nr, 1, g, <int>nr, col, <int>K, 1, &dw_acc[t, 0, 0], <int>K)
+                    gemm_rm(False, False, F, <int>K, <int>nr, 1, g, <int>nr, col, <int>K, 1, &dw_acc[v, 0, 0], <int>K)
             else:
-                gemm_rm(False, False, F, <int>K, <int>nr, 1, g, <int>nr, col, <int>K, 1, &dw_acc[t, 0, 0], <int>K)
+                gemm_rm(False, False, F, <int>K, <int>nr, 1, g, <int>nr, col, <int>K, 1, &dw_acc[v, 0, 0], <int>K)
             if need_dx:
                 # dcol (nr × K) = Gᵀ · Wr, written over col (no longer needed).
                 if floating is float:
@@ -580,7 +598,7 @@ cdef void _backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating
                     gemm_rm(True, False, <int>nr, <int>K, F, 1, g, <int>nr, &wr[0, 0], <int>K, 0, col, <int>K)
                 col2im_rows(col, c0, c1, C, Hp, Wp, kh, kw, sh, sw, dh, dw_, Ho, Wo, &dxh[copy, 0, 0, 0, 0])
             c0 = c1
-    # Fixed summation order over threads: deterministic for a given thread count.
+    # Spans summed in a fixed order: the same bits for any thread count.
     dwr = np.asarray(dw_acc).sum(axis=0).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
     np.add(np.asarray(dw), dwr, out=np.asarray(dw))
     np.add(np.asarray(db), np.asarray(db_acc).sum(axis=0), out=np.asarray(db))
@@ -649,11 +667,11 @@ cdef void implicit_conv(float* xh, Py_ssize_t img, int N, int Wp, int C, float* 
             transpose_bias(out + (i - i0) * Wp * F, F, y + (n * F * Ho + i) * Wo, plane, Wo, b)
 
 
-cdef int _rows_per_chunk(int Wp, int Ho, int N, int nthreads) noexcept nogil:
-    """Output rows per work item: about IMPLICIT_PIXELS pixels, but at least two items per thread
-    when the batch is small (one image would otherwise leave threads idle)."""
+cdef int _rows_per_chunk(int Wp, int Ho, int N) noexcept nogil:
+    """Output rows per work item: about IMPLICIT_PIXELS pixels, but at least SPANS items when the
+    batch is small (one image would otherwise leave threads idle)."""
     cdef int r = <int>(IMPLICIT_PIXELS // Wp)
-    cdef int share = <int>((<Py_ssize_t>Ho * N) // (2 * nthreads))
+    cdef int share = <int>((<Py_ssize_t>Ho * N) // SPANS)
     if r > share:
         r = share
     if r < 1:
@@ -669,7 +687,7 @@ def _forward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[::1] b
     cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
     cdef int Ho = y.shape[2], Wo = y.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
     cdef Py_ssize_t K = <Py_ssize_t>C * kh * kw, img = <Py_ssize_t>Hp * Wp * C
-    cdef int rpc = _rows_per_chunk(Wp, Ho, N, nthreads)
+    cdef int rpc = _rows_per_chunk(Wp, Ho, N)
     # The last rows' dropped columns read up to (kw-1)·dw·C values past an image: pad the end.
     cdef Py_ssize_t tail = (<Py_ssize_t>(kw - 1) * dw + 1) * C + 64
     bufs, release = SCRATCH.get(
@@ -704,7 +722,7 @@ def _backward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[:, :,
     cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
     cdef int Ho = gy.shape[2], Wo = gy.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
     cdef Py_ssize_t K = <Py_ssize_t>C * kh * kw, img = <Py_ssize_t>Hp * Wp * C
-    cdef int rpc = _rows_per_chunk(Wp, Ho, N, nthreads)
+    cdef int rpc = _rows_per_chunk(Wp, Ho, N)
     cdef Py_ssize_t tail = (<Py_ssize_t>(kw - 1) * dw_ + 1) * C + 64
     cdef Py_ssize_t gstride = <Py_ssize_t>F * rpc * Wp + 64
     # G padded for eq. (4): the full correlation needs d·(k-1) zeros, the forward padding p is
@@ -712,11 +730,13 @@ def _backward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[:, :,
     cdef int pgh = dh * (kh - 1) - ph, pgw = dw_ * (kw - 1) - pw
     cdef int Hg = Ho + 2 * pgh, Wg = Wo + 2 * pgw
     cdef Py_ssize_t gimg = <Py_ssize_t>Hg * Wg * F
-    cdef int rpc_dx = _rows_per_chunk(Wg, H, N, nthreads)
+    cdef int rpc_dx = _rows_per_chunk(Wg, H, N)
     cdef Py_ssize_t gtail = (<Py_ssize_t>(kw - 1) * dw_ + 1) * F + 64
     # (the offset tables are Py_ssize_t: two float32 slots each)
+    cdef int chunks = (Ho + rpc - 1) // rpc
+    cdef int nspans = SPANS if SPANS < N * chunks else N * chunks
     if do_dw:
-        shapes = [(N * img + tail,), (nthreads, gstride), (nthreads, F, K), (nthreads, F)]
+        shapes = [(N * img + tail,), (nthreads, gstride), (nspans, F, K), (nspans, F)]
     else:
         shapes = [(1,), (1, 1), (1, 1, 1), (1, 1)]
     shapes += [(2 * kh * kw,), (2 * kh * kw,)]
@@ -764,9 +784,10 @@ cdef _implicit_weight_grad(float[:, :, :, ::1] x, float[:, :, :, ::1] gy, float[
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int F = gy.shape[1], Ho = gy.shape[2], Wo = gy.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
     cdef Py_ssize_t K = <Py_ssize_t>C * kh * kw, img = <Py_ssize_t>Hp * Wp * C
-    cdef int chunks = (Ho + rpc - 1) // rpc
+    cdef int chunks = (Ho + rpc - 1) // rpc, nspans = dw_acc.shape[0], v
+    cdef Py_ssize_t nitems = <Py_ssize_t>N * chunks
     cdef Py_ssize_t T, nseg = kh if dw_ == 1 else kh * kw, item, n, i, i0, i1, M, s, q
-    cdef int f, tid
+    cdef int f
     cdef float* g
     cdef float acc
     np.asarray(xh).fill(0)
@@ -775,26 +796,26 @@ cdef _implicit_weight_grad(float[:, :, :, ::1] x, float[:, :, :, ::1] gy, float[
     for n in prange(N, nogil=True, schedule='static', num_threads=nthreads):
         to_channels_last(&x[n, 0, 0, 0], C, H, W, ph, pw, &xh[0] + n * img)
     T = _segments(kh, kw, dh, dw_, Wp, C, aoff, boff)
-    for item in prange(<Py_ssize_t>N * chunks, nogil=True, schedule='static', num_threads=nthreads):
-        tid = threadid()
-        n = item // chunks
-        i0 = (item - n * chunks) * rpc
-        i1 = i0 + rpc if i0 + rpc < Ho else Ho
-        M = (i1 - i0) * Wp
-        g = &gbuf[tid, 0]
-        for f in range(F):
-            acc = 0
-            for i in range(i0, i1):
-                for q in range(Wo):
-                    g[f * M + (i - i0) * Wp + q] = gy[n, f, i, q]
-                    acc = acc + gy[n, f, i, q]
-                for q in range(Wo, Wp):
-                    g[f * M + (i - i0) * Wp + q] = 0
-            db_acc[tid, f] += acc
-        for s in range(nseg):
-            cnnframe_mk_sgemm(F, T, M, g, M, 1, &xh[0] + n * img + i0 * Wp * C + aoff[s], C,
-                              &dw_acc[tid, 0, 0] + boff[s], K, 1)
-    # Fixed summation order over threads: deterministic for a given thread count.
+    for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
+        g = &gbuf[threadid(), 0]
+        for item in range(nitems * v // nspans, nitems * (v + 1) // nspans):
+            n = item // chunks
+            i0 = (item - n * chunks) * rpc
+            i1 = i0 + rpc if i0 + rpc < Ho else Ho
+            M = (i1 - i0) * Wp
+            for f in range(F):
+                acc = 0
+                for i in range(i0, i1):
+                    for q in range(Wo):
+                        g[f * M + (i - i0) * Wp + q] = gy[n, f, i, q]
+                        acc = acc + gy[n, f, i, q]
+                    for q in range(Wo, Wp):
+                        g[f * M + (i - i0) * Wp + q] = 0
+                db_acc[v, f] += acc
+            for s in range(nseg):
+                cnnframe_mk_sgemm(F, T, M, g, M, 1, &xh[0] + n * img + i0 * Wp * C + aoff[s], C,
+                                  &dw_acc[v, 0, 0] + boff[s], K, 1)
+    # Spans summed in a fixed order: the same bits for any thread count.
     dwr = np.asarray(dw_acc).sum(axis=0).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
     np.add(np.asarray(dw), dwr, out=np.asarray(dw))
     np.add(np.asarray(db), np.asarray(db_acc).sum(axis=0), out=np.asarray(db))
