@@ -5,7 +5,8 @@ Determinism.  Everything random is derived from ``seed``: the model's initial we
 generator seeded by (seed, e), and the model is reseeded (Dropout masks) from (seed, e).  The learning
 rate of step i of epoch e is ``schedule.lr_at(e + i / steps)``.  So the state after an epoch (weights,
 BatchNorm statistics, optimizer slots, early-stopping counters) is all a resume needs: ten epochs
-straight and five + resume five give bit-identical weights (same thread count).
+straight and five + resume five give bit-identical weights (the kernels' results do not depend
+on the thread count).
 
 Run directory ``<run_dir>/<name>-<YYYYmmdd-HHMMSS>/``:
 
@@ -182,11 +183,6 @@ class Trainer:
             trainer.best_state = _copy_state(load_checkpoint(best_path)[0].state_dict())
         trainer.history = _read_metrics(os.path.join(run_dir, "metrics.csv"), upto=trainer.epoch)
         trainer.status = "resumed"
-        from cnnframe import parallel
-
-        if meta.get("threads") not in (None, parallel.get_num_threads()):
-            trainer._say(f"note: this run used {meta['threads']} threads so far and continues with "
-                         f"{parallel.get_num_threads()}; results will not be bit-identical to an uninterrupted run")
         return trainer
 
     # -- helpers ---------------------------------------------------------------------------------------
