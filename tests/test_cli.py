@@ -252,3 +252,13 @@ def test_interrupt_and_divergence_exit_codes(capsys, tmp_path, monkeypatch):
         T.TrainingDiverged("the loss became nan")))
     code, _, err = cli(capsys, "train", TINY, "-q", "--run-dir", str(tmp_path))
     assert code == 1 and "the loss became nan" in err and "Traceback" not in err
+
+
+def test_closed_pipe_is_not_a_traceback(tmp_path):
+    """`python -m cnnframe validate CONFIG | head -1` stops quietly when head exits."""
+    proc = subprocess.Popen([sys.executable, "-m", "cnnframe", "validate", DIGITS], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command writes anything
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err
