@@ -130,7 +130,9 @@ def serve(backend, threads, dtype):
 class Worker:
     def __init__(self, backend, threads, dtype):
         cmd = [sys.executable, os.path.abspath(__file__), "--serve", backend, "--threads", str(threads), "--dtype", dtype]
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        # Fixed thread counts: the other backends' idle workers still spin for a moment after their
+        # turn, which cnnframe's dynamic threads would otherwise take for a busy machine.
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), CNNFRAME_DYNAMIC_THREADS="0")
         self.name = backend
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.ok = self._read() is not None

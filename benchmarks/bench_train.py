@@ -193,7 +193,8 @@ def run_epochs(one_epoch, epochs):
 
 # -- driver -------------------------------------------------------------------------------------------------------------
 def run_worker(backend, args, cfg):
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), CNNFRAME_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), CNNFRAME_NUM_THREADS=str(args.threads),
+               CNNFRAME_DYNAMIC_THREADS="0")  # a fixed thread count, as for torch
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", backend, "--cfg-json", json.dumps(cfg),
            "--threads", str(args.threads), "--epochs", str(args.epochs)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
