@@ -5,6 +5,7 @@ fault on first touch, which cost more than the arithmetic on digits-sized layers
 dtype is kept and grown as needed; a call that finds it in use (another Python thread inside a
 kernel) gets a private buffer instead.
 """
+import math
 import threading
 
 import numpy as np
@@ -21,19 +22,20 @@ class Scratch:
         """Return (views, release): one C-contiguous, 64-byte aligned view per shape."""
         dtype = np.dtype(dtype)
         per = _ALIGN // dtype.itemsize
-        sizes = [int(np.prod(s)) for s in shapes]
+        sizes = [math.prod(s) for s in shapes]
         padded = [-(-n // per) * per for n in sizes]
         total = sum(padded) + per
         if self._lock.acquire(blocking=False):
-            buf = self._buffers.get(dtype)
-            if buf is None or buf.size < total:
+            buf, start = self._buffers.get(dtype, (None, 0))
+            if buf is None or buf.size - start < total - per:
                 buf = np.empty(total, dtype)
-                self._buffers[dtype] = buf
+                start = (-buf.ctypes.data % _ALIGN) // dtype.itemsize
+                self._buffers[dtype] = (buf, start)
             release = self._lock.release
         else:
             buf = np.empty(total, dtype)
+            start = (-buf.ctypes.data % _ALIGN) // dtype.itemsize
             release = _nothing
-        start = (-buf.ctypes.data % _ALIGN) // dtype.itemsize
         views = []
         for shape, n, p in zip(shapes, sizes, padded):
             views.append(buf[start : start + n].reshape(shape))
