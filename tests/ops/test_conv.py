@@ -251,3 +251,20 @@ def test_backward_rejects_mismatched_grad_out():
         ops.conv2d_backward(x, w, np.ones((2, 4, 3, 3), np.float32))
     with pytest.raises(ValueError, match="method"):
         ops.conv2d_backward(x, w, np.ones((2, 4, 3, 3)), method="fft")
+
+
+def test_scratch_reuse_does_not_leak_values_between_calls(kernel_path):
+    """Scratch buffers are reused: a call full of NaNs must not poison the padding of the next."""
+    rng = np.random.default_rng(12)
+    bad = np.full((2, 17, 9, 9), np.nan, np.float32)
+    w = rng.standard_normal((18, 17, 5, 5)).astype(np.float32)
+    ops.conv2d_backward(bad, w, np.full((2, 18, 9, 9), np.nan, np.float32), 1, 2)
+    ops.conv2d_forward(bad, w, None, 1, 2)
+    x = rng.standard_normal((2, 17, 9, 9)).astype(np.float32)
+    g = rng.standard_normal((2, 18, 9, 9)).astype(np.float32)
+    y = ops.conv2d_forward(x, w, None, 1, 2)
+    dx, dw, db = ops.conv2d_backward(x, w, g, 1, 2)
+    np.testing.assert_allclose(y, ref.conv2d_forward_ref(x, w, None, 1, 2), rtol=1e-4, atol=1e-3)
+    for got, want in zip((dx, dw, db), ref.conv2d_backward_ref(x, w, g, 1, 2)):
+        assert np.isfinite(got).all()
+        assert rel_err(got, want) < 1e-5

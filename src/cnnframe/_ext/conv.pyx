@@ -152,13 +152,18 @@ cdef Py_ssize_t chunk_rows(Py_ssize_t K) noexcept nogil:
 
 cdef void to_channels_last(floating* x, int C, int H, int W, int ph, int pw,
                            floating* xh) noexcept nogil:
-    """xh[r, q, c] = Xp[c, r, q] for one image; xh (Hp, Wp, C) must start zeroed (the padding)."""
+    """xh[r, q, c] = Xp[c, r, q] for one image (Hp, Wp, C), zero padding included."""
     cdef int c, r, q
-    cdef Py_ssize_t Wp = W + 2 * pw
+    cdef Py_ssize_t Wp = W + 2 * pw, row = Wp * C
     cdef floating* src
     cdef floating* dst
+    # Only the padding needs zeros; the rest is overwritten below.
+    memset(xh, 0, ph * row * sizeof(floating))
+    memset(xh + (ph + H) * row, 0, ph * row * sizeof(floating))
     for r in range(H):
         dst = xh + ((r + ph) * Wp + pw) * C
+        memset(dst - pw * C, 0, pw * C * sizeof(floating))
+        memset(dst + W * C, 0, pw * C * sizeof(floating))
         for c in range(C):
             src = x + (<Py_ssize_t>c * H + r) * W
             for q in range(W):
@@ -273,6 +278,7 @@ cdef extern from *:
     void cnnframe_transpose_bias_d(const double* out, Py_ssize_t F, double* y, Py_ssize_t ldy,
                                    Py_ssize_t npix, const double* b) noexcept nogil
     void* memcpy(void* dst, const void* src, size_t n) noexcept nogil
+    void* memset(void* dst, int c, size_t n) noexcept nogil
 
 
 cdef inline void transpose_bias(floating* out, Py_ssize_t F, floating* y, Py_ssize_t ldy,
@@ -381,8 +387,6 @@ cdef void fill_channels_last(floating[:, :, :, ::1] x, int ph, int pw, floating[
                              int nthreads):
     """xh (N, H + 2ph, W + 2pw, C) = zero-padded channels-last copy of x, built in parallel."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], n
-    if ph or pw:
-        np.asarray(xh).fill(0)
     for n in prange(N, nogil=True, schedule='static', num_threads=nthreads):
         to_channels_last(&x[n, 0, 0, 0], C, H, W, ph, pw, &xh[n, 0, 0, 0])
 
@@ -702,7 +706,7 @@ def _forward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[::1] b
     try:
         xh, wt, out_buf = bufs[0], bufs[1], bufs[2]
         aoff, boff = bufs[3].view(np.intp), bufs[4].view(np.intp)
-        np.asarray(xh).fill(0)
+        np.asarray(xh)[N * img:] = 0  # read by dropped columns only, but must be finite
         for n in prange(N, nogil=True, schedule='static', num_threads=nthreads):
             to_channels_last(&x[n, 0, 0, 0], C, H, W, ph, pw, &xh[0] + n * img)
         reorder_weights_t(&w[0, 0, 0, 0], F, C, kh, kw, &wt[0, 0])
@@ -757,7 +761,7 @@ def _backward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[:, :,
             return
         # dX (eq. 4): a stride-1 correlation of padded G with the rotated, channel-swapped kernel.
         gh, wrt, out_buf, zero = bufs[6], bufs[7], bufs[8], bufs[9]
-        np.asarray(gh).fill(0)
+        np.asarray(gh)[N * gimg:] = 0
         np.asarray(zero).fill(0)
         for n in prange(N, nogil=True, schedule='static', num_threads=nthreads):
             to_channels_last(&gy[n, 0, 0, 0], F, Ho, Wo, pgh, pgw, &gh[0] + n * gimg)
@@ -790,7 +794,7 @@ cdef _implicit_weight_grad(float[:, :, :, ::1] x, float[:, :, :, ::1] gy, float[
     cdef int f
     cdef float* g
     cdef float acc
-    np.asarray(xh).fill(0)
+    np.asarray(xh)[N * img:] = 0  # multiplied by the zeros of G's dropped columns: must be finite
     np.asarray(dw_acc).fill(0)
     np.asarray(db_acc).fill(0)
     for n in prange(N, nogil=True, schedule='static', num_threads=nthreads):
