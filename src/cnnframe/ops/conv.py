@@ -88,11 +88,14 @@ def conv2d_backward(x, weight, grad_out, stride=1, padding=0, dilation=1, need_i
     db[k]       = Σ_n Σ_i Σ_j G[n,k,i,j]                                   eq. (3)
     dX          = full convolution of G with the 180°-rotated kernel          eq. (4)
 
-    ``method="col2im"`` (default, fastest) forms dcol = Wᵀ·G and scatter-adds it back into the image
-    positions each column came from: the same sums of products as eq. (4), with no products of the
-    zeros eq. (4) inserts for stride > 1.  ``method="full"`` computes eq. (4) literally with the
-    forward kernel: dilate G by the stride, pad it by d(k-1), correlate with the rotated,
-    channel-swapped kernel, crop the padding.  Both agree to rounding (tests/ops/test_conv.py).
+    ``method="col2im"`` (default, fastest) lets the kernel choose: it forms dcol = Wᵀ·G and
+    scatter-adds it back into the image positions each column came from — the same sums of products
+    as eq. (4), with no products of the zeros eq. (4) inserts for stride > 1 — except for float32,
+    stride-1 layers with large kernels, where it computes eq. (4) itself as a stride-1 correlation
+    of G padded by d(k-1) - p with the rotated kernel, reading G in place (see ``_ext/conv.pyx``).
+    ``method="full"`` computes eq. (4) literally in Python with the forward kernel: dilate G by the
+    stride, pad it by d(k-1), correlate with the rotated, channel-swapped kernel, crop the padding.
+    All agree to rounding (tests/ops/test_conv.py).
     """
     x, weight, _, s, p, d, out_shape = _prepare(x, weight, None, stride, padding, dilation)
     grad_out = float_array(grad_out, "grad_out", 4)
