@@ -1,12 +1,19 @@
 /* A register-blocked float32 matrix product for the convolution kernels, AVX-512 when the CPU
  * has it (checked at run time, so the build needs no -march flag):
  *
- *     C[i, j] (+)= sum_t A[i*sa + t*sb] * B[t*ldb + j]        0 <= i < M, 0 <= j < N, 0 <= t < T
+ *     C[i, j] (+)= sum_s sum_t A[i*sa + aoff[s] + t*sb] * B[(boff[s] + t)*ldb + j]
+ *                                    0 <= i < M, 0 <= j < N, 0 <= s < nseg, 0 <= t < T
  *
- * One form serves all three products of a convolution (see conv.pyx): A is read by broadcasting
- * single elements (any strides), B and C by rows of contiguous vectors.  A tile of 8 rows x 32
- * columns of C stays in 16 vector registers for the whole sum over t: per t, two loads of B, eight
- * broadcasts of A and sixteen fused multiply-adds.  Ragged edges use masked loads and stores.
+ * One form serves all the products of a convolution (see conv.pyx): A is read by broadcasting
+ * single elements (any strides), B and C by rows of contiguous vectors.  The segments let A be a
+ * strided view of the input image itself ("implicit im2col": segment s is one kernel row, whose
+ * taps sit at a fixed offset from each output pixel), so no im2col copy is needed.
+ *
+ * A tile of 12 rows x 32 columns of C stays in 24 vector registers for the whole sum: per step,
+ * two loads of B, twelve broadcasts of A and 24 fused multiply-adds (8-row and 1-row tiles take
+ * the remaining rows, and 16-column tiles narrow outputs).  Ragged edges use masked loads and
+ * stores.  Each output element is summed in the same order whatever tile it falls in, so results
+ * do not depend on how rows are cut into chunks.
  *
  * OpenBLAS reaches only about half of peak on the thin products a convolution makes (few output
  * channels, short sums); this simple kernel does better there.  cnnframe_mk_available() says
@@ -64,6 +71,28 @@ static void cnnframe_mk_sgemm_seg(ptrdiff_t M, ptrdiff_t N, ptrdiff_t nseg, ptrd
     for (ptrdiff_t j = 0; j < N; j += 32) {
         const __mmask16 m0 = cnnframe_mask16(N - j), m1 = cnnframe_mask16(N - j - 16);
         ptrdiff_t i = 0;
+        if (m1) {
+            /* 12 rows x 32 columns: 24 accumulators amortise the loads and loop overhead best. */
+            for (; i + 12 <= M; i += 12) {
+                CNN_ROW_DECL(0) CNN_ROW_DECL(1) CNN_ROW_DECL(2) CNN_ROW_DECL(3)
+                CNN_ROW_DECL(4) CNN_ROW_DECL(5) CNN_ROW_DECL(6) CNN_ROW_DECL(7)
+                CNN_ROW_DECL(8) CNN_ROW_DECL(9) CNN_ROW_DECL(10) CNN_ROW_DECL(11)
+                for (ptrdiff_t s = 0; s < nseg; ++s) {
+                    const float *arow = A + i * sa + aoff[s];
+                    const float *b = B + boff[s] * ldb + j;
+                    for (ptrdiff_t t = 0; t < T; ++t, b += ldb) {
+                        const __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_maskz_loadu_ps(m1, b + 16);
+                        const float *at = arow + t * sb;
+                        CNN_ROW_FMA(0) CNN_ROW_FMA(1) CNN_ROW_FMA(2) CNN_ROW_FMA(3)
+                        CNN_ROW_FMA(4) CNN_ROW_FMA(5) CNN_ROW_FMA(6) CNN_ROW_FMA(7)
+                        CNN_ROW_FMA(8) CNN_ROW_FMA(9) CNN_ROW_FMA(10) CNN_ROW_FMA(11)
+                    }
+                }
+                CNN_ROW_STORE(0) CNN_ROW_STORE(1) CNN_ROW_STORE(2) CNN_ROW_STORE(3)
+                CNN_ROW_STORE(4) CNN_ROW_STORE(5) CNN_ROW_STORE(6) CNN_ROW_STORE(7)
+                CNN_ROW_STORE(8) CNN_ROW_STORE(9) CNN_ROW_STORE(10) CNN_ROW_STORE(11)
+            }
+        }
         for (; i + 8 <= M; i += 8) {
             CNN_ROW_DECL(0) CNN_ROW_DECL(1) CNN_ROW_DECL(2) CNN_ROW_DECL(3)
             CNN_ROW_DECL(4) CNN_ROW_DECL(5) CNN_ROW_DECL(6) CNN_ROW_DECL(7)
