@@ -119,12 +119,6 @@ cdef Py_ssize_t MIN_ROWS = 32
 cdef Py_ssize_t MAX_ROWS = 2048
 
 
-def _set_chunk_elems(Py_ssize_t n):
-    """Tuning hook for benchmarks: the col chunk size in elements."""
-    global CHUNK_ELEMS
-    CHUNK_ELEMS = n
-
-
 cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
                          floating* a, int lda, floating* b, int ldb, floating beta,
                          floating* c, int ldc) noexcept nogil:
@@ -309,7 +303,7 @@ cdef void im2col_rows(floating* xh, Py_ssize_t row0, Py_ssize_t row1, int C, int
                       floating* col) noexcept nogil:
     """col[row - row0, (m·kw + l)·C + c] = Xh[n, i·sh + m·dh, j·sw + l·dw, c] for pixel rows
     row0 <= row < row1, row = (n·Ho + i)·Wo + j."""
-    cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, K = <Py_ssize_t>kh * kw * C, img = <Py_ssize_t>Hp * Wp * C
+    cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, img = <Py_ssize_t>Hp * Wp * C
     cdef Py_ssize_t row, n = row0 // P, span = <Py_ssize_t>kw * C
     cdef int i = <int>((row0 - n * P) // Wo), j = <int>((row0 - n * P) % Wo), m, l
     cdef floating* dst = col
@@ -339,7 +333,7 @@ cdef void col2im_rows(floating* col, Py_ssize_t row0, Py_ssize_t row1, int C, in
                       int kh, int kw, int sh, int sw, int dh, int dw, int Ho, int Wo,
                       floating* xh) noexcept nogil:
     """The adjoint of im2col_rows: Xh[n, i·sh + m·dh, j·sw + l·dw, c] += col[row - row0, ...]."""
-    cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, K = <Py_ssize_t>kh * kw * C, img = <Py_ssize_t>Hp * Wp * C
+    cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, img = <Py_ssize_t>Hp * Wp * C
     cdef Py_ssize_t row, n = row0 // P, span = <Py_ssize_t>kw * C
     cdef int i = <int>((row0 - n * P) // Wo), j = <int>((row0 - n * P) % Wo), m, l
     cdef floating* src = col
@@ -439,7 +433,7 @@ cdef void _forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[
         reorder_weights_t(&w[0, 0, 0, 0], F, C, kh, kw, &wr[0, 0])  # (K, F) for the micro-kernel
     else:
         reorder_weights(&w[0, 0, 0, 0], F, C, kh, kw, &wr[0, 0])
-    cdef int v, f, nspans = SPANS if SPANS < rows else <int>rows
+    cdef int v, nspans = SPANS if SPANS < rows else <int>rows
     cdef Py_ssize_t r0, r1, c0, c1, nr, row, n, seg
     cdef floating* col
     cdef floating* out
