@@ -141,3 +141,26 @@ def test_bad_input_is_rejected_with_a_clear_message(call, exc, words):
         call()
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hw", [(8, 8), (9, 11), (4, 18), (2, 2), (7, 3)])
+def test_common_2x2_stride_2_window(dtype, hw):
+    """The 2x2, stride-2 window has its own fast kernel (four outputs at a time for float32):
+    check it on even and odd sizes, ties (first maximum wins) and NaNs (taken, as in PyTorch)."""
+    rng = np.random.default_rng(hw[0] * 100 + hw[1])
+    x = np.round(rng.standard_normal((3, 4) + hw) * 2).astype(dtype)  # many ties
+    x[0, 0].flat[::7] = np.nan
+    x[1, 2, 0, 0] = np.nan
+    g = rng.standard_normal((3, 4, hw[0] // 2, hw[1] // 2)).astype(dtype)
+    y_ref, arg_ref = ref.max_pool2d_forward_ref(np.nan_to_num(x, nan=np.inf), 2)
+    for threads in (1, 2):
+        with cnnframe.num_threads(threads):
+            y, arg = ops.max_pool2d_forward(x, 2)
+            dx = ops.max_pool2d_backward(g, arg, x.shape)
+        nan_out = np.isnan(y)
+        # NaN windows are exactly those whose reference maximum is +inf (NaN stood in as inf)
+        assert np.array_equal(nan_out, np.isinf(y_ref))
+        np.testing.assert_array_equal(y[~nan_out], y_ref[~nan_out])
+        np.testing.assert_array_equal(arg, arg_ref)  # NaN windows: the first NaN, like the first inf
+        np.testing.assert_allclose(dx, ref.max_pool2d_backward_ref(np.nan_to_num(x, nan=np.inf), g, 2))
