@@ -147,9 +147,8 @@ cdef Py_ssize_t chunk_rows(Py_ssize_t K) noexcept nogil:
 cdef void to_channels_last(floating* x, int C, int H, int W, int ph, int pw,
                            floating* xh) noexcept nogil:
     """xh[r, q, c] = Xp[c, r, q] for one image (Hp, Wp, C), zero padding included."""
-    cdef int c, r, q
+    cdef int r
     cdef Py_ssize_t Wp = W + 2 * pw, row = Wp * C
-    cdef floating* src
     cdef floating* dst
     # Only the padding needs zeros; the rest is overwritten below.
     memset(xh, 0, ph * row * sizeof(floating))
@@ -158,25 +157,18 @@ cdef void to_channels_last(floating* x, int C, int H, int W, int ph, int pw,
         dst = xh + ((r + ph) * Wp + pw) * C
         memset(dst - pw * C, 0, pw * C * sizeof(floating))
         memset(dst + W * C, 0, pw * C * sizeof(floating))
-        for c in range(C):
-            src = x + (<Py_ssize_t>c * H + r) * W
-            for q in range(W):
-                dst[q * C + c] = src[q]
+        # row r: (C × W, rows H·W apart) → (W × C)
+        transpose(x + <Py_ssize_t>r * W, <Py_ssize_t>H * W, C, W, dst, C, NULL)
 
 
 cdef void from_channels_last(floating* xh, int C, int H, int W, int ph, int pw,
                              floating* x) noexcept nogil:
-    """x[c, r, q] += Xh[r + ph, q + pw, c]: crop the padding and go back to channels-first."""
-    cdef int c, r, q
+    """x[c, r, q] = Xh[r + ph, q + pw, c]: crop the padding and go back to channels-first."""
+    cdef int r
     cdef Py_ssize_t Wp = W + 2 * pw
-    cdef floating* src
-    cdef floating* dst
     for r in range(H):
-        src = xh + ((r + ph) * Wp + pw) * C
-        for c in range(C):
-            dst = x + (<Py_ssize_t>c * H + r) * W
-            for q in range(W):
-                dst[q] += src[q * C + c]
+        # row r: (W × C) → (C × W, rows H·W apart)
+        transpose(xh + ((r + ph) * Wp + pw) * C, C, W, C, x + <Py_ssize_t>r * W, <Py_ssize_t>H * W, NULL)
 
 
 cdef extern from *:
@@ -204,62 +196,64 @@ cdef extern from *:
     CNNFRAME_SUM(cnnframe_sum_f, float)
     CNNFRAME_SUM(cnnframe_sum_d, double)
 
-    /* y[f*ldy + p] = out[p*F + f] + b[f] for p < npix, f < F: the GEMM's pixel-major result
-       turned channel-major (NCHW), in 4x4 (float) or 2x2 (double) register tiles where SSE2 is
-       available (every x86-64 CPU), plain loops elsewhere. */
+    /* dst[f*ldd + p] = src[p*lds + f] (+ b[f] when b is not NULL) for p < npix, f < F: a 2-D
+       transpose, e.g. the GEMM's pixel-major result turned channel-major (NCHW) with the bias
+       added, or an image between NCHW and channels-last.  4x4 (float) or 2x2 (double) register
+       tiles where SSE2 is available (every x86-64 CPU), plain loops elsewhere. */
     #if defined(__SSE2__)
     #include <emmintrin.h>
     #endif
-    static void cnnframe_transpose_bias_f(const float *out, Py_ssize_t F, float *y, Py_ssize_t ldy,
-                                          Py_ssize_t npix, const float *b) {
+    static void cnnframe_transpose_f(const float *src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
+                                     float *dst, Py_ssize_t ldd, const float *b) {
         Py_ssize_t p, f = 0, p4 = npix & ~(Py_ssize_t)3;
     #if defined(__SSE2__)
-        /* Four channels at a time along the whole run of pixels: each of the four output rows is
-           written as one sequential stream (rows of Y are often 4 KiB apart, and hopping between
-           many of them per pixel would thrash the cache sets). */
+        /* Four rows of dst at a time along the whole run: each is written as one sequential stream
+           (rows of Y are often 4 KiB apart, and hopping between many of them per pixel would
+           thrash the cache sets). */
         for (; f + 4 <= F; f += 4) {
-            __m128 b0 = _mm_set1_ps(b[f]), b1 = _mm_set1_ps(b[f + 1]);
-            __m128 b2 = _mm_set1_ps(b[f + 2]), b3 = _mm_set1_ps(b[f + 3]);
+            __m128 b0 = _mm_set1_ps(b ? b[f] : 0.0f), b1 = _mm_set1_ps(b ? b[f + 1] : 0.0f);
+            __m128 b2 = _mm_set1_ps(b ? b[f + 2] : 0.0f), b3 = _mm_set1_ps(b ? b[f + 3] : 0.0f);
             for (p = 0; p < p4; p += 4) {
-                __m128 r0 = _mm_loadu_ps(out + (p + 0) * F + f), r1 = _mm_loadu_ps(out + (p + 1) * F + f);
-                __m128 r2 = _mm_loadu_ps(out + (p + 2) * F + f), r3 = _mm_loadu_ps(out + (p + 3) * F + f);
+                __m128 r0 = _mm_loadu_ps(src + (p + 0) * lds + f), r1 = _mm_loadu_ps(src + (p + 1) * lds + f);
+                __m128 r2 = _mm_loadu_ps(src + (p + 2) * lds + f), r3 = _mm_loadu_ps(src + (p + 3) * lds + f);
                 _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-                _mm_storeu_ps(y + (f + 0) * ldy + p, _mm_add_ps(r0, b0));
-                _mm_storeu_ps(y + (f + 1) * ldy + p, _mm_add_ps(r1, b1));
-                _mm_storeu_ps(y + (f + 2) * ldy + p, _mm_add_ps(r2, b2));
-                _mm_storeu_ps(y + (f + 3) * ldy + p, _mm_add_ps(r3, b3));
+                _mm_storeu_ps(dst + (f + 0) * ldd + p, _mm_add_ps(r0, b0));
+                _mm_storeu_ps(dst + (f + 1) * ldd + p, _mm_add_ps(r1, b1));
+                _mm_storeu_ps(dst + (f + 2) * ldd + p, _mm_add_ps(r2, b2));
+                _mm_storeu_ps(dst + (f + 3) * ldd + p, _mm_add_ps(r3, b3));
             }
-            for (p = p4; p < npix; ++p) {
-                y[(f + 0) * ldy + p] = out[p * F + f + 0] + b[f + 0];
-                y[(f + 1) * ldy + p] = out[p * F + f + 1] + b[f + 1];
-                y[(f + 2) * ldy + p] = out[p * F + f + 2] + b[f + 2];
-                y[(f + 3) * ldy + p] = out[p * F + f + 3] + b[f + 3];
-            }
+            for (p = p4; p < npix; ++p)
+                for (Py_ssize_t k = 0; k < 4; ++k)
+                    dst[(f + k) * ldd + p] = src[p * lds + f + k] + (b ? b[f + k] : 0.0f);
         }
     #endif
-        for (; f < F; ++f)
-            for (p = 0; p < npix; ++p) y[f * ldy + p] = out[p * F + f] + b[f];
+        for (; f < F; ++f) {
+            const float bf = b ? b[f] : 0.0f;
+            for (p = 0; p < npix; ++p) dst[f * ldd + p] = src[p * lds + f] + bf;
+        }
     }
 
-    static void cnnframe_transpose_bias_d(const double *out, Py_ssize_t F, double *y, Py_ssize_t ldy,
-                                          Py_ssize_t npix, const double *b) {
+    static void cnnframe_transpose_d(const double *src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
+                                     double *dst, Py_ssize_t ldd, const double *b) {
         Py_ssize_t p, f = 0, p2 = npix & ~(Py_ssize_t)1;
     #if defined(__SSE2__)
         for (; f + 2 <= F; f += 2) {
-            __m128d b0 = _mm_set1_pd(b[f]), b1 = _mm_set1_pd(b[f + 1]);
+            __m128d b0 = _mm_set1_pd(b ? b[f] : 0.0), b1 = _mm_set1_pd(b ? b[f + 1] : 0.0);
             for (p = 0; p < p2; p += 2) {
-                __m128d r0 = _mm_loadu_pd(out + p * F + f), r1 = _mm_loadu_pd(out + (p + 1) * F + f);
-                _mm_storeu_pd(y + f * ldy + p, _mm_add_pd(_mm_unpacklo_pd(r0, r1), b0));
-                _mm_storeu_pd(y + (f + 1) * ldy + p, _mm_add_pd(_mm_unpackhi_pd(r0, r1), b1));
+                __m128d r0 = _mm_loadu_pd(src + p * lds + f), r1 = _mm_loadu_pd(src + (p + 1) * lds + f);
+                _mm_storeu_pd(dst + f * ldd + p, _mm_add_pd(_mm_unpacklo_pd(r0, r1), b0));
+                _mm_storeu_pd(dst + (f + 1) * ldd + p, _mm_add_pd(_mm_unpackhi_pd(r0, r1), b1));
             }
             for (p = p2; p < npix; ++p) {
-                y[f * ldy + p] = out[p * F + f] + b[f];
-                y[(f + 1) * ldy + p] = out[p * F + f + 1] + b[f + 1];
+                dst[f * ldd + p] = src[p * lds + f] + (b ? b[f] : 0.0);
+                dst[(f + 1) * ldd + p] = src[p * lds + f + 1] + (b ? b[f + 1] : 0.0);
             }
         }
     #endif
-        for (; f < F; ++f)
-            for (p = 0; p < npix; ++p) y[f * ldy + p] = out[p * F + f] + b[f];
+        for (; f < F; ++f) {
+            const double bf = b ? b[f] : 0.0;
+            for (p = 0; p < npix; ++p) dst[f * ldd + p] = src[p * lds + f] + bf;
+        }
     }
 
     """
@@ -267,21 +261,27 @@ cdef extern from *:
     void cnnframe_add_d(double* dst, const double* src, Py_ssize_t n) noexcept nogil
     float cnnframe_sum_f(const float* x, Py_ssize_t n) noexcept nogil
     double cnnframe_sum_d(const double* x, Py_ssize_t n) noexcept nogil
-    void cnnframe_transpose_bias_f(const float* out, Py_ssize_t F, float* y, Py_ssize_t ldy,
-                                   Py_ssize_t npix, const float* b) noexcept nogil
-    void cnnframe_transpose_bias_d(const double* out, Py_ssize_t F, double* y, Py_ssize_t ldy,
-                                   Py_ssize_t npix, const double* b) noexcept nogil
+    void cnnframe_transpose_f(const float* src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
+                              float* dst, Py_ssize_t ldd, const float* b) noexcept nogil
+    void cnnframe_transpose_d(const double* src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
+                              double* dst, Py_ssize_t ldd, const double* b) noexcept nogil
     void* memcpy(void* dst, const void* src, size_t n) noexcept nogil
     void* memset(void* dst, int c, size_t n) noexcept nogil
+
+
+cdef inline void transpose(floating* src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
+                           floating* dst, Py_ssize_t ldd, floating* b) noexcept nogil:
+    """dst[f·ldd + p] = src[p·lds + f] (+ b[f] unless b is NULL)."""
+    if floating is float:
+        cnnframe_transpose_f(src, lds, npix, F, dst, ldd, b)
+    else:
+        cnnframe_transpose_d(src, lds, npix, F, dst, ldd, b)
 
 
 cdef inline void transpose_bias(floating* out, Py_ssize_t F, floating* y, Py_ssize_t ldy,
                                Py_ssize_t npix, floating* b) noexcept nogil:
     """y[f·ldy + p] = out[p·F + f] + b[f]: pixel-major GEMM output to channel-major Y."""
-    if floating is float:
-        cnnframe_transpose_bias_f(out, F, y, ldy, npix, b)
-    else:
-        cnnframe_transpose_bias_d(out, F, y, ldy, npix, b)
+    transpose(out, F, npix, F, y, ldy, b)
 
 
 cdef inline floating sum_run(floating* x, Py_ssize_t n) noexcept nogil:
@@ -470,8 +470,8 @@ cdef void _forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[
 def backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[:, :, :, ::1] gy,
              floating[:, :, :, ::1] dx, floating[:, :, :, ::1] dw, floating[::1] db,
              int sh, int sw, int ph, int pw, int dh, int dw_, int need_dx, int nthreads):
-    """Add dW (eq. 2) into ``dw`` and db (eq. 3) into ``db``; if ``need_dx``, add dX (eq. 4, col2im
-    form) into ``dx``."""
+    """Add dW (eq. 2) into ``dw`` and db (eq. 3) into ``db``; if ``need_dx``, write dX (eq. 4) into
+    ``dx``."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
     cdef int Ho = gy.shape[2], Wo = gy.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
