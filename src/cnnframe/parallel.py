@@ -42,14 +42,19 @@ def set_num_threads(n):
     _num_threads = n
 
 
+_openmp = None
+
+
 def get_num_threads():
     """The number of OpenMP threads kernels use (1 when the build has no OpenMP)."""
-    global _num_threads
+    global _num_threads, _openmp
     if _num_threads is None:
         _num_threads = _default_threads()
-    from cnnframe._ext._openmp import openmp_enabled
+    if _openmp is None:
+        from cnnframe._ext._openmp import openmp_enabled
 
-    return _num_threads if openmp_enabled() else 1
+        _openmp = openmp_enabled()
+    return _num_threads if _openmp else 1
 
 
 def threads_for(work, grain):
