@@ -20,6 +20,10 @@ The col2im form of (4) adds exactly the products of the full convolution of G wi
 kernel, minus the products with the zeros that (4) inserts between strided outputs;
 ``cnnframe.ops.conv2d_input_grad_full`` computes (4) literally and the tests check both agree.
 
+The products run on the AVX-512 micro-kernel of microkernel.h (float32, when the CPU has it) or
+on single-threaded BLAS; float32 stride-1 layers may skip the im2col copy altogether and read the
+receptive fields in place (the "implicit im2col" section at the end of this file).
+
 Parallel plan: the N·Ho·Wo pixel rows are cut into SPANS contiguous spans (a fixed number, not
 the thread count); threads take spans, and walk each span in chunks sized to stay in L2 (im2col of
 a chunk, then one product).  Backward keeps each image within one span when there are at least as
