@@ -268,3 +268,21 @@ def test_scratch_reuse_does_not_leak_values_between_calls(kernel_path):
     for got, want in zip((dx, dw, db), ref.conv2d_backward_ref(x, w, g, 1, 2)):
         assert np.isfinite(got).all()
         assert rel_err(got, want) < 1e-5
+
+
+def test_wide_layer_caps_gradient_accumulators():
+    """A 256→512 3x3 layer has 1.2 M weights: its per-span dW accumulators are capped in memory.
+    Results must stay right (float32 vs float64) and bit-identical across thread counts."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 256, 3, 3))
+    w = rng.standard_normal((512, 256, 3, 3)) * 0.05
+    g = rng.standard_normal((2, 512, 3, 3))
+    _, dw64, db64 = ops.conv2d_backward(x, w, g, 1, 1)
+    runs = []
+    for threads in (1, 2, 3):
+        with cnnframe.num_threads(threads):
+            runs.append(ops.conv2d_backward(x.astype(np.float32), w.astype(np.float32), g.astype(np.float32), 1, 1))
+    for dx, dw, db in runs[1:]:
+        assert np.array_equal(dw, runs[0][1]) and np.array_equal(dx, runs[0][0])
+    assert rel_err(runs[0][1], dw64) < 1e-5
+    assert rel_err(runs[0][2], db64) < 1e-5

@@ -109,6 +109,21 @@ cdef inline bint little_waste(int padded, int out) noexcept nogil:
 cdef int SPANS = max(8, os.cpu_count() or 1)
 
 
+# Each span of a backward pass owns an F × K weight-gradient accumulator: cap their total memory
+# (the cap depends only on the layer's shape, so results still do not depend on the thread count).
+cdef Py_ssize_t SPAN_ACC_BYTES = 64 << 20
+
+
+cdef int grad_spans(Py_ssize_t items, Py_ssize_t F, Py_ssize_t K) noexcept nogil:
+    """Spans for a backward pass: SPANS, at most one per item, at most SPAN_ACC_BYTES of dW."""
+    cdef Py_ssize_t n = SPANS, cap = SPAN_ACC_BYTES // (F * K * 8)
+    if n > items:
+        n = items
+    if n > cap:
+        n = cap
+    return <int>(n if n > 1 else 1)
+
+
 def _set_spans(int n):
     """Tests: change the number of work spans (results change with it, by rounding only)."""
     global SPANS
@@ -507,7 +522,7 @@ def backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[:, :, 
             return
     # Spans are whole images when there are enough images: then all spans share one dX;
     # otherwise each span scatters into a private copy of dX, summed afterwards in span order.
-    cdef int nspans = SPANS if SPANS < rows else <int>rows
+    cdef int nspans = grad_spans(rows, F, K)
     cdef bint by_image = N >= nspans
     cdef int ncopies = 1 if by_image else nspans
     cdef Py_ssize_t R = chunk_rows(K)
@@ -736,7 +751,7 @@ def _backward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[:, :,
     cdef Py_ssize_t gtail = (<Py_ssize_t>(kw - 1) * dw_ + 1) * F + 64
     # (the offset tables are Py_ssize_t: two float32 slots each)
     cdef int chunks = (Ho + rpc - 1) // rpc
-    cdef int nspans = SPANS if SPANS < N * chunks else N * chunks
+    cdef int nspans = grad_spans(<Py_ssize_t>N * chunks, F, K)
     if do_dw:
         shapes = [(N * img + tail,), (nthreads, gstride), (nspans, F, K), (nspans, F)]
     else:
