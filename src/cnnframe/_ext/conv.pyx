@@ -124,14 +124,6 @@ cdef int grad_spans(Py_ssize_t items, Py_ssize_t F, Py_ssize_t K) noexcept nogil
     return <int>(n if n > 1 else 1)
 
 
-def _set_spans(int n):
-    """Tests: change the number of work spans (results change with it, by rounding only)."""
-    global SPANS
-    old = SPANS
-    SPANS = max(1, n)
-    return old
-
-
 # Rows of col per GEMM: about this many elements keeps a chunk in L2 next to the weights.
 cdef Py_ssize_t CHUNK_ELEMS = 262144
 cdef Py_ssize_t MIN_ROWS = 32
@@ -396,12 +388,13 @@ cdef void reorder_weights(floating* w, int F, int C, int kh, int kw, floating* w
                     wr[((<Py_ssize_t>f * kh + m) * kw + l) * C + c] = w[((<Py_ssize_t>f * C + c) * kh + m) * kw + l]
 
 
-cdef void fill_channels_last(floating[:, :, :, ::1] x, int ph, int pw, floating[:, :, :, ::1] xh,
+cdef void fill_channels_last(floating[:, :, :, ::1] x, int ph, int pw, floating* xh, Py_ssize_t img,
                              int nthreads):
-    """xh (N, H + 2ph, W + 2pw, C) = zero-padded channels-last copy of x, built in parallel."""
+    """Image n of x (N, C, H, W) → zero-padded channels-last xh[n·img : ...] (H + 2ph, W + 2pw, C),
+    images in parallel."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], n
     for n in prange(N, nogil=True, schedule='static', num_threads=nthreads):
-        to_channels_last(&x[n, 0, 0, 0], C, H, W, ph, pw, &xh[n, 0, 0, 0])
+        to_channels_last(&x[n, 0, 0, 0], C, H, W, ph, pw, xh + n * img)
 
 
 @cython.boundscheck(False)
@@ -446,7 +439,7 @@ cdef void _forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[
     cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
     cdef int Ho = y.shape[2], Wo = y.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
     cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, K = <Py_ssize_t>C * kh * kw, rows = P * N
-    fill_channels_last(x, ph, pw, xh, nthreads)
+    fill_channels_last(x, ph, pw, &xh[0, 0, 0, 0], <Py_ssize_t>Hp * Wp * C, nthreads)
     cdef bint mk = floating is float and USE_MK
     if mk:
         reorder_weights_t(&w[0, 0, 0, 0], F, C, kh, kw, &wr[0, 0])  # (K, F) for the micro-kernel
@@ -561,7 +554,7 @@ cdef void _backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating
     cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, K = <Py_ssize_t>C * kh * kw, rows = P * N
     cdef int ncopies = dxh.shape[0]
     cdef bint mk = floating is float and USE_MK
-    fill_channels_last(x, ph, pw, xh, nthreads)
+    fill_channels_last(x, ph, pw, &xh[0, 0, 0, 0], <Py_ssize_t>Hp * Wp * C, nthreads)
     reorder_weights(&w[0, 0, 0, 0], F, C, kh, kw, &wr[0, 0])
     cdef int v, f, copy, nspans = dw_acc.shape[0]
     cdef Py_ssize_t r0, r1, c0, c1, nr, row, n, pix, seg
@@ -715,13 +708,11 @@ def _forward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[::1] b
     cdef float[:, ::1] wt, out_buf
     cdef Py_ssize_t[::1] aoff, boff
     cdef Py_ssize_t T
-    cdef int n
     try:
         xh, wt, out_buf = bufs[0], bufs[1], bufs[2]
         aoff, boff = bufs[3].view(np.intp), bufs[4].view(np.intp)
         np.asarray(xh)[N * img:] = 0  # read by dropped columns only, but must be finite
-        for n in prange(N, nogil=True, schedule='static', num_threads=nthreads):
-            to_channels_last(&x[n, 0, 0, 0], C, H, W, ph, pw, &xh[0] + n * img)
+        fill_channels_last(x, ph, pw, &xh[0], img, nthreads)
         reorder_weights_t(&w[0, 0, 0, 0], F, C, kh, kw, &wt[0, 0])
         T = _segments(kh, kw, dh, dw, Wp, C, aoff, boff)
         with nogil:
@@ -764,7 +755,7 @@ def _backward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[:, :,
     cdef float[:, ::1] wrt, out_buf
     cdef Py_ssize_t[::1] aoff, boff
     cdef Py_ssize_t T, nseg = kh if dw_ == 1 else kh * kw
-    cdef int f, c, m, l, n
+    cdef int f, c, m, l
     try:
         aoff, boff = bufs[4].view(np.intp), bufs[5].view(np.intp)
         if do_dw:
@@ -776,8 +767,7 @@ def _backward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[:, :,
         gh, wrt, out_buf, zero = bufs[6], bufs[7], bufs[8], bufs[9]
         np.asarray(gh)[N * gimg:] = 0
         np.asarray(zero).fill(0)
-        for n in prange(N, nogil=True, schedule='static', num_threads=nthreads):
-            to_channels_last(&gy[n, 0, 0, 0], F, Ho, Wo, pgh, pgw, &gh[0] + n * gimg)
+        fill_channels_last(gy, pgh, pgw, &gh[0], gimg, nthreads)
         for f in range(F):
             for c in range(C):
                 for m in range(kh):
@@ -810,8 +800,7 @@ cdef _implicit_weight_grad(float[:, :, :, ::1] x, float[:, :, :, ::1] gy, float[
     np.asarray(xh)[N * img:] = 0  # multiplied by the zeros of G's dropped columns: must be finite
     np.asarray(dw_acc).fill(0)
     np.asarray(db_acc).fill(0)
-    for n in prange(N, nogil=True, schedule='static', num_threads=nthreads):
-        to_channels_last(&x[n, 0, 0, 0], C, H, W, ph, pw, &xh[0] + n * img)
+    fill_channels_last(x, ph, pw, &xh[0], img, nthreads)
     T = _segments(kh, kw, dh, dw_, Wp, C, aoff, boff)
     for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
         g = &gbuf[threadid(), 0]
