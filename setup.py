@@ -13,7 +13,6 @@ import tempfile
 import textwrap
 import warnings
 
-import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -89,9 +88,8 @@ def _extensions():
     exts = [
         Extension(
             f"cnnframe._ext.{name}",
-            [f"src/cnnframe/_ext/{name}.pyx"],
-            include_dirs=[np.get_include(), "src/cnnframe/_ext"],
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            [f"cnnframe/_ext/{name}.pyx"],
+            include_dirs=["cnnframe/_ext"],
         )
         for name in names
     ]

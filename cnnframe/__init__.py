@@ -1,5 +1,17 @@
 """cnnframe: a small, fast, readable CNN training framework for the CPU."""
+import sys
+
 __version__ = "0.1.0"
+
+try:
+    from cnnframe import _ext  # noqa: F401  (fails early, naming the build command, on an unbuilt tree)
+except ImportError as _e:
+    # Run as a command (`python -m cnnframe`, the `cnnframe` script): that one line, exit status 2.
+    if sys.argv[:1] == ["-m"] or getattr(sys, "orig_argv", [])[1:3] == ["-m", "cnnframe"] \
+            or sys.argv[0].rsplit("/", 1)[-1] == "cnnframe":
+        print(str(_e), file=sys.stderr)
+        raise SystemExit(2) from None
+    raise
 
 from cnnframe.parallel import get_dynamic, get_num_threads, num_threads, set_dynamic, set_num_threads
 from cnnframe.registry import (

@@ -384,12 +384,6 @@ def main(argv=None):
         parser.error("--stop-after must be >= 1")
     if getattr(args, "batch", 1) < 1:
         parser.error("--batch must be >= 1")
-    try:
-        import cnnframe  # noqa: F401
-    except ImportError as e:
-        print(f"cnnframe: cannot import the compiled kernels ({e}); build them with "
-              f"`python setup.py build_ext --inplace`", file=sys.stderr)
-        return USAGE_ERROR
     errors = _user_errors()
     try:
         code = args.func(args)

@@ -1,1 +1,0 @@
-"""Compiled kernels. Private: layers reach them only through :mod:`cnnframe.ops`."""
