@@ -59,6 +59,7 @@ from cnnframe import gradcheck, layers, testing  # noqa: E402
 
 # -- YAML configs, data sets, the trainer (helper "trainer") --
 from cnnframe import data  # noqa: E402  (registers the "digits" and "npz" data sets)
-from cnnframe.config import ConfigError, load_config  # noqa: E402
+from cnnframe.config import load_config  # noqa: E402
+from cnnframe.errors import ConfigError, DataError, UserError  # noqa: E402
 from cnnframe.data import load_dataset  # noqa: E402
 from cnnframe.trainer import Trainer  # noqa: E402

@@ -33,23 +33,7 @@ import zlib
 
 import yaml
 
-
-class ConfigError(Exception):
-    """A problem in a config: ``file`` (or ``--set ...``), ``line`` (1-based, when known), ``key`` path."""
-
-    def __init__(self, message, file=None, key=None, line=None):
-        self.message = message
-        self.file = file
-        self.key = key
-        self.line = line
-        super().__init__(message)
-
-    def __str__(self):
-        where = ""
-        if self.file:
-            where = f"{self.file}:{self.line}" if self.line else str(self.file)
-        head = ": ".join(p for p in (where, self.key) if p)
-        return f"{head}: {self.message}" if head else self.message
+from cnnframe.errors import ConfigError
 
 
 # -- YAML -----------------------------------------------------------------------------------------

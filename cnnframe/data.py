@@ -18,15 +18,8 @@ import zipfile
 
 import numpy as np
 
+from cnnframe.errors import DataError
 from cnnframe.registry import register_dataset
-
-
-class DataError(ValueError):
-    """Bad data; ``key`` is the config key it concerns (e.g. ``data.path``)."""
-
-    def __init__(self, message, key="data"):
-        super().__init__(message)
-        self.key = key
 
 
 class Dataset:

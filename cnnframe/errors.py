@@ -1,0 +1,35 @@
+"""The exceptions cnnframe raises for problems in what the user gave it.
+
+The command line turns each into one line on stderr and exit status 2 (see cli.py); from Python they
+are ordinary exceptions carrying where the problem is (a config key path, a file, a line).
+"""
+
+
+class ConfigError(Exception):
+    """A problem in a config: ``file`` (or ``--set ...``), ``line`` (1-based, when known), ``key`` path."""
+
+    def __init__(self, message, file=None, key=None, line=None):
+        self.message = message
+        self.file = file
+        self.key = key
+        self.line = line
+        super().__init__(message)
+
+    def __str__(self):
+        where = ""
+        if self.file:
+            where = f"{self.file}:{self.line}" if self.line else str(self.file)
+        head = ": ".join(p for p in (where, self.key) if p)
+        return f"{head}: {self.message}" if head else self.message
+
+
+class DataError(ValueError):
+    """Bad data; ``key`` is the config key it concerns (e.g. ``data.path``)."""
+
+    def __init__(self, message, key="data"):
+        super().__init__(message)
+        self.key = key
+
+
+class UserError(Exception):
+    """A problem with the command's inputs, reported as one line with exit status 2."""
