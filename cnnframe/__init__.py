@@ -30,13 +30,13 @@ from cnnframe import ops  # noqa: E402  (needs the compiled kernels)
 
 # -- layers, losses, optimizers, model (each module adds its public names here) --------------------
 
-# -- losses, optimizers, schedules, Sequential, checkpoints, atomic I/O (helper "model") --
+# -- losses, optimizers, schedules, Sequential, checkpoints, atomic I/O --
 from cnnframe import io, losses, optim  # noqa: E402
 from cnnframe.losses import MSE, SoftmaxCrossEntropy  # noqa: E402
 from cnnframe.model import Sequential, load, load_checkpoint  # noqa: E402
 from cnnframe.optim import SGD, Adam  # noqa: E402
 
-# -- layers, gradient checking, contract tests (helper "layers") --
+# -- layers, gradient checking, contract tests --
 from cnnframe.layers import (  # noqa: E402
     AvgPool2D,
     BatchNorm1D,
@@ -57,8 +57,8 @@ from cnnframe.layers import (  # noqa: E402
 )
 from cnnframe import gradcheck, layers, testing  # noqa: E402
 
-# -- YAML configs, data sets, the trainer (helper "trainer") --
-from cnnframe import data  # noqa: E402  (registers the "digits" and "npz" data sets)
+# -- YAML configs, data sets, the trainer --
+from cnnframe import data, datasets  # noqa: E402  (datasets registers "digits" and "npz")
 from cnnframe.config import load_config  # noqa: E402
 from cnnframe.errors import ConfigError, DataError, UserError  # noqa: E402
 from cnnframe.data import load_dataset  # noqa: E402

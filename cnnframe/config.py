@@ -830,7 +830,7 @@ def resolve_config(raw, base_dir=".", name=None):
 
 def _ensure_registered():
     """Import the modules whose decorators fill the registries."""
-    import cnnframe.data  # noqa: F401
+    import cnnframe.datasets  # noqa: F401
     import cnnframe.layers  # noqa: F401
     import cnnframe.losses  # noqa: F401
     import cnnframe.optim  # noqa: F401

@@ -4,7 +4,8 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from cnnframe.data import NpzData, batches, load_dataset, random_shift, split_dataset, split_indices
+from cnnframe.data import batches, load_dataset, random_shift, split_dataset, split_indices
+from cnnframe.datasets import NpzData
 from cnnframe.errors import DataError
 
 

@@ -1,0 +1,9 @@
+"""Data sources, one module each; importing this package registers them (``dataset: <name>`` in a config).
+
+A new source: a module here with a ``Dataset`` subclass registered by ``@register_dataset("name")``
+(see ``base.py`` for the three methods), and one import line below.
+"""
+from cnnframe.datasets import digits, npz  # noqa: F401  (registers "digits" and "npz")
+from cnnframe.datasets.base import Dataset  # noqa: F401
+from cnnframe.datasets.digits import Digits  # noqa: F401
+from cnnframe.datasets.npz import NpzData  # noqa: F401
