@@ -1,7 +1,7 @@
 """cnnframe: a small, fast, readable CNN training framework for the CPU."""
 import sys
 
-__version__ = "0.1.0"
+from cnnframe.version import __version__
 
 try:
     from cnnframe import _ext  # noqa: F401  (fails early, naming the build command, on an unbuilt tree)
@@ -57,9 +57,10 @@ from cnnframe.layers import (  # noqa: E402
 )
 from cnnframe import gradcheck, layers, testing  # noqa: E402
 
-# -- YAML configs, data sets, the trainer --
-from cnnframe import data, datasets  # noqa: E402  (datasets registers "digits" and "npz")
+# -- YAML configs, plugins, data sets, the trainer --
+from cnnframe import checkpoint, config, data, datasets, plugins  # noqa: E402  (datasets registers "digits", "npz")
 from cnnframe.config import load_config  # noqa: E402
-from cnnframe.errors import ConfigError, DataError, UserError  # noqa: E402
+from cnnframe.errors import CheckpointError, ConfigError, DataError, UntrustedTypeError, UserError  # noqa: E402
 from cnnframe.data import load_dataset  # noqa: E402
 from cnnframe.trainer import Trainer  # noqa: E402
+from cnnframe.build_info import build_info  # noqa: E402

@@ -11,7 +11,7 @@ import sys
 
 from cnnframe.commands import evaluate, gradcheck, info, predict, train, validate
 from cnnframe.commands.common import INTERRUPTED, USAGE_ERROR
-from cnnframe.errors import ConfigError, DataError, UserError
+from cnnframe.errors import ConfigError, DataError, MemoryLimitError, UserError
 
 #: every command, in the order ``--help`` lists them (a new command: one module, one entry here)
 COMMANDS = (train, validate, evaluate, predict, gradcheck, info)
@@ -19,7 +19,7 @@ COMMANDS = (train, validate, evaluate, predict, gradcheck, info)
 
 def _user_errors():
     return (UserError, ConfigError, DataError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-            PermissionError, ValueError, KeyError)
+            PermissionError, ValueError, KeyError, MemoryLimitError)
 
 
 def _message(e):

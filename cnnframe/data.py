@@ -1,15 +1,23 @@
-"""Seeded stratified splits of a data source, random-shift augmentation, and batching.
+"""Seeded stratified splits of a data source, the input preprocessing, random-shift augmentation, batching.
 
 Data sources live in ``cnnframe/datasets/`` (one module each; see ``datasets/base.py``).
-``load_splits`` makes the split every data set shares: a stratified test part
+``split_dataset`` makes the split every data set shares: a stratified test part
 (``train_test_split(..., test_size, stratify=y, random_state=seed)``), and a stratified validation part
-carved from the rest.
+carved from the rest.  Inputs are fed as ``preprocess(X, offset, scale)``; the trainer saves offset and
+scale in checkpoints, so ``predict`` applies the same function to new samples.
 """
 import math
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
 from cnnframe.errors import DataError
+from cnnframe.registry import DATASETS
+
+
+def preprocess(X, offset, scale, dtype):
+    """Raw inputs as the model is fed them: ``((X - offset) * scale)`` computed in float64, cast to ``dtype``."""
+    return ((np.asarray(X, dtype=np.float64) - float(offset)) * float(scale)).astype(dtype)
 
 
 class Splits:
@@ -26,10 +34,8 @@ class Splits:
         return tuple(self.train[0].shape[1:])
 
     def preprocess(self, X, dtype=None):
-        """Apply the training transform to raw inputs: (X - offset) * scale."""
-        X = np.asarray(X, dtype=np.float64)
-        dtype = dtype or self.train[0].dtype
-        return ((X - self.offset) * self.scale).astype(dtype)
+        """Raw inputs as the training part was fed: ``preprocess(X, offset, scale, dtype)``."""
+        return preprocess(X, self.offset, self.scale, dtype or self.train[0].dtype)
 
     def __repr__(self):
         return (f"{self.name}: train {len(self.train[1])}, val {len(self.val[1])}, test {len(self.test[1])}; "
@@ -38,8 +44,6 @@ class Splits:
 
 def split_indices(y, seed, test_size=0.2, val_fraction=0.1):
     """Stratified (train, val, test) index arrays; the validation part is carved from the training part."""
-    from sklearn.model_selection import train_test_split
-
     n = len(y)
     idx = np.arange(n)
     try:
@@ -59,15 +63,8 @@ def split_indices(y, seed, test_size=0.2, val_fraction=0.1):
     return train, val, test
 
 
-def load_splits(data_cfg, seed, dtype="float32"):
-    """Load the data set named in a resolved ``data`` config section and split it with ``seed``."""
-    from cnnframe.config import make_dataset
-
-    ds = make_dataset(data_cfg, seed)
-    return split_dataset(ds, seed, data_cfg["test_size"], data_cfg["val_fraction"], dtype, name=data_cfg["dataset"])
-
-
 def split_dataset(ds, seed, test_size=0.2, val_fraction=0.1, dtype="float32", name=None):
+    """Load the data source ``ds`` and split it with ``seed`` → ``Splits`` (inputs preprocessed, in ``dtype``)."""
     X, y = ds.load()
     X = np.asarray(X)
     y = np.asarray(y, dtype=np.int64)
@@ -81,15 +78,13 @@ def split_dataset(ds, seed, test_size=0.2, val_fraction=0.1, dtype="float32", na
     offset, scale = ds.transform(X[tr])
     if not (math.isfinite(offset) and math.isfinite(scale)):
         raise DataError(f"normalisation gave offset {offset}, scale {scale}")
-    Xs = ((X - offset) * scale).astype(dtype)
+    Xs = preprocess(X, offset, scale, dtype)
     return Splits((Xs[tr], y[tr]), (Xs[va], y[va]), (Xs[te], y[te]), num_classes, offset, scale,
                   name=name or getattr(ds, "registered_name", None) or type(ds).__name__)
 
 
 def load_dataset(name="digits", seed=0, test_size=0.2, val_fraction=0.1, dtype="float32", **params):
-    """Python-side shortcut: ``load_dataset("digits", seed=0)`` → Splits."""
-    from cnnframe.registry import DATASETS
-
+    """Python-side shortcut: ``load_dataset("digits", seed=0)`` → Splits (a registered data source)."""
     ds = DATASETS.get(name)(**params)
     return split_dataset(ds, seed, test_size, val_fraction, dtype, name=name)
 

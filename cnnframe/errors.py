@@ -1,4 +1,4 @@
-"""The exceptions cnnframe raises for problems in what the user gave it.
+"""The exceptions cnnframe raises for problems in what the user gave it (configs, data, files, code).
 
 The command line turns each into one line on stderr and exit status 2 (see cli.py); from Python they
 are ordinary exceptions carrying where the problem is (a config key path, a file, a line).
@@ -33,3 +33,26 @@ class DataError(ValueError):
 
 class UserError(Exception):
     """A problem with the command's inputs, reported as one line with exit status 2."""
+
+
+class CheckpointError(ValueError):
+    """A file that is not a cnnframe checkpoint, or a checkpoint that does not fit what loads it."""
+
+
+class UntrustedTypeError(KeyError):
+    """A ``module:Class`` type from a module the user did not name (a checkpoint's or run's stored config).
+
+    Loading resolves types only from the registry and the plugins named at load time (``--plugin``,
+    ``plugins=[...]``), so a file cannot make cnnframe import or call code.  ``module`` is the module asked for.
+    """
+
+    def __init__(self, message, module=None):
+        super().__init__(message)
+        self.module = module
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+class MemoryLimitError(MemoryError):
+    """A model (or a layer of it) would need more memory than the limit allows; nothing was allocated."""

@@ -27,6 +27,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from cnnframe.plugins import Plugins
+
 __all__ = ["check_layer", "check_model", "kink_free_input", "GradcheckReport", "GradcheckError"]
 
 _F64 = np.dtype(np.float64)
@@ -224,8 +226,7 @@ def check_layer(
     """
     rng = np.random.default_rng(seed)
     work = _float64_layer(layer)
-    if getattr(work, "need_input_grad", True) is False:
-        work.need_input_grad = True  # the input gradient is part of the check
+    work.need_input_grad = True  # the input gradient is part of the check
     if isinstance(x_or_input_shape, np.ndarray):
         x = np.array(x_or_input_shape, dtype=_F64, order="C", copy=True)
     else:
@@ -262,7 +263,8 @@ def _float64_model(model):
         cfg = copy.deepcopy(model.get_config())
         for layer_cfg in cfg["layers"]:
             layer_cfg["dtype"] = "float64"
-        new = type(model).from_config(cfg)
+        # the model's own layer classes are already running: their modules may rebuild it
+        new = type(model).from_config(cfg, Plugins.for_classes(type(layer) for layer in model.layers))
         if cfg.get("input_shape") is None and hasattr(model, "input_shape") and model.input_shape is not None:
             new.build(model.input_shape)
         new.load_state_dict({k: np.asarray(v, dtype=_F64) for k, v in model.state_dict().items()})

@@ -1,12 +1,16 @@
 """Loss functions: ``loss.forward(pred, target)`` returns the mean loss as a float, then
 ``loss.backward()`` returns dL/dpred (same shape and dtype as ``pred``).
 
+A loss also declares how it meets class labels: ``targets(labels, num_classes, dtype)`` gives what
+``forward`` takes as targets (the labels themselves, or one-hot rows), and ``class_scores(outputs)``
+turns a model's outputs into what ``predict`` reports (softmax for cross-entropy, the outputs as they
+are otherwise).
+
 Registered names: ``"softmax_cross_entropy"`` (alias ``"cross_entropy"``) and ``"mse"``.
 """
-import numbers
-
 import numpy as np
 
+from cnnframe.checks import check_number
 from cnnframe.registry import register_loss
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "MSE", "softmax", "log_softmax"]
@@ -38,6 +42,14 @@ class Loss:
     def __call__(self, pred, target):
         return self.forward(pred, target)
 
+    def targets(self, labels, num_classes, dtype):
+        """What ``forward`` takes as targets for integer class ``labels`` (N,): the labels themselves."""
+        return labels
+
+    def class_scores(self, outputs):
+        """What ``predict`` reports for a batch of model outputs: here the outputs as they are (float64)."""
+        return np.asarray(outputs, dtype=np.float64)
+
     def get_config(self):
         return {"type": self.registered_name or type(self).__name__}
 
@@ -62,9 +74,7 @@ def _float_pred(pred, owner):
     return pred
 
 
-# Decorators run bottom-up: the canonical name is registered last so it becomes `registered_name`.
-@register_loss("softmax_cross_entropy")
-@register_loss("cross_entropy")
+@register_loss("softmax_cross_entropy", aliases=("cross_entropy",))
 class SoftmaxCrossEntropy(Loss):
     """Softmax cross-entropy on raw logits z (N, classes) with integer labels y (N,) (docs/math.md,
     Softmax cross-entropy).
@@ -75,13 +85,7 @@ class SoftmaxCrossEntropy(Loss):
     """
 
     def __init__(self, label_smoothing=0.0):
-        if (
-            isinstance(label_smoothing, bool)
-            or not isinstance(label_smoothing, numbers.Real)
-            or not 0.0 <= float(label_smoothing) < 1.0
-        ):
-            raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = check_number("label_smoothing", label_smoothing, "SoftmaxCrossEntropy", ge=0, lt=1)
         self.probabilities = None
         self._grad = None
 
@@ -132,6 +136,10 @@ class SoftmaxCrossEntropy(Loss):
         """dL/dz = (softmax(z) - t) / N, shape (N, classes), dtype of the logits."""
         return self._saved()
 
+    def class_scores(self, outputs):
+        """softmax(z) of the logits, row-wise, in float64."""
+        return softmax(np.asarray(outputs, dtype=np.float64))
+
     def get_config(self):
         return {"type": self.registered_name, "label_smoothing": self.label_smoothing}
 
@@ -142,6 +150,12 @@ class MSE(Loss):
 
     def __init__(self):
         self._grad = None
+
+    def targets(self, labels, num_classes, dtype):
+        """One-hot rows (N, num_classes) of ``dtype``: the outputs are regressed onto them."""
+        t = np.zeros((len(labels), num_classes), dtype=dtype)
+        t[np.arange(len(labels)), labels] = 1
+        return t
 
     def forward(self, pred, target):
         pred = _float_pred(pred, "MSE")

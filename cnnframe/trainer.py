@@ -19,17 +19,27 @@ Ctrl-C and a non-finite loss both write ``last.npz`` with the state of the last 
 """
 import csv
 import io as _io
-import json
 import math
 import os
 import sys
 import time
 
 import numpy as np
+from sklearn.metrics import confusion_matrix
+from tqdm import tqdm
 
+from cnnframe import checkpoint, parallel
 from cnnframe import io as cio
+from cnnframe.config import Setup, dump_config, load, resolve
+from cnnframe.config.model_section import layer_errors
+from cnnframe.data import batches, random_shift
+from cnnframe.errors import CheckpointError
+from cnnframe.optim.schedules import Constant
+from cnnframe.seeds import derive_seed
+from cnnframe.version import __version__
 
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
+# Purposes of the per-epoch seeds (seeds.derive_seed): batch order and augmentation, dropout masks.
 _SHUFFLE, _RESEED = 0x5EED, 0xD0
 
 
@@ -47,18 +57,12 @@ class TrainingInterrupted(TrainingError):
     status = "interrupted"
 
 
-def _epoch_seed(seed, epoch, purpose):
-    return int(np.random.SeedSequence([purpose, seed, epoch]).generate_state(1, np.uint64)[0])
-
-
 class Monitor:
     """Tracks the best value of one metric: 'min' for losses, 'max' for accuracies."""
 
     def __init__(self, metric, min_delta=0.0):
-        from cnnframe.config import monitor_mode
-
         self.metric = metric
-        self.mode = monitor_mode(metric)
+        self.mode = "max" if metric.endswith("acc") else "min"
         self.min_delta = float(min_delta)
         self.best = None
         self.best_epoch = None
@@ -93,17 +97,16 @@ class Trainer:
         trainer = Trainer(model, cnnframe.SoftmaxCrossEntropy(), opt, data, epochs=20, shift=1)
         summary = trainer.fit()          # summary["test"]["acc"]
 
-    The trainer re-initialises the model's weights from ``seed`` (``initialize=False`` keeps them).
-    ``run_dir`` (optional) is the directory to write checkpoints and metrics into; ``config``, when the
-    run comes from YAML, is the resolved config saved with it.
+    The trainer re-initialises the model's weights from ``seed`` (``initialize=False`` keeps them) and
+    first runs two samples through the model (``Sequential.check``: a layer that does not keep its
+    declared shapes raises ValueError naming it).  ``run_dir`` (optional) is the directory to write
+    checkpoints and metrics into; ``config``, when the run comes from YAML, is the resolved config saved
+    with it.
     """
 
     def __init__(self, model, loss, optimizer, data, *, schedule=None, epochs=10, batch_size=64, seed=0, shift=0,
                  early_stopping=None, checkpoint=None, test_checkpoint="last", run_dir=None, config=None,
                  threads=None, quiet=False, initialize=True, out=None):
-        from cnnframe import parallel
-        from cnnframe.optim.schedules import Constant
-
         if threads is not None:
             parallel.set_num_threads(threads)
         self.model, self.loss, self.optimizer, self.data = model, loss, optimizer, data
@@ -129,58 +132,64 @@ class Trainer:
             model.build(data.input_shape)
         if initialize:
             model.initialize(self.seed)
-        self._check_forward()
+        model.check(data.input_shape, data.train[0].dtype)
 
     # -- construction from a resolved config -----------------------------------------------------
     @classmethod
     def from_config(cls, cfg, run_root=None, quiet=False, out=None, create_run_dir=True):
-        """Load the data, build model/loss/optimizer/schedule from a resolved config; make the run dir."""
-        from cnnframe import config as C
-        from cnnframe import parallel
-        from cnnframe.data import load_splits
-        from cnnframe.model import Sequential
-
+        """A trainer for a config: a ``Setup`` (``cnnframe.config.load(path)``, used as built) or a
+        resolved config dict (resolved and built here).  Loads the data; makes the run directory."""
+        setup = cfg if isinstance(cfg, Setup) else resolve(cfg)
+        cfg = setup.config
         tr = cfg["trainer"]
         if tr["threads"] is not None:
             parallel.set_num_threads(tr["threads"])
-        data = load_splits(cfg["data"], C.split_seed(cfg), tr["dtype"])
-        model = Sequential(C.build_layers(cfg), input_shape=data.input_shape)
-        opt = C.build_optimizer(cfg, model.parameters())
-        trainer = cls(model, C.build_loss(cfg), opt, data, schedule=C.build_schedule(cfg), epochs=tr["epochs"],
-                      batch_size=tr["batch_size"], seed=tr["seed"], shift=cfg["data"]["augment"]["shift"],
-                      early_stopping=tr["early_stopping"], checkpoint=tr["checkpoint"],
-                      test_checkpoint=tr["test_checkpoint"], config=cfg, quiet=quiet, out=out)
+        data = setup.load_data()
+        with layer_errors():
+            trainer = cls(setup.model, setup.loss, setup.optimizer, data, schedule=setup.schedule,
+                          epochs=tr["epochs"], batch_size=tr["batch_size"], seed=tr["seed"],
+                          shift=cfg["data"]["augment"]["shift"], early_stopping=tr["early_stopping"],
+                          checkpoint=tr["checkpoint"], test_checkpoint=tr["test_checkpoint"], config=cfg,
+                          quiet=quiet, out=out)
         if create_run_dir:  # only once everything is built, so a failure leaves no empty run directory
             trainer.run_dir = make_run_dir(run_root or tr["run_dir"], tr["name"])
         return trainer
 
     @classmethod
-    def resume(cls, run_dir, cfg=None, quiet=False, out=None):
-        """Continue the run in ``run_dir`` from its ``last.npz`` (config: ``cfg`` or the run's config.yaml)."""
-        from cnnframe.config import load_config
-        from cnnframe.model import load_checkpoint
+    def resume(cls, run_dir, cfg=None, quiet=False, out=None, plugins=(), overrides=()):
+        """Continue the run in ``run_dir`` from its ``last.npz``.
 
+        The config is ``cfg`` (a ``Setup`` or a config dict you give), else the run's ``config.yaml`` with
+        ``overrides`` (``--set``), which is a stored file: its ``plugins`` are not imported, and its types
+        resolve from the registry and ``plugins`` (the files and modules you name) only.  The checkpoints are read as
+        arrays into the model the config builds; nothing is built from them.
+        """
         last = os.path.join(run_dir, "last.npz")
         if not os.path.isdir(run_dir):
             raise FileNotFoundError(f"run directory not found: {run_dir}")
         if not os.path.exists(last):
             raise FileNotFoundError(f"{run_dir} has no last.npz to resume from")
+        saved = checkpoint.read(last)
         if cfg is None:
-            cfg = load_config(os.path.join(run_dir, "config.yaml"))
+            cfg = load(os.path.join(run_dir, "config.yaml"), overrides, safe=True, plugins=plugins,
+                       parameter_bytes=saved.build_budget)
+        elif not isinstance(cfg, Setup):
+            cfg = resolve(cfg, plugins=plugins)
         trainer = cls.from_config(cfg, quiet=quiet, out=out, create_run_dir=False)
         trainer.run_dir = run_dir
-        saved, arrays, meta = load_checkpoint(last)
-        try:
-            trainer.model.load_state_dict(saved.state_dict())
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"{last} does not fit the configured model: {e}") from None
-        trainer.optimizer.load_state_dict({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
-        trainer.epoch = int(meta["epoch"])
-        trainer.early_stopping.load_state_dict(meta["early_stopping"])
-        trainer.best.load_state_dict(meta["best"])
         best_path = os.path.join(run_dir, "best.npz")
         if trainer.keep_best and os.path.exists(best_path):
-            trainer.best_state = _copy_state(load_checkpoint(best_path)[0].state_dict())
+            checkpoint.read(best_path).load_into(trainer.model)
+            trainer.best_state = _copy_state(trainer.model.state_dict())
+        saved.load_into(trainer.model)
+        trainer.optimizer.load_state_dict({k[len("optim/"):]: v for k, v in saved.arrays.items()
+                                           if k.startswith("optim/")})
+        try:
+            trainer.epoch = int(saved.meta["epoch"])
+            trainer.early_stopping.load_state_dict(saved.meta["early_stopping"])
+            trainer.best.load_state_dict(saved.meta["best"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{last} is not a trainer's checkpoint: its meta lacks {e}") from None
         trainer.history = _read_metrics(os.path.join(run_dir, "metrics.csv"), upto=trainer.epoch)
         trainer.status = "resumed"
         return trainer
@@ -190,13 +199,8 @@ class Trainer:
         if not self.quiet:
             print(text, file=self.out, flush=True)
 
-    def _check_forward(self):
-        from cnnframe.config import check_model_runs
-
-        check_model_runs(self.model, self.data.input_shape, self.data.train[0].dtype)
-
     def _targets(self, y):
-        return loss_targets(self.loss, y, self.data.num_classes, self.data.train[0].dtype)
+        return self.loss.targets(y, self.data.num_classes, self.data.train[0].dtype)
 
     def _snapshot(self):
         return {"epoch": self.epoch, "model": _copy_state(self.model.state_dict()),
@@ -204,8 +208,6 @@ class Trainer:
                 "best": self.best.state_dict()}
 
     def _meta(self, snap, kind):
-        from cnnframe import __version__, parallel
-
         return {"kind": kind, "epoch": snap["epoch"], "epochs": self.epochs, "seed": self.seed,
                 "early_stopping": snap["early_stopping"], "best": snap["best"],
                 "data": {"name": self.data.name, "offset": self.data.offset, "scale": self.data.scale,
@@ -222,13 +224,9 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------
     def train_epoch(self, epoch):
         """One pass over the training part; returns (mean loss, accuracy, lr at the epoch's start)."""
-        from tqdm import tqdm
-
-        from cnnframe.data import batches, random_shift
-
         X, y = self.data.train
-        rng = np.random.default_rng(_epoch_seed(self.seed, epoch, _SHUFFLE))
-        self.model.reseed(_epoch_seed(self.seed, epoch, _RESEED))
+        rng = np.random.default_rng(derive_seed(_SHUFFLE, self.seed, epoch))
+        self.model.reseed(derive_seed(_RESEED, self.seed, epoch))
         self.model.train()
         parts = batches(len(y), self.batch_size, rng)
         steps = len(parts)
@@ -361,8 +359,6 @@ class Trainer:
                 self.model.load_state_dict(live)
 
     def _summary(self, test, elapsed=None):
-        from cnnframe import __version__, parallel
-
         last = self.history[-1] if self.history else None
         return {"name": os.path.basename(self.run_dir) if self.run_dir else None, "status": self.status,
                 "epochs_completed": self.epoch, "epochs": self.epochs,
@@ -377,8 +373,6 @@ class Trainer:
 
     # -- files ------------------------------------------------------------------------------------------
     def _prepare_run_dir(self):
-        from cnnframe.config import dump_config
-
         os.makedirs(self.run_dir, exist_ok=True)
         if self.config is not None:
             cio.atomic_write_text(os.path.join(self.run_dir, "config.yaml"), dump_config(self.config))
@@ -401,26 +395,15 @@ class Trainer:
     def _write_summary(self, summary):
         # Strict JSON: NaN (e.g. the metrics of an empty validation part) is written as null.
         cio.atomic_write_text(os.path.join(self.run_dir, "summary.json"),
-                              json.dumps(_nan_to_none(summary), indent=2, allow_nan=False, default=_json_default) + "\n")
+                              cio.json_text(_nan_to_none(summary), indent=2, allow_nan=False) + "\n")
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
-def loss_targets(loss, y, num_classes, dtype):
-    """Integer labels for cross-entropy; one-hot rows (N, classes) for MSE."""
-    if getattr(loss, "registered_name", None) == "mse":
-        t = np.zeros((len(y), num_classes), dtype=dtype)
-        t[np.arange(len(y)), y] = 1
-        return t
-    return y
-
-
 def evaluate_model(model, loss, X, y, num_classes, batch_size=500):
     """Eval-mode pass over (X, y) → {"loss": mean loss, "acc", "pred" (N,), "probs" (N, classes)}.
 
-    probs = softmax(logits) for a softmax cross-entropy loss, else the model's outputs.
+    probs = ``loss.class_scores(outputs)``: softmax of the logits for softmax cross-entropy, else the outputs.
     """
-    from cnnframe.losses import softmax
-
     if len(y) == 0:
         return {"loss": float("nan"), "acc": float("nan"), "pred": np.zeros(0, np.int64), "probs": None}
     was = model.training
@@ -430,20 +413,18 @@ def evaluate_model(model, loss, X, y, num_classes, batch_size=500):
         for start in range(0, len(y), batch_size):
             xb, yb = X[start:start + batch_size], y[start:start + batch_size]
             out = model.forward(xb)
-            total += loss.forward(out, loss_targets(loss, yb, num_classes, out.dtype)) * len(yb)
+            total += loss.forward(out, loss.targets(yb, num_classes, out.dtype)) * len(yb)
             outs.append(out)
     finally:
         model.train(was)
     out = np.concatenate(outs)
-    probs = softmax(out.astype(np.float64)) if _is_softmax_loss(loss) else out
+    probs = loss.class_scores(out)
     pred = out.argmax(axis=1)
     return {"loss": total / len(y), "acc": float(np.mean(pred == y)), "pred": pred, "probs": probs}
 
 
 def test_report(model, loss, X, y, num_classes, split="test", checkpoint="last", epoch=None):
     """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) as a JSON-ready dict."""
-    from sklearn.metrics import confusion_matrix
-
     res = evaluate_model(model, loss, X, y, num_classes)
     k = num_classes
     cm = confusion_matrix(y, res["pred"], labels=list(range(k))) if len(y) else np.zeros((k, k), int)
@@ -452,20 +433,8 @@ def test_report(model, loss, X, y, num_classes, split="test", checkpoint="last",
 
 
 # -- module helpers -------------------------------------------------------------------------------------
-def _is_softmax_loss(loss):
-    return getattr(loss, "registered_name", None) in ("softmax_cross_entropy", "cross_entropy")
-
-
 def _copy_state(state):
     return {k: np.array(v, copy=True) for k, v in state.items()}
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
 def _nan_to_none(obj):

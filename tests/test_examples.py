@@ -43,10 +43,12 @@ def test_custom_layer_yaml_trains_and_gradchecks(tmp_path):
     assert m, r.stdout
     assert float(m.group(1)) > 85.0  # 96 % after two epochs with seed 0; chance is 10 %
     run_dir = m.group(2)
-    # the saved run reloads in a fresh process, the plugin re-imported from the run's config
-    r = run(["-m", "cnnframe", "evaluate", run_dir], cwd=ROOT)
+    # the saved run reloads in a fresh process with the plugin named (a run directory imports no code itself)
+    r = run(["-m", "cnnframe", "evaluate", run_dir, "--plugin", os.path.join(EXAMPLES, "custom_layer.py")], cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert f"accuracy {m.group(1)}%" in r.stdout
+    r = run(["-m", "cnnframe", "evaluate", run_dir], cwd=ROOT)
+    assert r.returncode == 2 and "unknown layer 'channel_affine'" in r.stderr and "--plugin" in r.stderr
 
 
 def test_train_api_example_learns(tmp_path):

@@ -1,6 +1,6 @@
 """User layers from YAML: ``plugins`` (files relative to the config, or module names), ``type: module:Class``,
-runs that reload in a fresh process (evaluate, predict, load_checkpoint), and broken plugins reported with
-their own file and line (exit status 2, no traceback)."""
+runs that reload in a fresh process with the plugins named (evaluate, predict, load_checkpoint), broken plugins
+reported with their own file and line (exit status 2, no traceback), and stored files that never run code."""
 import glob
 import json
 import os
@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 import yaml
 
+import cnnframe
 from cnnframe.cli import main
-from cnnframe.config import import_plugins, load_config, resolve_config
+from cnnframe.config import load_config, resolve_config
 from cnnframe.layers.base import type_name
 from cnnframe.model import Sequential, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# where the cnnframe being tested lives (an editable install or a source tree on PYTHONPATH)
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(cnnframe.__file__)))
 
 # A registered layer with a parameter (so a reload must restore trained state), an unregistered one, and an
 # unregistered subclass of the registered one.  NAME is replaced per test so registrations do not collide.
@@ -87,10 +90,9 @@ def model_yaml(*layers, plugins=None, epochs=1):
 
 
 def run_module(*args, cwd, pythonpath=None):
+    """``python -m cnnframe ...`` in a fresh process where the plugin modules import only through ``pythonpath``."""
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    if pythonpath:
-        env["PYTHONPATH"] = str(pythonpath)
+    env["PYTHONPATH"] = os.pathsep.join(([str(pythonpath)] if pythonpath else []) + [PACKAGE_PARENT])
     return subprocess.run([sys.executable, "-m", "cnnframe", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120)
 
@@ -136,19 +138,19 @@ def test_plugin_file_relative_to_config_trains_evaluates_predicts(tmp_path):
     assert saved["plugins"] == [str(plugin)]  # absolute, so the run directory works from anywhere
     assert checkpoint_layer_types(os.path.join(run_dir, "last.npz"))[1] == "plug_scale_file"
 
-    r = run_module("evaluate", run_dir, cwd=ROOT)  # a fresh process re-imports the plugin from the run's config
+    # a fresh process imports the plugin the user names (the run's recorded list is only a record)
+    r = run_module("evaluate", run_dir, "--plugin", str(plugin), cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert f"accuracy {acc}%" in r.stdout  # the trained weights came back, not a re-initialised layer
 
     x = digits_inputs(tmp_path / "x.npy")
     r = run_module("predict", os.path.join(run_dir, "last.npz"), "--input", str(x), "--output",
-                   str(tmp_path / "p.csv"), cwd=ROOT)
+                   str(tmp_path / "p.csv"), "--plugin", str(plugin), cwd=ROOT)
     assert r.returncode == 0, r.stderr
     probs = read_predictions(tmp_path / "p.csv")
 
-    # From Python: import the plugin, then load_checkpoint; same probabilities as the CLI's.
-    import_plugins([str(plugin)])
-    model, _, meta = load_checkpoint(os.path.join(run_dir, "last.npz"))
+    # From Python: load_checkpoint with the plugin named; same probabilities as the CLI's.
+    model, _, meta = load_checkpoint(os.path.join(run_dir, "last.npz"), plugins=[str(plugin)])
     assert type(model.layers[1]).__name__ == "ChannelScale"
     assert not np.allclose(model.layers[1].parameters()["weight"].data, 0.5)  # trained, then restored
     model.eval()
@@ -168,12 +170,16 @@ def test_plugin_by_module_name(tmp_path):
     run_dir, acc = train(cfg, tmp_path, cwd=tmp_path, pythonpath=mods)
     with open(os.path.join(run_dir, "config.yaml")) as f:
         assert yaml.safe_load(f)["plugins"] == ["cnnf_plug_by_name"]
-    r = run_module("evaluate", run_dir, cwd=ROOT, pythonpath=mods)
+    r = run_module("evaluate", run_dir, "--plugin", "cnnf_plug_by_name", cwd=ROOT, pythonpath=mods)
     assert r.returncode == 0 and f"accuracy {acc}%" in r.stdout, r.stderr
     # where the module cannot be imported, the error says which module and that it is a plugin
-    r = run_module("evaluate", run_dir, cwd=ROOT)
+    r = run_module("evaluate", run_dir, "--plugin", "cnnf_plug_by_name", cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "cannot import plugin module 'cnnf_plug_by_name'" in r.stderr
+    # without --plugin the run's recorded plugin is not imported: the message says what to name
+    r = run_module("evaluate", run_dir, cwd=ROOT, pythonpath=mods)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "unknown layer 'plug_scale_mod'" in r.stderr and "--plugin" in r.stderr and "cnnf_plug_by_name" in r.stderr
 
 
 def test_type_module_colon_class(tmp_path):
@@ -191,13 +197,15 @@ def test_type_module_colon_class(tmp_path):
     types = checkpoint_layer_types(os.path.join(run_dir, "last.npz"))
     assert types[1:3] == ["cnnf_plug_colon:Doubler", "plug_scale_colon"]
 
-    r = run_module("evaluate", run_dir, cwd=ROOT, pythonpath=mods)
+    r = run_module("evaluate", run_dir, "--plugin", "cnnf_plug_colon", cwd=ROOT, pythonpath=mods)
     assert r.returncode == 0 and f"accuracy {acc}%" in r.stdout, r.stderr
     x = digits_inputs(tmp_path / "x.npy", n=3)
-    # predict does not re-validate the config: it relies on the recorded plugins list for plug_scale_colon
-    r = run_module("predict", run_dir, "--input", str(x), cwd=ROOT, pythonpath=mods)
+    # predict rebuilds the checkpoint's stored model: the unregistered Doubler comes from the named module
+    r = run_module("predict", run_dir, "--input", str(x), "--plugin", "cnnf_plug_colon", cwd=ROOT, pythonpath=mods)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 4
+    r = run_module("predict", run_dir, "--input", str(x), cwd=ROOT, pythonpath=mods)
+    assert r.returncode == 2 and "module 'cnnf_plug_colon'" in r.stderr and "--plugin cnnf_plug_colon" in r.stderr
 
 
 def test_get_config_type_of_unregistered_classes(tmp_path, monkeypatch):
@@ -211,7 +219,7 @@ def test_get_config_type_of_unregistered_classes(tmp_path, monkeypatch):
     model = Sequential([m.SubScale(), m.Doubler(), m.ChannelScale()], input_shape=(3, 2, 2))
     model.layers[0].parameters()["weight"].data[:] = [1.0, 2.0, 3.0]
     model.save(tmp_path / "m.npz")
-    back, _, _ = load_checkpoint(tmp_path / "m.npz")
+    back, _, _ = load_checkpoint(tmp_path / "m.npz", plugins=["cnnf_plug_types"])
     assert [type(layer) for layer in back.layers] == [m.SubScale, m.Doubler, m.ChannelScale]
     np.testing.assert_array_equal(back.layers[0].parameters()["weight"].data, [1.0, 2.0, 3.0])
 

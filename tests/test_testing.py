@@ -50,9 +50,27 @@ def test_correct_user_layer_passes():
     assert report.passed and set(report.tensors) == {"input", "weight"}
 
 
+class UnregisteredScale(Scale):
+    """Not registered itself (it inherits Scale's name): saved, and reloaded, as ``module:UnregisteredScale``."""
+
+
+def test_unregistered_module_level_layer_passes():
+    """A layer used as ``type: module:Class`` passes the battery: its type name is module:QualName, not the
+    registered name it inherits, and resolves back to it."""
+    assert UnregisteredScale(dtype="float64").get_config()["type"] == f"{__name__}:UnregisteredScale"
+    report = check_layer_contract(lambda d: UnregisteredScale(c=0.5, dtype=d), (4,))
+    assert report.passed
+
+
 # -- broken layers -----------------------------------------------------------------------------------
-class Unregistered(ReLU):
-    registered_name = None
+def _local_class():
+    class Unregistered(ReLU):  # defined in a function: not registered, and module:QualName cannot find it
+        registered_name = None
+
+    return Unregistered
+
+
+Unregistered = _local_class()
 
 
 @cnnframe.register_layer("_test_lying_shape")

@@ -4,10 +4,13 @@ import sys
 
 import numpy as np
 
-from cnnframe.commands.common import load_for_inference
+from cnnframe.commands.common import add_plugin, checkpoint_path, named_plugins, use_threads
+from cnnframe.config import build_loss
+from cnnframe.data import preprocess
 from cnnframe.errors import UserError
 from cnnframe.io import atomic_write_text
-from cnnframe.losses import softmax
+from cnnframe.losses import SoftmaxCrossEntropy
+from cnnframe.model import load_checkpoint
 
 NAME = "predict"
 HELP = "classify the samples in a .npy file"
@@ -18,18 +21,22 @@ def add_arguments(p):
     p.add_argument("--input", required=True, metavar="FILE.npy",
                    help="array (N, C, H, W), (N, H, W) or one sample, in the data set's raw units")
     p.add_argument("--output", metavar="FILE.csv", help="write index,class,p0,p1,... here instead of stdout")
+    add_plugin(p)
 
 
 def run(args):
-    model, meta, cfg, _ = load_for_inference(args.checkpoint, resolve=False)
-    X = _read_inputs(args.input, model.input_shape)
-    d = meta.get("data") or {}
-    X = ((X - float(d.get("offset", 0.0))) * float(d.get("scale", 1.0))).astype(model.layers[0].dtype
-                                                                                 if model.layers else np.float32)
-    outs = [model.forward(X[i:i + 500]) for i in range(0, len(X), 500)]
-    out = np.concatenate(outs).astype(np.float64)
-    loss_type = (cfg or {}).get("loss", {}).get("type", "softmax_cross_entropy")
-    probs = softmax(out) if loss_type in ("softmax_cross_entropy", "cross_entropy") else out
+    plugins = named_plugins(args)
+    model, _, meta = load_checkpoint(checkpoint_path(args.checkpoint), plugins)
+    model.eval()
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    use_threads(cfg)
+    # The loss the model was trained with says what its outputs mean (logits → softmax, or scores as they are).
+    loss = build_loss(cfg, plugins) if cfg.get("loss") else SoftmaxCrossEntropy()
+    d = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    X = preprocess(_read_inputs(args.input, model.input_shape), d.get("offset", 0.0), d.get("scale", 1.0),
+                   model.layers[0].dtype)
+    out = np.concatenate([model.forward(X[i:i + 500]) for i in range(0, len(X), 500)])
+    probs = loss.class_scores(out)
     pred = out.argmax(axis=1)
     lines = ["index,class," + ",".join(f"p{j}" for j in range(probs.shape[1]))]
     lines += [f"{i},{int(pred[i])}," + ",".join(f"{v:.6f}" for v in probs[i]) for i in range(len(pred))]

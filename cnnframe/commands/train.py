@@ -2,9 +2,8 @@
 import os
 import sys
 
-from cnnframe import parallel
-from cnnframe.commands.common import INTERRUPTED, add_set
-from cnnframe.config import dump_config, load_config
+from cnnframe import config, parallel
+from cnnframe.commands.common import INTERRUPTED, add_plugin, add_set, named_plugins
 from cnnframe.errors import UserError
 from cnnframe.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
@@ -16,6 +15,7 @@ def add_arguments(p):
     p.add_argument("config", nargs="?", help="YAML config (optional with --resume: the run's config.yaml)")
     add_set(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.npz")
+    add_plugin(p, "the resumed run")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop cleanly once N epochs are complete (continue later with --resume)")
@@ -24,24 +24,26 @@ def add_arguments(p):
 
 def run(args):
     out = sys.stdout
+    plugins = named_plugins(args)
     if args.resume:
         if not os.path.isdir(args.resume):
             raise UserError(f"--resume: run directory not found: {args.resume}")
-        cfg_path = args.config or os.path.join(args.resume, "config.yaml")
-        cfg = load_config(cfg_path, args.set)
-        trainer = Trainer.resume(args.resume, cfg, quiet=args.quiet, out=out)
+        # A CONFIG the user names is theirs (its plugins load); without one, the run's stored config.yaml
+        # is data, and only --plugin names code.
+        setup = config.load(args.config, args.set, plugins=plugins) if args.config else None
+        trainer = Trainer.resume(args.resume, setup, quiet=args.quiet, out=out, plugins=plugins, overrides=args.set)
         if not args.quiet:
             print(f"resuming {args.resume} after epoch {trainer.epoch} of {trainer.epochs}", file=out)
     else:
         if not args.config:
             raise UserError("train needs a CONFIG file (or --resume RUN_DIR)")
-        cfg = load_config(args.config, args.set)
+        setup = config.load(args.config, args.set, plugins=plugins)
         if args.run_dir:
-            cfg["trainer"]["run_dir"] = args.run_dir
-        trainer = Trainer.from_config(cfg, quiet=args.quiet, out=out)
+            setup.config["trainer"]["run_dir"] = args.run_dir
+        trainer = Trainer.from_config(setup, quiet=args.quiet, out=out)
         if not args.quiet:
             print("# resolved config", file=out)
-            print(dump_config(cfg), file=out)
+            print(config.dump_config(setup.config), file=out)
     if not args.quiet:
         print(trainer.model.summary(), file=out)
         print(f"data: {trainer.data!r}", file=out)
