@@ -178,19 +178,24 @@ def _compare(name, arr, ana, evaluate, weights, eps, tol, atol, max_checks, rng)
 def _float64_layer(layer):
     if layer.dtype == _F64:
         return copy.deepcopy(layer)
-    try:
-        cfg = dict(layer.get_config())
-        cfg["dtype"] = "float64"
-        new = type(layer).from_config(cfg)
-        if layer.built and not new.built:
-            new.build(layer.input_shape)
-        new.load_state_dict({k: np.asarray(v, dtype=_F64) for k, v in layer.state_dict().items()})
-    except Exception as e:
-        raise TypeError(
-            f"check_layer works in float64: could not rebuild {type(layer).__name__} with dtype='float64' from "
-            f"its get_config() ({type(e).__name__}: {e}); pass a layer built with dtype='float64' instead"
-        ) from e
+    cfg = dict(layer.get_config())
+    cfg["dtype"] = "float64"
+    new = _rebuilt(layer, lambda: type(layer).from_config(cfg), "check_layer", type(layer).__name__,
+                   "a layer built with dtype='float64'")
     new.train(layer.training)
+    return new
+
+
+def _rebuilt(obj, rebuild, owner, name, instead):
+    """``rebuild()`` (``from_config`` with dtype float64), built like ``obj`` and holding its state in float64."""
+    try:
+        new = rebuild()
+        if obj.built and not new.built:
+            new.build(obj.input_shape)
+        new.load_state_dict({k: np.asarray(v, dtype=_F64) for k, v in obj.state_dict().items()})
+    except Exception as e:
+        raise TypeError(f"{owner} works in float64: could not rebuild {name} with dtype='float64' from its "
+                        f"get_config() ({type(e).__name__}: {e}); pass {instead} instead") from e
     return new
 
 
@@ -259,24 +264,15 @@ def _float64_model(model):
     arrays = list(model.state_dict().values())
     if all(np.asarray(a).dtype == _F64 for a in arrays):
         return copy.deepcopy(model)
-    try:
-        cfg = copy.deepcopy(model.get_config())
-        for layer_cfg in cfg["layers"]:
-            layer_cfg["dtype"] = "float64"
-        # the model's own layer classes are already running: their modules may rebuild it
-        new = type(model).from_config(cfg, Plugins.for_classes(type(layer) for layer in model.layers))
-        if cfg.get("input_shape") is None and hasattr(model, "input_shape") and model.input_shape is not None:
-            new.build(model.input_shape)
-        new.load_state_dict({k: np.asarray(v, dtype=_F64) for k, v in model.state_dict().items()})
-    except Exception as e:
-        raise TypeError(
-            f"check_model works in float64: could not rebuild the model with dtype='float64' from its "
-            f"get_config() ({type(e).__name__}: {e}); pass a float64 model instead"
-        ) from e
-    old_layers, new_layers = getattr(model, "layers", None), getattr(new, "layers", None)
-    if old_layers is not None and new_layers is not None:
-        for a, b in zip(old_layers, new_layers):
-            b.train(a.training)
+    cfg = copy.deepcopy(model.get_config())
+    for layer_cfg in cfg["layers"]:
+        layer_cfg["dtype"] = "float64"
+    # the model's own layer classes are already running: their modules may rebuild it
+    plugins = Plugins.for_classes(type(layer) for layer in model.layers)
+    new = _rebuilt(model, lambda: type(model).from_config(cfg, plugins), "check_model", "the model",
+                   "a float64 model")
+    for a, b in zip(model.layers, new.layers):
+        b.train(a.training)
     return new
 
 

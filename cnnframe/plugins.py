@@ -133,20 +133,18 @@ class Plugins:
         return obj
 
     def _module(self, family, name, module, key):
-        if module in self._modules:
-            return self._modules[module]
-        if not self.import_types:
-            raise UntrustedTypeError(
-                f"{family} type {name!r} comes from module {module!r}, which this load was not given: a "
-                f"checkpoint or a run's stored config never makes cnnframe import code. If you trust "
-                f"{module!r}, name it: {plugin_option_hint(module)}", module)
-        # A config the user wrote: the module is named by the type itself.  Imported here, so a broken
-        # module is reported like a broken plugin (its file and line).
-        mod = _import_module(module, key)
-        self._modules[module] = mod
-        if module not in self.type_modules:
-            self.type_modules.append(module)
-        return mod
+        if module not in self._modules:
+            if not self.import_types:
+                raise UntrustedTypeError(
+                    f"{family} type {name!r} comes from module {module!r}, which this load was not given: a "
+                    f"checkpoint or a run's stored config never makes cnnframe import code. If you trust "
+                    f"{module!r}, name it: {plugin_option_hint(module)}", module)
+            # A config the user wrote: the module is named by the type itself.  Imported here, so a broken
+            # module is reported like a broken plugin (its file and line).
+            self._modules[module] = _import_module(module, key)
+        if self.import_types and module not in self.type_modules:
+            self.type_modules.append(module)  # recorded, so whoever reloads the run knows what to name
+        return self._modules[module]
 
     def _attribute(self, family, name, module):
         obj = module

@@ -4,7 +4,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from cnnframe.data import batches, load_dataset, random_shift, split_dataset, split_indices
+from cnnframe.data import batches, load_dataset, preprocess, random_shift, split_dataset, split_indices
 from cnnframe.datasets import NpzData
 from cnnframe.errors import DataError
 
@@ -159,3 +159,13 @@ def test_npz_nonfinite_inputs(tmp_path):
     np.savez(path, X=X, y=np.arange(20) % 2)
     with pytest.raises(DataError, match="NaN"):
         NpzData(str(path)).load()
+
+
+def test_one_preprocessing_function():
+    """Training splits, Splits.preprocess and predict all feed inputs through data.preprocess."""
+    s = load_dataset("digits", seed=3)
+    raw = load_digits().images.reshape(-1, 1, 8, 8)
+    fed = preprocess(raw, s.offset, s.scale, np.float32)
+    np.testing.assert_array_equal(fed, (raw / 16).astype(np.float32))
+    np.testing.assert_array_equal(s.preprocess(raw), fed)
+    assert {tuple(x.ravel()) for x in s.test[0][:20]} <= {tuple(x.ravel()) for x in fed}

@@ -468,3 +468,21 @@ def test_load_errors_are_clear(tmp_path):
         load_checkpoint(variant("json.npz", __config__=np.array("{oops")))
     with pytest.raises(ValueError, match="unsupported checkpoint format 'other/9'"):
         load_checkpoint(variant("fmt.npz", __format__=np.array("other/9")))
+
+
+def test_input_grad_false_on_a_layer_that_computes_it_anyway():
+    """need_input_grad is declared on every layer; one that ignores it still trains, and the caller gets None."""
+    m = _tiny()
+    y = m.forward(np.ones((2, 4)))
+    assert m.backward(np.ones_like(y), input_grad=False) is None
+    assert m[0].need_input_grad is True  # restored
+    assert (m.parameters()["0.weight"].grad != 0).any()
+
+
+def test_from_config_imports_nothing_it_is_not_given(tmp_path):
+    cfg = {"input_shape": [4], "layers": [{"type": "os:system", "command": "touch PWNED"}]}
+    with pytest.raises(cnnframe.UntrustedTypeError, match=r"layers\[0\]: layer type 'os:system' comes from module 'os'"):
+        Sequential.from_config(cfg)
+    with pytest.raises(TypeError, match="not a subclass of cnnframe's Layer"):
+        Sequential.from_config(cfg, plugins=["os"])
+    assert not (tmp_path / "PWNED").exists() and not os.path.exists("PWNED")

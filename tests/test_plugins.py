@@ -417,3 +417,155 @@ def test_broken_plugin_exit_status_and_no_traceback_in_a_real_process(tmp_path):
         assert "Traceback" not in r.stderr and r.stdout == ""
         assert f"plugins[0]: plugin {plugin} failed to import at {plugin}:{line}: RuntimeError: plugin failed on " \
                f"purpose" in r.stderr
+
+
+def test_plugin_file_also_named_as_module_class(tmp_path, monkeypatch):
+    """``plugins: [x.py]`` and ``type: x:Class`` are one module (not imported twice, so not registered twice)."""
+    (tmp_path / "cnnf_plug_both.py").write_text(PLUGIN.replace("NAME", "plug_scale_both"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg_path = tmp_path / "exp.yaml"
+    cfg_path.write_text(model_yaml("{type: 'cnnf_plug_both:ChannelScale'}", "{type: 'cnnf_plug_both:Doubler'}",
+                                   plugins=["cnnf_plug_both.py"]))
+    cfg = load_config(cfg_path)
+    assert cfg["plugins"] == [str(tmp_path / "cnnf_plug_both.py"), "cnnf_plug_both"]
+    import cnnf_plug_both as m
+
+    assert cnnframe.LAYERS.get("plug_scale_both") is m.ChannelScale
+    assert type_name(m.Doubler) == "cnnf_plug_both:Doubler"  # what a checkpoint stores reloads by that name
+
+
+def test_module_imported_first_then_named_as_plugin_file(tmp_path, monkeypatch):
+    (tmp_path / "cnnf_plug_first.py").write_text(PLUGIN.replace("NAME", "plug_scale_first"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import cnnf_plug_first as m
+
+    cfg_path = tmp_path / "exp.yaml"
+    cfg_path.write_text(model_yaml("{type: plug_scale_first}", plugins=["cnnf_plug_first.py"]))
+    assert load_config(cfg_path)["model"]["layers"][1] == {"type": "plug_scale_first"}
+    assert cnnframe.LAYERS.get("plug_scale_first") is m.ChannelScale
+
+
+def test_resume_a_plugin_run_names_its_plugin(tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    plugin = conf / "scale.py"
+    plugin.write_text(PLUGIN.replace("NAME", "plug_scale_resume"))
+    cfg = conf / "exp.yaml"
+    cfg.write_text(model_yaml("{type: plug_scale_resume}", plugins=["scale.py"], epochs=2))
+    r = run_module("train", str(cfg), "-q", "--stop-after", "1", "--run-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*"))
+    r = run_module("train", "--resume", run_dir, "-q", cwd=tmp_path)  # the recorded plugin list imports nothing
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "unknown layer 'plug_scale_resume'" in r.stderr and f"trained with plugins: {plugin}" in r.stderr
+    r = run_module("train", "--resume", run_dir, "-q", "--plugin", str(plugin), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy" in r.stdout
+
+
+# -- stored files never run code --------------------------------------------------------------------------------
+POPEN = {"type": "subprocess:Popen", "args": "touch PWNED", "shell": True}
+TINY = os.path.join(ROOT, "configs", "digits-tiny.yaml")
+
+
+def rewrite_checkpoint(path, config=None, meta=None):
+    """Replace a checkpoint's stored model config and/or meta, by hand (no pickle inside)."""
+    with np.load(path, allow_pickle=False) as npz:
+        entries = {k: npz[k] for k in npz.files}
+    if config is not None:
+        entries["__config__"] = np.array(json.dumps(config))
+    if meta is not None:
+        entries["__meta__"] = np.array(json.dumps(meta))
+    cnnframe.io.atomic_save_npz(path, entries)
+
+
+@pytest.fixture
+def tiny_run(tmp_path, capsys):
+    code = main(["train", TINY, "-q", "--set", "trainer.epochs=2", "--stop-after", "1", "--run-dir",
+                 str(tmp_path / "runs")])
+    capsys.readouterr()
+    assert code == 0
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*"))
+    return run_dir
+
+
+def cli_refuses(capsys, tmp_path, *args, expected):
+    code = main(list(args))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("cnnframe: error: ") and err.count("\n") == 1, err  # one line, no traceback
+    assert expected in err, err
+    assert not (tmp_path / "PWNED").exists()
+    return err
+
+
+def test_crafted_checkpoint_runs_no_code(tmp_path, capsys, monkeypatch, tiny_run):
+    """The stored model of best.npz asks for subprocess.Popen("touch PWNED", shell=True); the stored run
+    config asks for it too.  Nothing loads it: predict, evaluate, Sequential.load, --resume."""
+    monkeypatch.chdir(tmp_path)
+    best = os.path.join(tiny_run, "best.npz")
+    config = load_config(TINY)
+    config["model"]["layers"][0] = POPEN
+    rewrite_checkpoint(best, config={"input_shape": [1, 8, 8], "layers": [POPEN]},
+                       meta={"epoch": 1, "config": config})
+    np.save(tmp_path / "x.npy", np.zeros((2, 8, 8)))
+    refused = "comes from module 'subprocess'"
+    err = cli_refuses(capsys, tmp_path, "predict", best, "--input", str(tmp_path / "x.npy"), expected=refused)
+    assert "--plugin subprocess" in err
+    cli_refuses(capsys, tmp_path, "evaluate", best, expected=refused)
+    with pytest.raises(cnnframe.CheckpointError, match=refused):
+        Sequential.load(best)
+    # named as a plugin, it is still not a Layer: refused before anything calls it
+    cli_refuses(capsys, tmp_path, "predict", best, "--input", str(tmp_path / "x.npy"), "--plugin", "subprocess",
+                expected="not a subclass of cnnframe's Layer")
+    with pytest.raises(cnnframe.CheckpointError, match="not a subclass of cnnframe's Layer"):
+        Sequential.load(best, plugins=["subprocess"])
+    # --resume reads best.npz as arrays only (they fit the run's model): the stored config is never built
+    assert main(["train", "--resume", tiny_run, "-q"]) == 0
+    assert not (tmp_path / "PWNED").exists()
+    # and a crafted config.yaml in the run directory is a stored config like any other
+    with open(os.path.join(tiny_run, "config.yaml"), "w") as f:
+        yaml.safe_dump(config, f)
+    cli_refuses(capsys, tmp_path, "train", "--resume", tiny_run, "-q", expected=refused)
+
+
+def test_stored_data_source_is_never_called(tmp_path, capsys, monkeypatch, tiny_run):
+    monkeypatch.chdir(tmp_path)
+    last = os.path.join(tiny_run, "last.npz")
+    meta = json.loads(str(np.load(last, allow_pickle=False)["__meta__"]))
+    meta["config"]["data"] = {**meta["config"]["data"], "dataset": "os:system", "command": "touch PWNED"}
+    rewrite_checkpoint(last, meta=meta)
+    err = cli_refuses(capsys, tmp_path, "evaluate", last, expected="dataset type 'os:system' comes from module 'os'")
+    assert "data.dataset" in err
+    cli_refuses(capsys, tmp_path, "evaluate", last, "--plugin", "os", expected="not a subclass of cnnframe's Dataset")
+
+
+def test_yaml_data_source_must_be_a_dataset(tmp_path, capsys, monkeypatch):
+    """From YAML the user wrote, ``os:system`` imports ``os`` (named by the user) but is refused before it is
+    called: it is not a Dataset."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(model_yaml("{type: relu}").replace("data: {dataset: digits}",
+                                                      "data: {dataset: 'os:system', command: 'touch PWNED'}"))
+    for command in ("validate", "train"):
+        err = cli_refuses(capsys, tmp_path, command, str(cfg), expected="not a subclass of cnnframe's Dataset")
+        assert "exp.yaml:1: data.dataset:" in err
+    cfg.write_text(model_yaml(f"{{type: 'subprocess:Popen', args: 'touch PWNED', shell: true}}"))
+    cli_refuses(capsys, tmp_path, "validate", str(cfg), expected="not a subclass of cnnframe's Layer")
+
+
+def test_plugins_resolve_only_what_is_named():
+    from cnnframe.layers import Conv2D, Layer
+    from cnnframe.plugins import Plugins
+    from cnnframe.registry import LAYERS
+
+    assert Plugins().resolve(LAYERS, "conv2d", Layer) is Conv2D
+    with pytest.raises(cnnframe.UntrustedTypeError) as info:
+        Plugins().resolve(LAYERS, "os:system", Layer)
+    assert info.value.module == "os" and "--plugin os" in str(info.value)
+    with pytest.raises(TypeError, match="is builtin_function_or_method system, not a subclass of cnnframe's Layer"):
+        Plugins(["os"]).resolve(LAYERS, "os:system", Layer)
+    with pytest.raises(KeyError, match="module 'os' has no attribute 'Nope'"):
+        Plugins(["os"]).resolve(LAYERS, "os:Nope", Layer)
+    with pytest.raises(KeyError, match="needs it named for this load: --plugin FILE|MODULE"):
+        Plugins().resolve(LAYERS, "not_a_layer_anywhere", Layer)

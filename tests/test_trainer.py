@@ -229,3 +229,39 @@ def test_thread_count_does_not_change_a_run(tmp_path, monkeypatch):
     b, b_opt, _ = weights(two.run_dir)
     assert_same_state(a, b)
     assert_same_state(a_opt, b_opt)
+
+
+# -- the API's errors; a config built once ---------------------------------------------------------------------
+class _Halve(cnnframe.Layer):
+    """Declares the input's shape but returns half the features: the trainer's self-check names it."""
+
+    def forward(self, x):
+        return x[:, : x.shape[1] // 2]
+
+    def backward(self, g):
+        return np.concatenate([g, g], axis=1)
+
+
+def test_api_trainer_raises_the_apis_error(digits):
+    model = cnnframe.Sequential([Flatten(), _Halve(), Dense(10)], input_shape=digits.input_shape)
+    with pytest.raises(ValueError, match=r"layer 1 \(_Halve\): output_shape\(\(64,\)\) declares \(64,\) but "
+                                         r"forward\(\) returned samples of shape \(32,\)") as info:
+        Trainer(model, cnnframe.SoftmaxCrossEntropy(), cnnframe.SGD(model.parameters(), lr=0.1), digits, quiet=True)
+    assert not isinstance(info.value, cnnframe.ConfigError) and info.value.layer_index == 1
+
+
+def test_a_loaded_config_is_built_once(tmp_path, monkeypatch):
+    built = []
+    init = Conv2D.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Conv2D, "__init__", counting)
+    setup = cnnframe.config.load(TINY, [f"trainer.run_dir={tmp_path}"])
+    assert len(built) == 1
+    trainer = Trainer.from_config(setup, quiet=True)
+    assert len(built) == 1  # nothing built again: the trainer takes the setup's objects
+    assert trainer.model is setup.model and trainer.model.layers[0] is built[0]
+    assert trainer.optimizer is setup.optimizer and trainer.loss is setup.loss and trainer.schedule is setup.schedule

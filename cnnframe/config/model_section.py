@@ -50,7 +50,7 @@ def build_layer_at(spec, plugins, dtype, key):
             raise ConfigError(str(message), key=where) from None
         if isinstance(e, (TypeError, ValueError)):
             raise ConfigError(f"invalid layer {name!r}: {message}", key=where) from None
-        raise ConfigError(f"layer {name!r} raised {type(e).__name__}: {e}{code_location(e)}", key=key) from None
+        raise ConfigError(f"layer {name!r} raised {type(e).__name__}: {e}{code_location(e)}", key=where) from None
 
 
 def resolve_model(raw, input_shape, num_classes, dtype, plugins, key="model"):
@@ -139,11 +139,11 @@ def check_memory(limit_bytes, input_shape, shapes, batch_size, itemsize, budget,
     total, outputs = memory_bytes(input_shape, shapes, batch_size, itemsize, budget.used)
     if total > limit_bytes:
         big = max(range(len(shapes)), key=lambda i: _size(shapes[i]))
+        params = f"; parameters {format_bytes(PARAMETER_FACTOR * budget.used)}" if budget.used else ""
         raise ConfigError(
             f"the model needs about {format_bytes(total)} at batch size {batch_size} (layer outputs "
-            f"{format_bytes(outputs)}, the largest {tuple(shapes[big])} per sample from this layer; parameters "
-            f"{format_bytes(PARAMETER_FACTOR * budget.used)}), past trainer.memory_limit "
-            f"({format_bytes(limit_bytes)}){_RAISE_LIMIT}", key=f"{key}[{big}]")
+            f"{format_bytes(outputs)}, the largest {tuple(shapes[big])} per sample from this layer{params}), past "
+            f"trainer.memory_limit ({format_bytes(limit_bytes)}){_RAISE_LIMIT}", key=f"{key}[{big}]")
     budget.limit = min(budget.limit, (limit_bytes - outputs) // PARAMETER_FACTOR)
 
 

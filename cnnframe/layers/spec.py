@@ -100,8 +100,8 @@ def build_layer(spec, plugins, dtype=None):
     try:
         layer = cls.from_config({"type": name, **kwargs})
     except Exception as e:
-        if getattr(e, "layer_type", None) is None:
-            e.layer_type = name  # the layer's own error (not a spec problem): said so by whoever reports it
+        if getattr(e, "layer_type", None) is None and getattr(e, "key", None) is None:
+            e.layer_type = name  # the layer's own error (not a child's spec): said so by whoever reports it
         raise _keyed(e, error_key(str(e), list(kwargs)))
     _check_contract(layer, name, plugins)
     return layer

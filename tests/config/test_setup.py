@@ -13,7 +13,7 @@ from cnnframe.config import (
     split_key_path,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGITS = os.path.join(ROOT, "configs", "digits.yaml")
 TINY = os.path.join(ROOT, "configs", "digits-tiny.yaml")
 
