@@ -380,6 +380,9 @@ def load_checkpoint(path, plugins=()):
     """
     ckpt = checkpoint.read(path)
     plugins = Plugins.of(plugins)
+    run_config = ckpt.meta.get("config")
+    if not plugins.recorded and isinstance(run_config, dict) and isinstance(run_config.get("plugins"), list):
+        plugins.recorded = [str(p) for p in run_config["plugins"]]  # named in messages, never imported
     try:
         with allocation_limit(ckpt.build_budget, "what the checkpoint's arrays need"):
             model = Sequential.from_config(ckpt.config, plugins)

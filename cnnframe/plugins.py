@@ -237,7 +237,7 @@ def _import_module(name, key):
         if e.name == name or (e.name and name.startswith(e.name + ".")):
             raise ConfigError(
                 f"cannot import plugin module {name!r}: no module named {e.name!r} on the Python path "
-                f"(for a file, give a path ending in .py relative to the config)",
+                f"(for a file, give a path ending in .py)",
                 key=key,
             ) from None
         raise _plugin_failure(e, _module_origin(name), key) from None
