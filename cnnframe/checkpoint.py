@@ -106,11 +106,22 @@ def _string(npz, key, path):
     return str(arr)
 
 
+_MAX_DEPTH = 100  # far deeper than any config; a deeper entry is not one cnnframe wrote
+
+
 def _json(npz, key, path):
     try:
-        return json.loads(_string(npz, key, path))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path!r}: entry {key!r} is not valid JSON ({e})") from None
+        value = json.loads(_string(npz, key, path))
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path!r}: entry {key!r} is not valid JSON ({type(e).__name__})") from None
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise CheckpointError(f"{path!r}: entry {key!r} nests deeper than {_MAX_DEPTH} levels")
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else ()
+        stack.extend((c, depth + 1) for c in children)
+    return value
 
 
 def _meta(npz, path):

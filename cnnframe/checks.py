@@ -3,8 +3,9 @@
 Each ``check_*`` returns the value normalised (a float, an int, ...) or raises ``ValueError`` naming
 the owner, the argument and what was expected::
 
-    check_number("lr", -1, "SGD", gt=0)           # ValueError: SGD: lr must be > 0, got -1
-    check_int("out_features", 0, "Dense", ge=1)   # ValueError: Dense: out_features must be a positive integer (>= 1), got 0
+    check_number("lr", -1, "SGD", gt=0)          # ValueError: SGD: lr must be > 0, got -1
+    check_int("out_features", 0, "Dense", ge=1)  # ValueError: Dense: out_features must be a positive integer
+                                                 # (>= 1), got 0
 
 Without an owner the message starts at "must be", which is how the config schema reports a value
 against its key path.  ``check_keywords`` compares keyword arguments with a constructor's

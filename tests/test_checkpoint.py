@@ -84,3 +84,12 @@ def test_meta_must_be_an_object(tmp_path):
                            "__meta__": np.array("[1, 2]")})
     with pytest.raises(CheckpointError, match="must hold a JSON object"):
         checkpoint.read_meta(path)
+
+
+def test_stored_json_nesting_is_bounded(tmp_path):
+    path = tmp_path / "deep.npz"
+    for depth, reason in ((150, "nests deeper than 100 levels"), (100_000, "is not valid JSON")):
+        atomic_save_npz(path, {"__format__": np.array(checkpoint.FORMAT), "__config__": np.array("{}"),
+                               "__meta__": np.array('{"a": ' + "[" * depth + "]" * depth + "}")})
+        with pytest.raises(CheckpointError, match=reason):
+            checkpoint.read(path)

@@ -15,7 +15,7 @@ allocation checked against what is left before it is made (``layers.base.allocat
 """
 import contextlib
 
-from cnnframe.checks import show
+from cnnframe.checks import did_you_mean, show
 from cnnframe.config.schema import mapping
 from cnnframe.errors import ConfigError, MemoryLimitError
 from cnnframe.layers.base import format_bytes
@@ -23,10 +23,13 @@ from cnnframe.layers.spec import build_layer, join_key
 from cnnframe.locate import code_location
 from cnnframe.model import Sequential
 
-__all__ = ["resolve_model", "build_layer_at", "build_model", "check_model", "layer_errors", "memory_bytes", "GIB"]
+__all__ = ["resolve_model", "build_layer_at", "build_model", "check_model", "check_memory", "layer_errors",
+           "memory_bytes", "GIB", "PARAMETER_FACTOR"]
 
 GIB = 1 << 30
 PARAMETER_FACTOR, ACTIVATION_FACTOR = 4, 3
+_RAISE_LIMIT = ("; shrink the model or the batch, or raise trainer.memory_limit (GiB; e.g. "
+                "--set trainer.memory_limit=32, or null for no limit)")
 
 
 def _layer_name(layer):
@@ -59,7 +62,8 @@ def resolve_model(raw, input_shape, num_classes, dtype, plugins, key="model"):
     section = mapping(raw, key)
     for k in section:
         if k not in ("input_shape", "layers"):
-            raise ConfigError(f"unknown key {k!r} (known: input_shape, layers)", key=f"{key}.{k}")
+            raise ConfigError(f"unknown key {k!r}{did_you_mean(k, ['input_shape', 'layers'])} "
+                              f"(known: input_shape, layers)", key=f"{key}.{k}")
     given = section.get("input_shape")
     if given is not None:
         if (not isinstance(given, list) or not given
@@ -114,10 +118,6 @@ def _shapes(layers, input_shape, key):
 
 
 # -- memory ------------------------------------------------------------------------------------------------------
-_RAISE_LIMIT = ("; shrink the model or the batch, or raise trainer.memory_limit (GiB; e.g. "
-                "--set trainer.memory_limit=32, or null for no limit)")
-
-
 def memory_bytes(input_shape, shapes, batch_size, itemsize, parameter_bytes):
     """(estimated total, the outputs' share) in bytes (see the module docstring)."""
     values = _size(input_shape) + sum(_size(s) for s in shapes)

@@ -18,12 +18,32 @@ import re
 import yaml
 
 from cnnframe.checks import did_you_mean, plain, show
-from cnnframe.config.components import make_dataset, optimizer_lr, resolve_data, resolve_loss, resolve_optimizer, \
-    resolve_schedule
-from cnnframe.config.model_section import GIB, PARAMETER_FACTOR, build_layer_at as _build, build_model, check_memory, \
-    check_model, memory_bytes, resolve_model
-from cnnframe.config.schema import CHECKPOINT_FIELDS, EARLY_STOPPING_FIELDS, TOP_KEYS, TRAINER_FIELDS, check_fields, \
-    mapping
+from cnnframe.config.components import (
+    make_dataset,
+    optimizer_lr,
+    resolve_data,
+    resolve_loss,
+    resolve_optimizer,
+    resolve_schedule,
+)
+from cnnframe.config.model_section import (
+    GIB,
+    PARAMETER_FACTOR,
+    build_layer_at,
+    build_model,
+    check_memory,
+    check_model,
+    memory_bytes,
+    resolve_model,
+)
+from cnnframe.config.schema import (
+    CHECKPOINT_FIELDS,
+    EARLY_STOPPING_FIELDS,
+    TOP_KEYS,
+    TRAINER_FIELDS,
+    check_fields,
+    mapping,
+)
 from cnnframe.config.yamlfile import apply_override, line_of, override_source, parse_yaml
 from cnnframe.data import split_dataset
 from cnnframe.errors import ConfigError
@@ -32,8 +52,8 @@ from cnnframe.plugins import Plugins
 
 _UNLIMITED = 1 << 62
 
-__all__ = ["Setup", "load", "load_text", "resolve", "resolve_text", "load_config", "resolve_config", "dump_config", "build_layers",
-           "build_loss", "build_optimizer", "build_schedule"]
+__all__ = ["Setup", "load", "load_text", "resolve", "resolve_text", "load_config", "resolve_config", "dump_config",
+           "build_layers", "build_loss", "build_optimizer", "build_schedule"]
 
 
 class Setup:
@@ -219,7 +239,7 @@ def build_layers(cfg, dtype=None, plugins=()):
     stored config's: registered names, and ``module:Class`` from ``plugins`` only."""
     named = Plugins.of(plugins)
     dtype = dtype or cfg["trainer"]["dtype"]
-    return [_build(spec, named, dtype, f"model.layers[{i}]") for i, spec in enumerate(cfg["model"]["layers"])]
+    return [build_layer_at(spec, named, dtype, f"model.layers[{i}]") for i, spec in enumerate(cfg["model"]["layers"])]
 
 
 def build_loss(cfg, plugins=()):

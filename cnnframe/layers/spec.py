@@ -7,9 +7,9 @@ to be a ``Layer`` subclass before it is called (``cnnframe/plugins.py``).
 
 Errors are the API's (KeyError for a type that does not resolve, TypeError/ValueError for a bad spec
 or argument, the layer's own exceptions as they are, marked with ``layer_type``), each carrying
-``key``: the spec key it concerns ("type", "kernel_size"; None for the spec as a whole).  ``at(e, "layers[1]")`` re-raises one with a
-prefix on its message and key, so a block of layers can say which child failed and a config can
-report ``model.layers[3].layers[1].kernel_size``.
+``key``: the spec key it concerns ("type", "kernel_size"; None for the spec as a whole).
+``at(e, "layers[1]")`` re-raises one with a prefix on its message and key, so a block of layers can
+say which child failed and a config can report ``model.layers[3].layers[1].kernel_size``.
 """
 import copy
 import json

@@ -29,9 +29,9 @@ def test_estimate_follows_the_documented_formula():
 @pytest.mark.parametrize("command", ["validate", "train"])
 def test_huge_layer_is_refused_at_once(tmp_path, command):
     """out_channels: 100000000 (1.6 TB of outputs at batch 64) stops in a fresh process with one line."""
-    r = subprocess.run([sys.executable, "-m", "cnnframe", command, TINY, "--set", "model.layers[0].out_channels=100000000",
-                        "--set", f"trainer.run_dir={tmp_path}"], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, PYTHONPATH=PACKAGE_PARENT))
+    sets = ["--set", "model.layers[0].out_channels=100000000", "--set", f"trainer.run_dir={tmp_path}"]
+    r = subprocess.run([sys.executable, "-m", "cnnframe", command, TINY, *sets], capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, PYTHONPATH=PACKAGE_PARENT))
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "model.layers[0]: the model needs about" in r.stderr and "trainer.memory_limit" in r.stderr
     assert "(100000000, 8, 8) per sample" in r.stderr
