@@ -1,0 +1,53 @@
+"""Optional packages: never imported by ``import cnnframe``; a feature that needs a missing one says which extra."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cnnframe.cli import main
+from cnnframe.errors import UserError
+from cnnframe.optional import MissingDependency, available, require
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def hide(monkeypatch, *modules):
+    """Make ``import <module>`` fail as it does when the package is not installed."""
+    for m in modules:
+        for name in [n for n in sys.modules if n == m or n.startswith(m + ".")]:
+            monkeypatch.delitem(sys.modules, name)
+        monkeypatch.setitem(sys.modules, m, None)
+
+
+def test_import_cnnframe_imports_no_optional_package():
+    code = ("import sys, cnnframe, cnnframe.cli\n"
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'matplotlib', 'PIL', 'mpi4py') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_require_names_the_extra(monkeypatch):
+    hide(monkeypatch, "onnx")
+    assert not available("onnx")
+    with pytest.raises(MissingDependency) as e:
+        require("onnx", "ONNX export")
+    assert isinstance(e.value, ImportError) and isinstance(e.value, UserError)
+    assert str(e.value).startswith("ONNX export needs the onnx package, which is not installed")
+    assert str(e.value).endswith('pip install "cnnframe[onnx]"')
+    assert require("json", "anything").dumps([1]) == "[1]"
+
+
+def test_image_folder_without_pillow(tmp_path, monkeypatch, capsys):
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / "imgs" / name)
+        (tmp_path / "imgs" / name / "x.png").write_bytes(b"")
+    (tmp_path / "c.yaml").write_text("data: {dataset: image_folder, root: imgs}\n"
+                                     "model: {layers: [{type: flatten}, {type: dense, out_features: 2}]}\n")
+    hide(monkeypatch, "PIL")
+    assert main(["validate", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "cnnframe[images]"' in err and "dataset: image_folder" in err
