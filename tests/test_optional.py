@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from cnnframe.cli import main
@@ -51,3 +50,17 @@ def test_image_folder_without_pillow(tmp_path, monkeypatch, capsys):
     assert main(["validate", str(tmp_path / "c.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and 'pip install "cnnframe[images]"' in err and "dataset: image_folder" in err
+
+
+def test_export_without_onnx(tmp_path, monkeypatch, capsys):
+    hide(monkeypatch, "onnx")
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnframe: error: export needs the onnx package, which is not installed")
+    assert err.endswith('pip install "cnnframe[onnx]"\n') and err.count("\n") == 1
+    import cnnframe as cf
+    from cnnframe.export import export_onnx
+
+    with pytest.raises(ImportError, match=r'pip install "cnnframe\[onnx\]"'):
+        export_onnx(cf.Sequential([cf.Dense(2)], input_shape=(3,)), None)
+    assert not (tmp_path / "m.onnx").exists()
