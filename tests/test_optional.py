@@ -21,7 +21,7 @@ def hide(monkeypatch, *modules):
 
 
 def test_import_cnnframe_imports_no_optional_package():
-    code = ("import sys, cnnframe, cnnframe.cli\n"
+    code = ("import sys, cnnframe, cnnframe.cli, cnnframe.export, cnnframe.report\n"
             "print(sorted(m for m in ('onnx', 'onnxruntime', 'matplotlib', 'PIL', 'mpi4py') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": ROOT})
@@ -64,3 +64,13 @@ def test_export_without_onnx(tmp_path, monkeypatch, capsys):
     with pytest.raises(ImportError, match=r'pip install "cnnframe\[onnx\]"'):
         export_onnx(cf.Sequential([cf.Dense(2)], input_shape=(3,)), None)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_report_without_matplotlib(tmp_path, monkeypatch, capsys):
+    (tmp_path / "metrics.csv").write_text("epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds\n1,0.1,1,0.5,1,0.5,1\n")
+    hide(monkeypatch, "matplotlib")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnframe: error: report needs the matplotlib package, which is not installed")
+    assert err.endswith('pip install "cnnframe[plot]"\n') and err.count("\n") == 1
+    assert os.listdir(tmp_path) == ["metrics.csv"]
