@@ -23,6 +23,7 @@ when an export runs.
 """
 import json
 import math
+import os
 import warnings
 
 import numpy as np
@@ -342,12 +343,16 @@ def export_onnx(model, path=None, *, output="probabilities", preprocessing=None,
 
 # -- running an exported model ----------------------------------------------------------------------------
 def run_onnxruntime(onnx_model, x, threads=1):
-    """Outputs of ``onnx_model`` (a ModelProto or a file path) for the batch ``x``, run by onnxruntime's CPU provider."""
+    """Outputs of ``onnx_model`` (a ModelProto, its bytes or a file path) for the batch ``x``, run by onnxruntime's
+    CPU provider on ``threads`` threads."""
     ort = require("onnxruntime", "running an exported model")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3  # errors only
-    src = onnx_model if isinstance(onnx_model, (str, bytes)) else onnx_model.SerializeToString()
+    if isinstance(onnx_model, (str, os.PathLike)):
+        src = os.fspath(onnx_model)
+    else:
+        src = onnx_model if isinstance(onnx_model, bytes) else onnx_model.SerializeToString()
     session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     return session.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
 

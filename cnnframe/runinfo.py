@@ -10,7 +10,7 @@ import math
 import os
 
 from cnnframe.config import make_dataset, split_seed
-from cnnframe.errors import ConfigError, DataError
+from cnnframe.errors import ConfigError, DataError, UserError
 
 #: loss types whose models output logits, so probabilities are their softmax
 SOFTMAX_LOSSES = ("softmax_cross_entropy", "cross_entropy")
@@ -47,7 +47,7 @@ def read_summary(run_dir):
         with open(path, encoding="utf-8") as f:
             summary = json.load(f)
     except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {e}", key="summary.json") from None
+        raise UserError(f"cannot read {path}: {e}") from None
     return summary if isinstance(summary, dict) else None
 
 

@@ -297,14 +297,53 @@ def test_export_command_end_to_end(tiny_run, tmp_path, capsys):
     # The metadata is enough to use the file: raw pixels, preprocessed as it says, give predict's probabilities.
     raw = load_digits().images[:7].reshape(7, 1, 8, 8)
     np.save(tmp_path / "images.npy", raw)
-    assert main(["predict", tiny_run, "--input", str(tmp_path / "images.npy"), "--output", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", tiny_run, "--input", str(tmp_path / "images.npy"), "--output", str(tmp_path / "p.csv")]) \
+        == 0
     predicted = np.loadtxt(tmp_path / "p.csv", delimiter=",", skiprows=1)[:, 2:]
-    probs = run_onnxruntime(str(out), (raw - pre["offset"]) * pre["scale"])
+    probs = run_onnxruntime(out, (raw - pre["offset"]) * pre["scale"])
     np.testing.assert_allclose(probs, predicted, atol=1e-5)  # the CSV has 6 decimals
 
     assert main(["export", tiny_run, str(tmp_path / "raw.onnx"), "--outputs", "raw", "--no-check"]) == 0
     assert "onnxruntime agrees" not in capsys.readouterr().out
     assert onnx.load(str(tmp_path / "raw.onnx")).graph.output[0].name == "output"
+
+
+def test_export_command_without_config_or_preprocessing(tmp_path, capsys):
+    """A model saved from Python: no config (so no loss: probabilities by default) and no preprocessing, said so."""
+    model = cf.Sequential([cf.Conv2D(2, 3), cf.Flatten(), cf.Dense(3)], input_shape=(1, 5, 5), seed=0)
+    model.save(str(tmp_path / "m.npz"))
+    assert main(["export", str(tmp_path / "m.npz"), str(tmp_path / "m.onnx")]) == 0
+    out, err = capsys.readouterr()
+    assert "records no preprocessing; the exported model takes inputs as they are" in err
+    assert "onnxruntime agrees" in out
+    meta = read_metadata(onnx.load(str(tmp_path / "m.onnx")))
+    assert meta["output"] == "probabilities" and meta["preprocessing"]["scale"] == 1.0
+
+
+def test_export_command_fails_when_onnxruntime_disagrees(tiny_run, tmp_path, capsys, monkeypatch):
+    """The check after writing is real: a converter that computes something else is caught (exit 1)."""
+    from cnnframe import export
+
+    monkeypatch.setitem(export.CONVERTERS, cf.ReLU, lambda layer, g, x, shape: g.node("Sigmoid", [x]))
+    assert main(["export", tiny_run, str(tmp_path / "wrong.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "onnxruntime's outputs differ from cnnframe's by up to" in err and "does not compute what the model" in err
+    assert err.endswith("wrong.onnx was not written\n") and not (tmp_path / "wrong.onnx").exists()
+    # A graph onnxruntime refuses to run (its errors are plain Exceptions) is one line too, and nothing is written.
+    from cnnframe.commands import export as command
+
+    class Fail(Exception):
+        pass
+
+    def refuse(proto, x):
+        raise Fail("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation\nmore detail")
+
+    monkeypatch.setattr(command, "run_onnxruntime", refuse)
+    assert main(["export", tiny_run, str(tmp_path / "wrong.onnx")]) == 1
+    assert capsys.readouterr().err == ("cnnframe: onnxruntime cannot run the exported model: Fail: [ONNXRuntimeError] "
+                                       ": 9 : NOT_IMPLEMENTED : Could not find an implementation; "
+                                       f"{tmp_path / 'wrong.onnx'} was not written\n")
+    assert not (tmp_path / "wrong.onnx").exists()
 
 
 def test_export_command_user_errors(tiny_run, tmp_path, capsys):

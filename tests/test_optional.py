@@ -67,7 +67,8 @@ def test_export_without_onnx(tmp_path, monkeypatch, capsys):
 
 
 def test_report_without_matplotlib(tmp_path, monkeypatch, capsys):
-    (tmp_path / "metrics.csv").write_text("epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds\n1,0.1,1,0.5,1,0.5,1\n")
+    (tmp_path / "metrics.csv").write_text("epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds\n"
+                                          "1,0.1,1,0.5,1,0.5,1\n")
     hide(monkeypatch, "matplotlib")
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err

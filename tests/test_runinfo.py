@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnnframe import runinfo
-from cnnframe.errors import DataError
+from cnnframe.errors import UserError
 
 
 def test_read_metrics_and_summary(tmp_path):
@@ -22,7 +22,7 @@ def test_read_metrics_and_summary(tmp_path):
     (tmp_path / "summary.json").write_text('{"status": "completed"}')
     assert runinfo.read_summary(str(tmp_path)) == {"status": "completed"}
     (tmp_path / "summary.json").write_text('{"status": ')
-    with pytest.raises(DataError, match="cannot read .*summary.json"):
+    with pytest.raises(UserError, match="cannot read .*summary.json"):
         runinfo.read_summary(str(tmp_path))
 
 

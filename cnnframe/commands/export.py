@@ -1,4 +1,8 @@
-"""``python -m cnnframe export RUN_DIR|CHECKPOINT OUT.onnx``: the trained model as ONNX, run once in onnxruntime."""
+"""``python -m cnnframe export RUN_DIR|CHECKPOINT OUT.onnx``: the trained model as ONNX, run in onnxruntime first.
+
+The file is written only once onnxruntime (when installed) gives the model's outputs on a batch of random inputs,
+so a file on disk computes what the model computes.
+"""
 import sys
 import warnings
 
@@ -6,7 +10,8 @@ import numpy as np
 
 from cnnframe import runinfo
 from cnnframe.commands.common import load_for_inference
-from cnnframe.export import OPSET, IR_VERSION, OUTPUTS, export_onnx, reference_outputs, run_onnxruntime
+from cnnframe.export import IR_VERSION, OPSET, OUTPUTS, export_onnx, reference_outputs, run_onnxruntime
+from cnnframe.io import atomic_write_bytes
 from cnnframe.optional import available, require
 
 NAME = "export"
@@ -37,27 +42,40 @@ def run(args):
               file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        proto = export_onnx(model, args.out, output=output, preprocessing=runinfo.preprocessing(meta, cfg),
+        proto = export_onnx(model, None, output=output, preprocessing=runinfo.preprocessing(meta, cfg),
                             class_names=names)
     for w in caught:
         print(f"cnnframe: note: {w.message}", file=sys.stderr)
+    checked = "checked by onnx.checker"
+    if not args.no_check:
+        if not available("onnxruntime"):
+            checked += " only (onnxruntime is not installed: pip install \"cnnframe[onnx]\" to run it)"
+        else:
+            problem, diff = _compare(model, proto, output)
+            if problem:
+                print(f"cnnframe: {problem}; {args.out} was not written", file=sys.stderr)
+                return 1
+            checked = f"onnxruntime agrees with cnnframe to {diff:.1e} on {_CHECK_BATCH} random inputs"
+    atomic_write_bytes(args.out, proto.SerializeToString())
     shape = ", ".join(map(str, model.input_shape))
     print(f"wrote {args.out} (opset {OPSET}, IR version {IR_VERSION}) from {ckpt}: input 'input' float32 "
           f"[N, {shape}] -> '{OUTPUTS[output]}' [N, {', '.join(map(str, model.shapes[-1]))}]"
           + (f", classes {', '.join(names)}" if names else ""))
-    if args.no_check:
-        return 0
-    if not available("onnxruntime"):
-        print("onnxruntime is not installed, so the model was checked by onnx.checker only "
-              "(pip install \"cnnframe[onnx]\" to run it)")
-        return 0
+    print(checked)
+    return 0
+
+
+def _compare(model, proto, output):
+    """(what is wrong or None, largest |onnxruntime − cnnframe|) on a batch of random inputs."""
     x = np.random.default_rng(0).standard_normal((_CHECK_BATCH,) + tuple(model.input_shape))
     ref = reference_outputs(model, x, output)
-    diff = float(np.max(np.abs(run_onnxruntime(proto, x) - ref)))
+    try:
+        got = run_onnxruntime(proto, x)
+    except Exception as e:  # onnxruntime's errors derive from Exception only (Fail, InvalidGraph, NotImplemented)
+        return f"onnxruntime cannot run the exported model: {type(e).__name__}: {str(e).strip().splitlines()[0]}", None
+    diff = float(np.max(np.abs(got - ref)))
     bound = TOLERANCE * max(1.0, float(np.max(np.abs(ref))))
     if not diff <= bound:
-        print(f"cnnframe: onnxruntime's outputs differ from cnnframe's by up to {diff:.3g} (more than {bound:.1g}) "
-              f"on {_CHECK_BATCH} random inputs; {args.out} does not compute what the model computes", file=sys.stderr)
-        return 1
-    print(f"onnxruntime agrees with cnnframe to {diff:.1e} (largest difference on {_CHECK_BATCH} random inputs)")
-    return 0
+        return (f"onnxruntime's outputs differ from cnnframe's by up to {diff:.3g} (more than {bound:.1g}) on "
+                f"{_CHECK_BATCH} random inputs: the export does not compute what the model computes"), diff
+    return None, diff
