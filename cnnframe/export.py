@@ -69,8 +69,10 @@ class OnnxGraph:
       (``outputs=k`` for a node with k outputs returns a list of k names);
     - ``weight(array, name="weight")`` adds an initializer (floats stored as float32, integers as int64)
       and returns its name, to pass as a node input;
+    - ``add_layers(layers, x, input_shape)`` adds the nodes of a chain of layers (what a block layer holding
+      other layers calls from its own ``to_onnx``) and returns the chain's output name;
     - ``opset`` is the ONNX opset of the graph (17); ``scope`` prefixes new names while a layer is exported
-      (``"3.conv2d"``), so the graph reads like the model summary.
+      (``"3.conv2d"``; ``"3.block/0.conv2d"`` inside a block), so the graph reads like the model summary.
     """
 
     def __init__(self, opset=OPSET):
@@ -108,6 +110,31 @@ class OnnxGraph:
         self.nodes.append(self._onnx.helper.make_node(op_type, list(inputs), names, name=self.fresh_name(op_type + "#"),
                                                       **attributes))
         return names[0] if outputs == 1 else names
+
+    def add_layers(self, layers, x, input_shape):
+        """Nodes computing ``layers`` in order (eval mode) from tensor ``x`` of per-sample shape ``input_shape``;
+        returns the name of the last output.  Each layer exports by its converter or its ``to_onnx`` hook."""
+        outer = self.scope
+        shape = tuple(input_shape)
+        try:
+            for i, layer in enumerate(layers):
+                tag = f"{i}.{getattr(layer, 'registered_name', None) or type(layer).__name__}"
+                self.scope = f"{outer}/{tag}" if outer else tag
+                where = f"layer {outer + '/' if outer else ''}{i} ({type(layer).__name__}"
+                convert = _converter(layer, where)
+                try:
+                    out = convert(layer, self, x, shape)
+                except ExportError:
+                    raise
+                except Exception as e:
+                    raise ExportError(f"{where}): ONNX export failed: {type(e).__name__}: {e}") from e
+                if not isinstance(out, str) or not self.produced(out):
+                    raise ExportError(f"{where}): to_onnx returned {out!r}, which is not the name of a tensor in the "
+                                      f"graph (return the name that graph.node(...) gave)")
+                x, shape = out, tuple(layer.output_shape(shape))
+        finally:
+            self.scope = outer
+        return x
 
     def produced(self, name):
         """True when ``name`` is the graph input, an initializer or the output of a node added so far."""
@@ -203,7 +230,7 @@ CONVERTERS = {
 }
 
 
-def _converter(layer, index):
+def _converter(layer, where):
     hook = getattr(layer, "to_onnx", None)
     if callable(hook):
         return lambda layer, g, x, shape: hook(g, x, shape)
@@ -212,30 +239,9 @@ def _converter(layer, index):
         return convert
     cls = type(layer)
     parent = next((b.__name__ for b in cls.__mro__[1:] if b in CONVERTERS), None)
-    what = f"{cls.__name__}, a subclass of {parent}" if parent else cls.__name__
-    raise ExportError(f"layer {index} ({what}, from {cls.__module__}) has no ONNX export: give the class a "
+    what = f", a subclass of {parent}" if parent else ""
+    raise ExportError(f"{where}{what}, from {cls.__module__}) has no ONNX export: give the class a "
                       f"to_onnx(graph, x, input_shape) method that adds its nodes ({_HOOK_DOC})")
-
-
-def _layer_nodes(model, g):
-    x = INPUT_NAME
-    shape = tuple(model.input_shape)
-    for i, layer in enumerate(model.layers):
-        g.scope = f"{i}.{getattr(layer, 'registered_name', None) or type(layer).__name__}"
-        convert = _converter(layer, i)
-        try:
-            out = convert(layer, g, x, shape)
-        except ExportError:
-            raise
-        except Exception as e:
-            raise ExportError(f"layer {i} ({type(layer).__name__}): ONNX export failed: {type(e).__name__}: {e}") \
-                from e
-        if not isinstance(out, str) or not g.produced(out):
-            raise ExportError(f"layer {i} ({type(layer).__name__}): to_onnx returned {out!r}, which is not the name "
-                              f"of a tensor in the graph (return the name that graph.node(...) gave)")
-        x, shape = out, tuple(model.shapes[i])
-    g.scope = ""
-    return x
 
 
 # -- metadata ------------------------------------------------------------------------------------------------
@@ -303,10 +309,9 @@ def export_onnx(model, path=None, *, output="probabilities", preprocessing=None,
     pre = _preprocessing(model, preprocessing)
 
     g = OnnxGraph()
-    x = _layer_nodes(model, g)
+    x = g.add_layers(model.layers, INPUT_NAME, model.input_shape)
     out_name = OUTPUTS[output]
     if output == "probabilities":
-        g.scope = ""
         g.nodes.append(onnx.helper.make_node("Softmax", [x], [out_name], name="probabilities#", axis=1))
     elif x == INPUT_NAME or any(x == t.name for t in g.initializers):
         g.nodes.append(onnx.helper.make_node("Identity", [x], [out_name], name="output#"))

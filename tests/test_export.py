@@ -249,6 +249,51 @@ def test_plugin_layers_with_hooks_export_and_match():
         assert max_abs_diff(model, proto, "probabilities", batch)[0] <= 1e-5
 
 
+class Residual(cf.Layer):
+    """y = x + f(x) for a chain f of layers that keeps the shape; exports its chain with graph.add_layers."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def build(self, input_shape):
+        cf.Sequential(self.inner, input_shape=input_shape, seed=5)
+        super().build(input_shape)
+
+    def train(self, mode=True):
+        for layer in self.inner:
+            layer.train(mode)
+        return super().train(mode)
+
+    def forward(self, x):
+        self._ensure_built(x)
+        y = x
+        for layer in self.inner:
+            y = layer.forward(y)
+        return x + y
+
+    def backward(self, g):
+        raise NotImplementedError
+
+    def to_onnx(self, graph, x, input_shape):
+        return graph.node("Add", [x, graph.add_layers(self.inner, x, input_shape)])
+
+
+def test_block_layer_exports_its_inner_layers():
+    block = Residual([cf.Conv2D(3, 3, padding=1), cf.BatchNorm2D(), cf.ReLU(), cf.Conv2D(3, 1)])
+    model = cf.Sequential([cf.Conv2D(3, 3, padding=1), block, cf.GlobalAvgPool2D(), cf.Dense(4)], input_shape=(1, 6, 6),
+                          seed=0)
+    randomize_state(cf.Sequential(block.inner))
+    proto = export_onnx(model, None)
+    assert_graph_basics(proto)
+    assert "1.Residual/1.batchnorm2d/running_var" in [t.name for t in proto.graph.initializer]
+    for batch in (1, 7):
+        assert max_abs_diff(model, proto, "probabilities", batch)[0] <= 1e-5
+    inner_without_hook = cf.Sequential([Residual([cf.ReLU(), Swish()])], input_shape=(2, 3, 3))
+    with pytest.raises(ExportError, match=r"layer 0.Residual/1 \(Swish, from .*\) has no ONNX export"):
+        export_onnx(inner_without_hook, None)
+
+
 def test_broken_hooks_are_reported_with_the_layer():
     class ReturnsNothing(ExportableSwish):
         def to_onnx(self, graph, x, input_shape):
