@@ -94,6 +94,7 @@ class OnnxGraph:
         return name
 
     def weight(self, array, name="weight"):
+        """Add ``array`` as an initializer (floats as float32, integers as int64); returns its name."""
         a = np.asarray(array)
         if a.dtype.kind == "f":
             a = a.astype(np.float32)
@@ -106,6 +107,7 @@ class OnnxGraph:
         return n
 
     def node(self, op_type, inputs, outputs=1, **attributes):
+        """Add an ``op_type`` node (ONNX attributes as keywords) on the named ``inputs``; returns its output name(s)."""
         names = [self.fresh_name(op_type) for _ in range(outputs)]
         self.nodes.append(self._onnx.helper.make_node(op_type, list(inputs), names, name=self.fresh_name(op_type + "#"),
                                                       **attributes))
