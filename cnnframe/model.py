@@ -376,6 +376,12 @@ class Sequential:
         """The model stored in checkpoint ``path`` (see ``load_checkpoint``)."""
         return load_checkpoint(path)[0]
 
+    def to_onnx(self, path, **options):
+        """Export to ONNX at ``path``; returns the ModelProto (``cnnframe.export.export_onnx`` lists the options)."""
+        from cnnframe.export import export_onnx  # the exporter needs the optional onnx package
+
+        return export_onnx(self, path, **options)
+
 
 def _read_npz(path):
     """All entries of the npz at ``path`` as a dict, or a clear error."""
