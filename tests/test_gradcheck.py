@@ -174,3 +174,25 @@ def test_check_model_catches_a_broken_layer():
     assert not report.passed
     assert report.tensors["input"].failures > 0
     assert report.tensors["6.weight"].passed  # everything after the broken layer is still right
+
+
+def test_check_model_covers_blocks():
+    """A float32 model with nested blocks is rebuilt in float64 through its config and checked end to end."""
+    from cnnframe.layers import Concat, GlobalAvgPool2D, Residual
+
+    f32 = "float32"
+    model = cnnframe.Sequential(
+        [Conv2D(3, 3, padding=1, seed=0, dtype=f32),
+         Residual([Conv2D(3, 3, padding=1, seed=1, dtype=f32), BatchNorm2D(dtype=f32), ReLU(dtype=f32),
+                   Conv2D(4, 3, stride=2, padding=1, seed=2, dtype=f32)],
+                  shortcut=[Conv2D(4, 1, stride=2, seed=3, dtype=f32), BatchNorm2D(dtype=f32)], activation="relu"),
+         Concat([[Conv2D(2, 1, seed=4, dtype=f32)], [], [Residual([Conv2D(4, 3, padding=1, seed=5, dtype=f32)])]]),
+         GlobalAvgPool2D(dtype=f32), Dense(4, seed=6, dtype=f32)],
+        input_shape=(2, 6, 6),
+    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2, 6, 6))
+    report = check_model(model, SoftmaxCrossEntropy(), x, rng.integers(0, 4, 4), max_checks=12)
+    assert report.passed, str(report)
+    assert list(report.tensors) == ["input"] + list(model.parameters())
+    assert "2.branches.2.0.layers.0.weight" in report.tensors and "1.shortcut.1.bias" in report.tensors
