@@ -196,3 +196,43 @@ def test_check_model_covers_blocks():
     assert report.passed, str(report)
     assert list(report.tensors) == ["input"] + list(model.parameters())
     assert "2.branches.2.0.layers.0.weight" in report.tensors and "1.shortcut.1.bias" in report.tensors
+
+
+class _BigOffsetMix(ReLU):
+    """y = 300 + 1e-3·(x + mean(x)) per sample: every output moves with every input, by a tiny amount next
+    to the 300 it sits on, so each output difference carries rounding noise of up to ulp(300)/(2·eps) ≈ 3e-8
+    at eps -- more than atol -- and a tenth of that at 10 eps."""
+
+    def forward(self, x):
+        return 300.0 + 1e-3 * (x + x.mean(axis=1, keepdims=True))
+
+    def backward(self, g):
+        return 1e-3 * (g + g.mean(axis=1, keepdims=True))
+
+
+def test_rounding_noise_at_eps_is_told_from_a_wrong_gradient(monkeypatch):
+    import cnnframe.gradcheck as gc
+
+    monkeypatch.setattr(gc, "_RETRY", 1.0)  # no second look: the noise at eps fails a right gradient
+    noisy = check_layer(_BigOffsetMix(dtype="float64"), (4,), batch_size=2)
+    assert noisy.tensors["input"].failures >= 2 and 1e-8 < noisy.tensors["input"].max_abs < 1e-7
+    monkeypatch.undo()
+    report = check_layer(_BigOffsetMix(dtype="float64"), (4,), batch_size=2)
+    assert report.passed, str(report)  # at 10 eps the same gradient agrees
+
+
+class _SlightlyOffTanh(ReLU):
+    """tanh with a backward 1e-4 too large: a wrong gradient is off by the same amount at any eps."""
+
+    def forward(self, x):
+        self._cache = np.tanh(x)
+        return self._cache
+
+    def backward(self, g):
+        return g * (1 - self._cache ** 2) * (1 + 1e-4)
+
+
+def test_a_slightly_wrong_gradient_still_fails():
+    report = check_layer(_SlightlyOffTanh(dtype="float64"), (5,))
+    assert not report.passed and report.tensors["input"].failures == report.tensors["input"].checked
+    assert 3e-5 < report.worst_error < 1e-4
