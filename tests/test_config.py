@@ -387,6 +387,7 @@ def test_block_shape_mismatch_is_found_before_any_data_loads(tmp_path):
     ("{type: conv2d, out_channels: 2,", "{type: conv2d, out_chanels: 2,", "branches[0][0] (conv2d)", "out_chanels"),
     ("{type: maxpool2d,", "{type: 'cnnframe.layers.pooling:MaxPool2D',", "branches[1][0]", "registered name"),
     ("activation: relu", "activation: rleu", "activation", "did you mean 'relu'"),
+    ("{type: maxpool2d,", "{type: maxpool2d, dtype: float32,", "branches[1][0]", "set the dtype on the block"),
 ])
 def test_errors_inside_blocks_name_the_child(tmp_path, old, new, where, message):
     assert old in BLOCKS

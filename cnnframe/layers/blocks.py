@@ -28,7 +28,7 @@ __all__ = ["Residual", "Concat", "build_children"]
 
 def build_children(specs, dtype, where="layers"):
     """The layers of one child list: each item a ``Layer`` (kept, and it must have ``dtype``) or a config
-    dict ``{"type": registered_name, **hyper_parameters}`` (built with ``dtype``).
+    dict ``{"type": registered_name, **hyper_parameters}`` without a dtype (built with ``dtype``).
 
     ``where`` names the list in messages (``"Residual: layers"``).  Types resolve by registered name only:
     a block rebuilt from a checkpoint imports nothing the user did not name.
@@ -68,10 +68,10 @@ def _layer_from_spec(spec, dtype, at):
         cls = LAYERS.get(name)
     except KeyError as e:
         raise ValueError(f"{at}: {e.args[0]}") from None
+    if "dtype" in spec:
+        raise ValueError(f"{at}: a child takes its block's dtype; set the dtype on the block (or the model), "
+                         f"not per child")
     kwargs = {k: v for k, v in spec.items() if k != "type"}
-    stated = kwargs.pop("dtype", None)
-    if stated is not None and as_dtype(stated) != dtype:
-        raise ValueError(f"{at}: dtype {stated!r} differs from the block's dtype {dtype}; set the dtype on the block")
     make = getattr(cls, "from_config", None)
     try:
         if callable(make):
