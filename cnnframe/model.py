@@ -267,7 +267,8 @@ class Sequential:
             if callable(nested):
                 given = None if self.input_shape is None else (shapes[i - 1] if i else self.input_shape)
                 for depth, label, kind, out, n in nested(given):
-                    rows.append(("", "  " * depth + f"{label}: {kind}", _fmt_shape(out), "?" if n is None else f"{n:,}"))
+                    count = "?" if n is None else f"{n:,}"
+                    rows.append(("", "  " * depth + f"{label}: {kind}", _fmt_shape(out), count))
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         align = ("{:>%d}", "{:<%d}", "{:<%d}", "{:>%d}")
         fmt = "  ".join(a % w for a, w in zip(align, widths))

@@ -373,8 +373,8 @@ def test_block_config_resolves_and_keeps_the_nesting(tmp_path):
 
 
 def test_block_shape_mismatch_is_found_before_any_data_loads(tmp_path):
-    err, _ = error_of(tmp_path, BLOCKS.replace("out_channels: 4, kernel_size: 3, padding: 1}\n        - {type: batchnorm2d}",
-                                               "out_channels: 8, kernel_size: 3, padding: 1}\n        - {type: batchnorm2d}"))
+    body = "out_channels: 4, kernel_size: 3, padding: 1}\n        - {type: batchnorm2d}"
+    err, _ = error_of(tmp_path, BLOCKS.replace(body, body.replace("out_channels: 4", "out_channels: 8")))
     assert err.key == "model.layers[1]"
     assert "(8, 8, 8)" in err.message and "(4, 8, 8)" in err.message and "shortcut" in err.message
     err, _ = error_of(tmp_path, BLOCKS.replace("kernel_size: 3, stride: 1, padding: 1", "kernel_size: 2"))

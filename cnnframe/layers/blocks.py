@@ -150,8 +150,8 @@ class Block(Layer):
                 if build and not layer.built:
                     layer.build(shape)
             except (TypeError, ValueError, KeyError, RuntimeError) as e:
-                where = f"{type(self).__name__}: {path_name}[{i}] ({type(layer).__name__}) with input shape {_fmt(shape)}"
-                new = _prefixed(e, where)
+                new = _prefixed(e, f"{type(self).__name__}: {path_name}[{i}] ({type(layer).__name__}) with input "
+                                   f"shape {_fmt(shape)}")
                 raise new from (None if new is e else e)
             shape = out
         return shape
@@ -170,9 +170,8 @@ class Block(Layer):
 
     # -- state ---------------------------------------------------------------------------------
     def _gather(self, method):
-        return OrderedDict(
-            (f"{path}.{name}", v) for path, child in self.named_children() for name, v in getattr(child, method)().items()
-        )
+        return OrderedDict((f"{path}.{name}", v) for path, child in self.named_children()
+                           for name, v in getattr(child, method)().items())
 
     def parameters(self):
         """OrderedDict ``"<path>.<name>"`` → Parameter over every child, e.g. ``"layers.0.weight"``."""
@@ -185,13 +184,15 @@ class Block(Layer):
         return self._gather("state_dict")
 
     def load_state_dict(self, state):
-        unexpected = [k for k in state if k not in self.state_dict()]
+        own = self.state_dict()
+        unexpected = [k for k in state if k not in own]
         if unexpected:
             raise KeyError(f"{type(self).__name__}: state has entries the block does not have: {unexpected}")
         for path, child in self.named_children():
             prefix = path + "."
             try:
-                child.load_state_dict(OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix)))
+                child.load_state_dict(OrderedDict((k[len(prefix):], v) for k, v in state.items()
+                                                  if k.startswith(prefix)))
             except (KeyError, ValueError) as e:
                 raise _prefixed(e, f"{type(self).__name__}: {path}") from e
 
@@ -222,7 +223,8 @@ class Block(Layer):
         if isinstance(seed, np.random.Generator):
             seed = int(seed.integers(2**63))
         elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
-            raise TypeError(f"{type(self).__name__}: seed must be None, a non-negative int or a numpy Generator, got {seed!r}")
+            raise TypeError(f"{type(self).__name__}: seed must be None, a non-negative int or a numpy Generator, "
+                            f"got {seed!r}")
         for path, child in self.named_children():
             child.reseed(None if seed is None else _child_seed(seed, path))
 
@@ -319,7 +321,11 @@ class Residual(Block):
         self._paths = [("layers", self.layers), ("shortcut", self.shortcut or [])]
         self.activation = None if activation is None else self._make_activation(activation)
         if self.activation is not None:
-            self._extra["activation"] = LAYERS.get(self.activation)(dtype=self.dtype.name)
+            try:
+                self._extra["activation"] = LAYERS.get(self.activation)(dtype=self.dtype.name)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"Residual: activation {self.activation!r} cannot be built from its name alone: "
+                                 f"{e}") from None
         self._check_unique()
 
     @staticmethod
@@ -345,7 +351,8 @@ class Residual(Block):
         if act is not None:
             out = self._walk("activation", [act], body, build)
             if out != body:
-                raise ValueError(f"Residual: activation {self.activation!r} changes the shape {_fmt(body)} to {_fmt(out)}")
+                raise ValueError(f"Residual: activation {self.activation!r} changes the shape {_fmt(body)} "
+                                 f"to {_fmt(out)}")
             if build and act.parameters():
                 raise ValueError(f"Residual: activation {self.activation!r} has parameters; put it in layers instead")
         return body
@@ -359,8 +366,9 @@ class Residual(Block):
         f = self._forward_path(self.layers, x)
         s = x if self.shortcut is None else self._forward_path(self.shortcut, x)
         if f.shape != s.shape:
-            raise ValueError(f"Residual: the body (layers) returned {f.shape} but the shortcut "
-                             f"{'(identity)' if self.shortcut is None else ''} {s.shape}; they must match to be added")
+            short = "the identity shortcut" if self.shortcut is None else "the shortcut"
+            raise ValueError(f"Residual: the body (layers) returned {f.shape} but {short} {s.shape}; "
+                             f"they must match to be added")
         y = f + s  # eq. (5); a new array, so neither path's output is written to
         act = self._extra.get("activation")
         if act is not None:
@@ -422,13 +430,14 @@ class Concat(Block):
         outs = [self._walk(f"branches[{i}]", b, input_shape, build) for i, b in enumerate(self.branches)]
         for i, out in enumerate(outs):
             if len(out) != 3:
-                raise ValueError(f"Concat: branches[{i}] outputs {_fmt(out)} per sample for input {_fmt(input_shape)}, "
-                                 f"but a concat joins images (C, H, W) along channels")
+                raise ValueError(f"Concat: branches[{i}] outputs {_fmt(out)} per sample for input "
+                                 f"{_fmt(input_shape)}, but a concat joins images (C, H, W) along channels")
         for i, out in enumerate(outs[1:], 1):
             if out[1:] != outs[0][1:]:
                 raise ValueError(
                     f"Concat: branches[0] outputs {_fmt(outs[0])} but branches[{i}] outputs {_fmt(out)} per sample "
-                    f"for input {_fmt(input_shape)}; branches must agree in height and width to be joined along channels"
+                    f"for input {_fmt(input_shape)}; branches must agree in height and width to be joined along "
+                    f"channels"
                 )
         return (sum(o[0] for o in outs),) + outs[0][1:]
 

@@ -35,7 +35,8 @@ CASES = [
     ("residual_dropout", lambda d: L.Residual([L.Conv2D(2, 3, padding=1, seed=6, dtype=d), L.Dropout(0.3, dtype=d)],
                                               shortcut=[L.Dropout(0.5, dtype=d)], dtype=d), (2, 4, 4)),
     ("concat_2", lambda d: L.Concat([[L.Conv2D(2, 1, seed=0, dtype=d)],
-                                     [L.Conv2D(3, 3, padding=1, seed=1, dtype=d), L.ReLU(dtype=d)]], dtype=d), (3, 5, 5)),
+                                     [L.Conv2D(3, 3, padding=1, seed=1, dtype=d), L.ReLU(dtype=d)]], dtype=d),
+     (3, 5, 5)),
     ("concat_3_pool_identity", lambda d: L.Concat([[L.Conv2D(2, 1, seed=2, dtype=d)], [],
                                                    [L.MaxPool2D(3, stride=1, padding=1, dtype=d),
                                                     L.Conv2D(2, 1, seed=3, dtype=d)]], dtype=d), (3, 5, 6)),
@@ -383,8 +384,10 @@ class _Unregistered(L.ReLU):
      r"layers\[0\] \(conv2d\): Conv2D: out_channels must be a positive integer"),
     (lambda: L.Residual([_Unregistered()]), ValueError, r"_Unregistered is not a registered layer"),
     (lambda: L.Residual([L.ReLU()], activation="rleu"), ValueError, "did you mean 'relu'"),
-    (lambda: L.Residual([L.ReLU()], activation=L.ReLU()), ValueError, "activation must be a registered activation name"),
-    (lambda: L.Residual([L.ReLU()], activation="x:y"), ValueError, "activation must be a registered activation name"),
+    (lambda: L.Residual([L.ReLU()], activation=L.ReLU()), ValueError, "activation must be a registered activation"),
+    (lambda: L.Residual([L.ReLU()], activation="x:y"), ValueError, "activation must be a registered activation"),
+    (lambda: L.Residual([L.ReLU()], activation="conv2d"), ValueError,
+     "activation 'conv2d' cannot be built from its name alone"),
     (lambda: L.Concat([]), TypeError, "non-empty list"),
     (lambda: L.Concat([L.ReLU()]), TypeError, r"Concat: branches\[0\] must be a list"),
 ], ids=lambda v: None)
@@ -432,7 +435,8 @@ def test_output_shape_is_pure_and_build_infers_children():
     (lambda: L.Residual([L.Conv2D(4, 1), L.Conv2D(4, 5)]), (3, 3, 3),
      r"Residual: layers\[1\] \(Conv2D\) with input shape \(4, 3, 3\): Conv2D"),
     (lambda: L.Concat([[L.Residual([L.Conv2D(4, 1)])]]), (3, 3, 3),
-     r"Concat: branches\[0\]\[0\] \(Residual\) with input shape \(3, 3, 3\): Residual: cannot add .*\(4, 3, 3\).*\(3, 3, 3\)"),
+     r"Concat: branches\[0\]\[0\] \(Residual\) with input shape \(3, 3, 3\): Residual: cannot add "
+     r".*\(4, 3, 3\).*\(3, 3, 3\)"),
     (lambda: L.Residual([L.Conv2D(3, 1)], activation="flatten"), (3, 3, 3), "activation 'flatten' changes the shape"),
 ], ids=lambda v: None)
 def test_shape_mismatch_names_both_shapes(make, shape, match):
