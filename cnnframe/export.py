@@ -45,6 +45,7 @@ from cnnframe.layers import (
     Softmax,
     Tanh,
 )
+from cnnframe.layers.blocks import Concat, Residual
 from cnnframe.optional import require
 
 __all__ = ["export_onnx", "OnnxGraph", "ExportError", "CONVERTERS", "OPSET", "IR_VERSION", "OUTPUTS",
@@ -214,6 +215,20 @@ def _leaky_relu(layer, g, x, shape):
     return g.node("LeakyRelu", [x], alpha=float(layer.negative_slope))
 
 
+def _residual(layer, g, x, shape):
+    # y = act(F(x) + S(x)) (math.md, Blocks); the identity shortcut adds x itself.
+    body = g.add_layers(layer.layers, x, shape)
+    short = x if layer.shortcut is None else g.add_layers(layer.shortcut, x, shape)
+    y = g.node("Add", [body, short])
+    act = dict(layer.named_children()).get("activation")
+    return y if act is None else g.add_layers([act], y, layer.output_shape(shape))
+
+
+def _concat(layer, g, x, shape):
+    # y = [B_1(x), ..., B_k(x)] along channels (math.md, Blocks); an empty branch passes x through.
+    return g.node("Concat", [g.add_layers(b, x, shape) if b else x for b in layer.branches], axis=1)
+
+
 CONVERTERS = {
     Conv2D: _conv,
     MaxPool2D: _max_pool,
@@ -229,6 +244,8 @@ CONVERTERS = {
     Sigmoid: _op("Sigmoid"),
     Tanh: _op("Tanh"),
     Softmax: _op("Softmax", axis=1),
+    Residual: _residual,
+    Concat: _concat,
 }
 
 

@@ -79,6 +79,16 @@ LAYER_CASES = {
     "sigmoid": (lambda: [cf.Sigmoid()], (2, 3, 3)),
     "tanh": (lambda: [cf.Tanh()], (2, 3, 3)),
     "softmax-4d": (lambda: [cf.Softmax()], (4, 3, 3)),
+    "residual-identity-relu": (
+        lambda: [cf.Residual([cf.Conv2D(3, 3, padding=1), cf.BatchNorm2D(), cf.ReLU(), cf.Conv2D(3, 3, padding=1)],
+                             activation="relu")], (3, 6, 5)),
+    "residual-strided-projection": (
+        lambda: [cf.Residual([cf.Conv2D(4, 3, stride=2, padding=1), cf.BatchNorm2D()],
+                             shortcut=[cf.Conv2D(4, 1, stride=2), cf.BatchNorm2D()])], (2, 7, 6)),
+    "concat-identity-and-branches": (
+        lambda: [cf.Concat([[], [cf.Conv2D(2, 1)], [cf.Conv2D(3, 3, padding=1), cf.ReLU()]])], (2, 5, 5)),
+    "concat-inside-residual": (
+        lambda: [cf.Residual([cf.Concat([[cf.Conv2D(1, 1)], [cf.Conv2D(2, 3, padding=1)]])])], (3, 4, 4)),
 }
 
 
