@@ -2,9 +2,10 @@
 ``loss.backward()`` returns dL/dpred (same shape and dtype as ``pred``).
 
 A loss also declares how it meets class labels: ``targets(labels, num_classes, dtype)`` gives what
-``forward`` takes as targets (the labels themselves, or one-hot rows), and ``class_scores(outputs)``
-turns a model's outputs into what ``predict`` reports (softmax for cross-entropy, the outputs as they
-are otherwise).
+``forward`` takes as targets (the labels themselves, or one-hot rows), and ``score_activation`` what
+turns a model's outputs into class scores (``"softmax"`` for cross-entropy, whose outputs are
+logits; None: the outputs as they are) -- what ``predict`` reports (``class_scores``) and what an
+ONNX export appends.
 
 Registered names: ``"softmax_cross_entropy"`` (alias ``"cross_entropy"``) and ``"mse"``.
 """
@@ -32,6 +33,8 @@ class Loss:
     """Base class: ``forward(pred, target) -> float`` (the mean), ``backward() -> dL/dpred``."""
 
     registered_name = None
+    #: "softmax" when class scores are the softmax of the model's outputs, None when they are the outputs
+    score_activation = None
 
     def forward(self, pred, target):
         raise NotImplementedError(f"{type(self).__name__} must implement forward(pred, target)")
@@ -47,8 +50,9 @@ class Loss:
         return labels
 
     def class_scores(self, outputs):
-        """What ``predict`` reports for a batch of model outputs: here the outputs as they are (float64)."""
-        return np.asarray(outputs, dtype=np.float64)
+        """The class scores ``predict`` reports for a batch of outputs (float64), by ``score_activation``."""
+        outputs = np.asarray(outputs, dtype=np.float64)
+        return softmax(outputs) if self.score_activation == "softmax" else outputs
 
     def get_config(self):
         return {"type": self.registered_name or type(self).__name__}
@@ -81,8 +85,10 @@ class SoftmaxCrossEntropy(Loss):
 
     With label smoothing ε the target row is ``t = (1-ε)·onehot(y) + ε/classes`` (as in PyTorch):
     ``L = -1/N Σ_n Σ_c t[n,c] log softmax(z_n)[c]``,  ``dL/dz = (softmax(z) - t) / N``.
-    After ``forward``, ``probabilities`` holds softmax(z).
+    After ``forward``, ``probabilities`` holds softmax(z); class scores are softmax(z) too.
     """
+
+    score_activation = "softmax"
 
     def __init__(self, label_smoothing=0.0):
         self.label_smoothing = check_number("label_smoothing", label_smoothing, "SoftmaxCrossEntropy", ge=0, lt=1)
@@ -136,9 +142,6 @@ class SoftmaxCrossEntropy(Loss):
         """dL/dz = (softmax(z) - t) / N, shape (N, classes), dtype of the logits."""
         return self._saved()
 
-    def class_scores(self, outputs):
-        """softmax(z) of the logits, row-wise, in float64."""
-        return softmax(np.asarray(outputs, dtype=np.float64))
 
     def get_config(self):
         return {"type": self.registered_name, "label_smoothing": self.label_smoothing}

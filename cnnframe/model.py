@@ -12,6 +12,7 @@ import numpy as np
 from cnnframe import checkpoint
 from cnnframe.checks import check_int
 from cnnframe.errors import CheckpointError
+from cnnframe.export import export_onnx
 from cnnframe.io import json_text
 from cnnframe.layers.base import allocation_limit
 from cnnframe.layers.spec import at, build_layer
@@ -239,7 +240,8 @@ class Sequential:
 
     # -- description ---------------------------------------------------------------------------
     def summary(self):
-        """A table of each layer's index, type, per-sample output shape and parameter count, with totals."""
+        """A table of each layer's index, type, per-sample output shape and parameter count, with totals.
+        A block's children follow its row, indented and labelled by path (``layers.0: Conv2D``)."""
         if self.input_shape is not None:
             shapes = self.shapes
         else:
@@ -251,6 +253,13 @@ class Sequential:
             built = getattr(layer, "built", True) or bool(layer.parameters())
             count = sum(p.data.size for p in layer.parameters().values())
             rows.append((str(i), type(layer).__name__, _fmt_shape(shape), f"{count:,}" if built else "?"))
+            # a block's children, indented under it: "layers.0: Conv2D" (their parameters count in the block's row)
+            nested = getattr(layer, "summary_rows", None)
+            if callable(nested):
+                given = None if self.input_shape is None else (shapes[i - 1] if i else self.input_shape)
+                for depth, label, kind, out, n in nested(given):
+                    count = "?" if n is None else f"{n:,}"
+                    rows.append(("", "  " * depth + f"{label}: {kind}", _fmt_shape(out), count))
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         align = ("{:>%d}", "{:<%d}", "{:<%d}", "{:>%d}")
         fmt = "  ".join(a % w for a, w in zip(align, widths))
@@ -366,6 +375,10 @@ class Sequential:
     def load(cls, path, plugins=()):
         """The model stored in checkpoint ``path`` (see ``load_checkpoint``)."""
         return load_checkpoint(path, plugins)[0]
+
+    def to_onnx(self, path, **options):
+        """Export to ONNX at ``path``; returns the ModelProto (``cnnframe.export.export_onnx`` lists the options)."""
+        return export_onnx(self, path, **options)
 
 
 def load_checkpoint(path, plugins=()):

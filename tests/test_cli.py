@@ -262,3 +262,13 @@ def test_closed_pipe_is_not_a_traceback(tmp_path):
     err = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_validate_and_gradcheck_a_resnet_config(capsys):
+    resnet = os.path.join(ROOT, "configs", "resnet-digits.yaml")
+    code, out, _ = cli(capsys, "validate", resnet)
+    assert code == 0, out
+    assert "Total parameters: 38,474" in out and "     shortcut.0: Conv2D" in out
+    code, out, _ = cli(capsys, "gradcheck", resnet)
+    assert code == 0, out
+    assert "9 of 9 layers pass" in out and "[ok] layer  4 Residual" in out and "shortcut.0.weight" in out

@@ -569,3 +569,13 @@ def test_plugins_resolve_only_what_is_named():
         Plugins(["os"]).resolve(LAYERS, "os:Nope", Layer)
     with pytest.raises(KeyError, match="needs it named for this load: --plugin FILE|MODULE"):
         Plugins().resolve(LAYERS, "not_a_layer_anywhere", Layer)
+
+
+@pytest.mark.parametrize("command, needs", [("export", "onnx"), ("report", "matplotlib")])
+def test_export_and_report_run_no_stored_code(tmp_path, capsys, monkeypatch, tiny_run, command, needs):
+    pytest.importorskip(needs)
+    monkeypatch.chdir(tmp_path)
+    rewrite_checkpoint(os.path.join(tiny_run, "last.npz"), config={"input_shape": [1, 8, 8], "layers": [POPEN]})
+    args = [tiny_run, str(tmp_path / "m.onnx")] if command == "export" else [tiny_run]
+    err = cli_refuses(capsys, tmp_path, command, *args, expected="comes from module 'subprocess'")
+    assert "--plugin subprocess" in err

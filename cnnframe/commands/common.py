@@ -4,6 +4,8 @@ import os
 
 from cnnframe import checkpoint, config, parallel
 from cnnframe.errors import ConfigError, UserError
+from cnnframe.losses import SoftmaxCrossEntropy
+from cnnframe.model import load_checkpoint
 from cnnframe.plugins import Plugins
 
 USAGE_ERROR = 2
@@ -42,6 +44,27 @@ def checkpoint_path(path):
     cfg = checkpoint.read_meta(last).get("config")
     test_checkpoint = ((cfg or {}).get("trainer") or {}).get("test_checkpoint") if isinstance(cfg, dict) else None
     return best if test_checkpoint == "best" and os.path.exists(best) else last
+
+
+class Trained:
+    """A trained model loaded for use: ``model`` (eval mode), ``meta``, ``config`` (the run's stored config
+    as a plain dict, or None), ``path`` (the checkpoint), ``loss`` (what it was trained with; softmax
+    cross-entropy when the checkpoint does not say)."""
+
+    def __init__(self, model, meta, config, path, loss):
+        self.model, self.meta, self.config, self.path, self.loss = model, meta, config, path, loss
+
+
+def load_trained(path, plugins):
+    """The model of a checkpoint or run directory, rebuilt from the checkpoint's stored model config with
+    ``plugins`` only (``load_checkpoint``), with the loss its run config names; threads as the run asked."""
+    ckpt = checkpoint_path(path)
+    model, _, meta = load_checkpoint(ckpt, plugins)
+    model.eval()
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else None
+    use_threads(cfg)
+    loss = config.build_loss(cfg, plugins) if cfg and cfg.get("loss") else SoftmaxCrossEntropy()
+    return Trained(model, meta, cfg, ckpt, loss)
 
 
 def stored_setup(saved, plugins):

@@ -4,13 +4,10 @@ import sys
 
 import numpy as np
 
-from cnnframe.commands.common import add_plugin, checkpoint_path, named_plugins, use_threads
-from cnnframe.config import build_loss
+from cnnframe.commands.common import add_plugin, load_trained, named_plugins
 from cnnframe.data import preprocess
 from cnnframe.errors import UserError
 from cnnframe.io import atomic_write_text
-from cnnframe.losses import SoftmaxCrossEntropy
-from cnnframe.model import load_checkpoint
 
 NAME = "predict"
 HELP = "classify the samples in a .npy file"
@@ -25,18 +22,14 @@ def add_arguments(p):
 
 
 def run(args):
-    plugins = named_plugins(args)
-    model, _, meta = load_checkpoint(checkpoint_path(args.checkpoint), plugins)
-    model.eval()
-    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    use_threads(cfg)
-    # The loss the model was trained with says what its outputs mean (logits → softmax, or scores as they are).
-    loss = build_loss(cfg, plugins) if cfg.get("loss") else SoftmaxCrossEntropy()
-    d = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    trained = load_trained(args.checkpoint, named_plugins(args))
+    model, d = trained.model, trained.meta.get("data")
+    d = d if isinstance(d, dict) else {}
     X = preprocess(_read_inputs(args.input, model.input_shape), d.get("offset", 0.0), d.get("scale", 1.0),
                    model.layers[0].dtype)
     out = np.concatenate([model.forward(X[i:i + 500]) for i in range(0, len(X), 500)])
-    probs = loss.class_scores(out)
+    # the loss the model was trained with says what its outputs mean (logits → softmax, or scores as they are)
+    probs = trained.loss.class_scores(out)
     pred = out.argmax(axis=1)
     lines = ["index,class," + ",".join(f"p{j}" for j in range(probs.shape[1]))]
     lines += [f"{i},{int(pred[i])}," + ",".join(f"{v:.6f}" for v in probs[i]) for i in range(len(pred))]

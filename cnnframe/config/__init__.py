@@ -13,6 +13,7 @@ the key path (``model.layers[2].kernel_size``).  Plugins: ``cnnframe/plugins.py`
 from cnnframe.config.schema import MONITORS, TOP_KEYS
 from cnnframe.config.setup import (
     Setup,
+    build_dataset,
     build_layers,
     build_loss,
     build_optimizer,
@@ -20,14 +21,17 @@ from cnnframe.config.setup import (
     dump_config,
     load,
     load_config,
+    load_data,
     load_text,
     resolve,
     resolve_config,
     resolve_text,
+    split_seed,
 )
 from cnnframe.config.yamlfile import apply_override, parse_yaml, split_key_path
 from cnnframe.errors import ConfigError
 
 __all__ = ["Setup", "load", "load_text", "resolve", "load_config", "resolve_config", "resolve_text", "dump_config",
-           "build_layers", "build_loss", "build_optimizer", "build_schedule", "apply_override", "parse_yaml",
+           "build_layers", "build_loss", "build_optimizer", "build_schedule", "build_dataset", "load_data",
+           "split_seed", "apply_override", "parse_yaml",
            "split_key_path", "ConfigError", "MONITORS", "TOP_KEYS"]

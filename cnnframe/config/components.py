@@ -21,7 +21,7 @@ from cnnframe.optim.base import Optimizer
 from cnnframe.optim.schedules import Schedule
 from cnnframe.registry import DATASETS, LOSSES, OPTIMIZERS, SCHEDULES
 
-__all__ = ["construct", "resolve_data", "make_dataset", "resolve_loss", "resolve_optimizer", "resolve_schedule",
+__all__ = ["construct", "resolve_data", "make_dataset", "describe_dataset", "resolve_loss", "resolve_optimizer", "resolve_schedule",
            "optimizer_lr"]
 
 
@@ -139,17 +139,20 @@ def resolve_data(raw, base_dir, plugins, key="data"):
 
 
 def make_dataset(data_section, cls, seed, key="data"):
-    """The data source object (cheap: checks its arguments, loads nothing big) and its
-    (per-sample input shape, number of classes) from ``describe()``."""
+    """The data source object (cheap: checks its arguments, reads nothing)."""
     kwargs = {k: v for k, v in data_section.items() if k not in DATA_FIELDS and k != "augment"}
     params, var_kw = signature(cls)
     if "seed" in params or var_kw:
         kwargs["seed"] = seed
-    ds = construct(cls, kwargs, key, f"dataset {data_section['dataset']!r}")
+    return construct(cls, kwargs, key, f"dataset {data_section['dataset']!r}")
+
+
+def describe_dataset(ds, key="data"):
+    """(per-sample input shape, number of classes) from the source's ``describe()``; ConfigError at its key."""
     try:
         shape, num_classes = ds.describe()
     except ConfigError:
         raise
     except (ValueError, OSError) as e:
         raise ConfigError(str(e), key=getattr(e, "key", None) or key) from None
-    return ds, tuple(int(s) for s in shape), (int(num_classes) if num_classes is not None else None)
+    return tuple(int(s) for s in shape), (int(num_classes) if num_classes is not None else None)

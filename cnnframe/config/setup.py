@@ -19,6 +19,7 @@ import yaml
 
 from cnnframe.checks import did_you_mean, plain, show
 from cnnframe.config.components import (
+    describe_dataset,
     make_dataset,
     optimizer_lr,
     resolve_data,
@@ -53,7 +54,8 @@ from cnnframe.plugins import Plugins
 _UNLIMITED = 1 << 62
 
 __all__ = ["Setup", "load", "load_text", "resolve", "resolve_text", "load_config", "resolve_config", "dump_config",
-           "build_layers", "build_loss", "build_optimizer", "build_schedule"]
+           "build_layers", "build_loss", "build_optimizer", "build_schedule", "build_dataset", "load_data",
+           "split_seed"]
 
 
 class Setup:
@@ -73,15 +75,11 @@ class Setup:
 
     @property
     def split_seed(self):
-        """The seed of the train/validation/test split: ``data.seed``, else ``trainer.seed``."""
-        data, trainer = self.config["data"], self.config["trainer"]
-        return trainer["seed"] if data["seed"] is None else data["seed"]
+        return split_seed(self.config)
 
     def load_data(self):
         """Load the data and split it (``cnnframe.data.Splits`` in the model's dtype)."""
-        d = self.config["data"]
-        return split_dataset(self.dataset, self.split_seed, d["test_size"], d["val_fraction"],
-                             self.config["trainer"]["dtype"], name=d["dataset"])
+        return load_data(self.config, self.dataset)
 
     def check_model(self):
         """Two zero samples forward and backward through every layer; ConfigError at ``model.layers[i]``."""
@@ -149,8 +147,8 @@ def resolve(raw, base_dir=".", name=None, *, plugins=(), safe=False, dtype=None,
     if dtype is not None:
         trainer["dtype"] = dtype
     data, data_cls = resolve_data(raw.get("data"), base_dir, named)
-    split_seed = trainer["seed"] if data["seed"] is None else data["seed"]
-    dataset, input_shape, num_classes = make_dataset(data, data_cls, split_seed)
+    dataset = make_dataset(data, data_cls, split_seed({"data": data, "trainer": trainer}))
+    input_shape, num_classes = describe_dataset(dataset)
     _check_monitors(trainer, data)
 
     limit = None if trainer["memory_limit"] is None else int(trainer["memory_limit"] * GIB)
@@ -234,6 +232,27 @@ def resolve_config(raw, base_dir=".", name=None, **options):
 
 
 # -- one part of a resolved config ------------------------------------------------------------------------------
+def split_seed(cfg):
+    """The seed of the train/validation/test split: ``data.seed``, else ``trainer.seed``."""
+    return cfg["trainer"]["seed"] if cfg["data"]["seed"] is None else cfg["data"]["seed"]
+
+
+def build_dataset(cfg, plugins=()):
+    """The data source of a resolved config (nothing loaded yet).  Its type resolves like a stored
+    config's: a registered name, or ``module:Class`` from ``plugins`` only."""
+    section, cls = resolve_data(cfg["data"], ".", Plugins.of(plugins))
+    return make_dataset(section, cls, split_seed(cfg))
+
+
+def load_data(cfg, dataset=None, plugins=()):
+    """The data of a resolved config (``dataset``: its source, built if not given), split with the
+    config's seed → ``cnnframe.data.Splits`` in ``trainer.dtype``."""
+    d = cfg["data"]
+    dataset = dataset if dataset is not None else build_dataset(cfg, plugins)
+    return split_dataset(dataset, split_seed(cfg), d["test_size"], d["val_fraction"], cfg["trainer"]["dtype"],
+                         name=d["dataset"])
+
+
 def build_layers(cfg, dtype=None, plugins=()):
     """The layers of a resolved config (in ``dtype``, default ``trainer.dtype``).  Types resolve like a
     stored config's: registered names, and ``module:Class`` from ``plugins`` only."""

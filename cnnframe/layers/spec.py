@@ -11,6 +11,7 @@ or argument, the layer's own exceptions as they are, marked with ``layer_type``)
 ``at(e, "layers[1]")`` re-raises one with a prefix on its message and key, so a block of layers can
 say which child failed and a config can report ``model.layers[3].layers[1].kernel_size``.
 """
+import contextvars
 import copy
 import json
 import re
@@ -19,9 +20,13 @@ from cnnframe.checks import KeywordError, check_keywords, show, signature
 from cnnframe.errors import ConfigError
 from cnnframe.layers.base import Layer
 from cnnframe.locate import where
+from cnnframe.plugins import Plugins
 from cnnframe.registry import LAYERS
 
 __all__ = ["build_layer", "at", "join_key"]
+
+# The Plugins of the build under way, so a layer holding layers builds its children the same way.
+_ENCLOSING = contextvars.ContextVar("cnnframe_layer_plugins", default=None)
 
 
 def join_key(prefix, key):
@@ -67,16 +72,19 @@ def error_key(message, names):
     return best[1] if best else None
 
 
-def build_layer(spec, plugins, dtype=None):
+def build_layer(spec, plugins=None, dtype=None):
     """The layer ``spec`` describes, built by its class's ``from_config``.
 
-    ``plugins`` (a ``cnnframe.plugins.Plugins``) decides which types resolve.  ``dtype``, when given
+    ``plugins`` (a ``cnnframe.plugins.Plugins``) decides which types resolve; None: those of the build
+    this one is part of (a block building its children), else registered names only.  ``dtype``, when given
     (a config's ``trainer.dtype``), is passed to the constructor and the spec may not set one; else
     the spec's own ``dtype`` is used (a stored layer config carries it).  The arguments are checked
     against the constructor's signature (unknown ones get a did-you-mean) unless the class defines
     its own ``from_config``.  The built layer must implement forward, backward and output_shape, and
     its ``get_config()`` must be JSON and name its own class, so a saved model reloads.
     """
+    if plugins is None:
+        plugins = _ENCLOSING.get() or Plugins()
     if not isinstance(spec, dict) or "type" not in spec:
         raise _keyed(ValueError(f"each layer config must be a dict with a 'type' key, got {show(spec)}"), None)
     name = spec["type"]
@@ -97,12 +105,15 @@ def build_layer(spec, plugins, dtype=None):
             raise _keyed(e, e.name) from None
     if dtype is not None and ("dtype" in params or var_kw):
         kwargs["dtype"] = dtype
+    token = _ENCLOSING.set(plugins)
     try:
         layer = cls.from_config({"type": name, **kwargs})
     except Exception as e:
         if getattr(e, "layer_type", None) is None and getattr(e, "key", None) is None:
             e.layer_type = name  # the layer's own error (not a child's spec): said so by whoever reports it
         raise _keyed(e, error_key(str(e), list(kwargs)))
+    finally:
+        _ENCLOSING.reset(token)
     _check_contract(layer, name, plugins)
     return layer
 
