@@ -21,8 +21,9 @@ import numpy as np
 
 from cnnframe.layers._util import check_grad, check_input, check_per_sample, make_rng
 from cnnframe.layers.base import Layer, as_dtype
-from cnnframe.layers.spec import build_layer
+from cnnframe.layers.spec import build_layer, join_key, prefixed
 from cnnframe.registry import LAYERS, register_layer
+from cnnframe.seeds import seed_for_path
 
 __all__ = ["Residual", "Concat", "build_children"]
 
@@ -31,15 +32,17 @@ def build_children(specs, dtype, where="layers"):
     """The layers of one child list: each item a ``Layer`` (kept, and it must have ``dtype``) or a config
     dict ``{"type": registered_name, **hyper_parameters}`` without a dtype (built with ``dtype``).
 
-    ``where`` names the list in messages (``"Residual: layers"``).  Types resolve by registered name only:
-    a block rebuilt from a checkpoint imports nothing the user did not name.
+    ``where`` names the list in messages (``"Residual: layers"``); its last part is the list's key in the
+    block's config, which a child's error carries (``key``: ``"layers[1].kernel_size"``) so a config reports
+    ``model.layers[3].layers[1].kernel_size``.  Types resolve by registered name only: a block rebuilt from a
+    checkpoint imports nothing the user did not name.
     """
     if isinstance(specs, (Layer, dict, str)) or not isinstance(specs, (list, tuple)):
         raise TypeError(f"{where} must be a list of layers or layer configs, got {type(specs).__name__}")
     layers = []
     for i, spec in enumerate(specs):
-        at = f"{where}[{i}]"
-        layer = _layer_from_spec(spec, dtype, at) if isinstance(spec, dict) else spec
+        at, key = f"{where}[{i}]", f"{where.rpartition(': ')[2]}[{i}]"
+        layer = _layer_from_spec(spec, dtype, at, key) if isinstance(spec, dict) else spec
         if not isinstance(layer, Layer):
             raise TypeError(f"{at} must be a cnnframe Layer or a config dict with a 'type', got {type(layer).__name__}")
         if not type(layer).__dict__.get("registered_name"):
@@ -56,24 +59,29 @@ def build_children(specs, dtype, where="layers"):
     return layers
 
 
-def _layer_from_spec(spec, dtype, at):
+def _spec_error(message, key):
+    e = ValueError(message)
+    e.key = key
+    return e
+
+
+def _layer_from_spec(spec, dtype, at, key):
     name = spec.get("type")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{at}: a layer config needs a 'type' naming a registered layer, got {spec!r}")
+        raise _spec_error(f"{at}: a layer config needs a 'type' naming a registered layer, got {spec!r}", key)
     if ":" in name:
-        raise ValueError(
+        raise _spec_error(
             f"{at}: type {name!r}: a layer inside a block must be given by its registered name, not as "
-            f"'module:Class' (register the class with @cnnframe.register_layer and use that name)"
-        )
+            f"'module:Class' (register the class with @cnnframe.register_layer and use that name)", f"{key}.type")
     if "dtype" in spec:
-        raise ValueError(f"{at}: a child takes its block's dtype; set the dtype on the block (or the model), "
-                         f"not per child")
+        raise _spec_error(f"{at}: a child takes its block's dtype; set the dtype on the block (or the model), "
+                          f"not per child", f"{key}.dtype")
     try:
         return build_layer(spec, dtype=dtype.name)  # resolved like the block itself (spec.py)
     except KeyError as e:
-        raise ValueError(f"{at}: {e.args[0]}") from None
+        raise _spec_error(f"{at}: {e.args[0]}", join_key(key, getattr(e, "key", None))) from None
     except (TypeError, ValueError) as e:
-        raise _prefixed(e, f"{at} ({name})") from None
+        raise prefixed(e, f"{at} ({name})", key) from None
 
 
 def _infer_dtype(dtype, child_lists):
@@ -85,21 +93,6 @@ def _infer_dtype(dtype, child_lists):
             if isinstance(c, Layer):
                 return c.dtype
     return as_dtype("float32")
-
-
-def _prefixed(e, prefix):
-    """A new exception of ``e``'s type with ``prefix`` in front of its message (``e`` itself if its type
-    cannot be built from one string)."""
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    try:
-        return type(e)(f"{prefix}: {msg}")
-    except Exception:
-        return e
-
-
-def _child_seed(base, path):
-    """A seed for the child at ``path`` from the block's ``base`` seed (independent of its siblings)."""
-    return int(np.random.SeedSequence([int(base), *path.encode()]).generate_state(1, np.uint64)[0])
 
 
 def _fmt(shape):
@@ -145,7 +138,7 @@ class Block(Layer):
                 if build and not layer.built:
                     layer.build(shape)
             except (TypeError, ValueError, KeyError, RuntimeError) as e:
-                new = _prefixed(e, f"{type(self).__name__}: {path_name}[{i}] ({type(layer).__name__}) with input "
+                new = prefixed(e, f"{type(self).__name__}: {path_name}[{i}] ({type(layer).__name__}) with input "
                                    f"shape {_fmt(shape)}")
                 raise new from (None if new is e else e)
             shape = out
@@ -189,7 +182,7 @@ class Block(Layer):
                 child.load_state_dict(OrderedDict((k[len(prefix):], v) for k, v in state.items()
                                                   if k.startswith(prefix)))
             except (KeyError, ValueError) as e:
-                raise _prefixed(e, f"{type(self).__name__}: {path}") from e
+                raise prefixed(e, f"{type(self).__name__}: {path}") from e
 
     def num_parameters(self):
         return int(sum(p.data.size for p in self.parameters().values()))
@@ -211,7 +204,7 @@ class Block(Layer):
         for path, child in self.named_children():
             reset = getattr(child, "reset_parameters", None)
             if callable(reset):
-                reset(None if base is None else np.random.default_rng(_child_seed(base, path)))
+                reset(None if base is None else np.random.default_rng(seed_for_path(base, path)))
 
     def reseed(self, seed):
         """Reseed every child, the child at path p with a seed derived from (``seed``, p)."""
@@ -221,7 +214,7 @@ class Block(Layer):
             raise TypeError(f"{type(self).__name__}: seed must be None, a non-negative int or a numpy Generator, "
                             f"got {seed!r}")
         for path, child in self.named_children():
-            child.reseed(None if seed is None else _child_seed(seed, path))
+            child.reseed(None if seed is None else seed_for_path(seed, path))
 
     # -- description ---------------------------------------------------------------------------
     def summary_rows(self, input_shape=None):

@@ -23,7 +23,7 @@ from cnnframe.locate import where
 from cnnframe.plugins import Plugins
 from cnnframe.registry import LAYERS
 
-__all__ = ["build_layer", "at", "join_key"]
+__all__ = ["build_layer", "at", "prefixed", "join_key"]
 
 # The Plugins of the build under way, so a layer holding layers builds its children the same way.
 _ENCLOSING = contextvars.ContextVar("cnnframe_layer_plugins", default=None)
@@ -38,13 +38,13 @@ def join_key(prefix, key):
     return prefix + (key if key.startswith("[") else "." + key)
 
 
-def at(e, prefix, key_prefix=None):
-    """Re-raise ``e`` (same type when possible) with ``prefix`` in front of its message and ``key_prefix``
-    (default: ``prefix``) in front of its ``key``; other attributes (``layer_index``, ...) are kept."""
-    key = join_key(prefix if key_prefix is None else key_prefix, getattr(e, "key", None))
+def prefixed(e, prefix, key_prefix=None):
+    """``e`` again (same type when possible) with ``prefix`` in front of its message and ``key_prefix`` in
+    front of its ``key`` (None: the key unchanged); other attributes (``layer_index``, ...) are kept."""
+    key = getattr(e, "key", None) if key_prefix is None else join_key(key_prefix, getattr(e, "key", None))
     if isinstance(e, ConfigError):  # already located in a config: only the key path grows
         e.key = key
-        raise e
+        return e
     message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     try:
         new = type(e)(f"{prefix}: {message}")
@@ -53,7 +53,13 @@ def at(e, prefix, key_prefix=None):
         new.args = (f"{prefix}: {message}",)
     new.__dict__.update(getattr(e, "__dict__", {}))
     new.key = key
-    raise new from e
+    return new
+
+
+def at(e, prefix, key_prefix=None):
+    """Raise ``prefixed(e, prefix, key_prefix)``, ``key_prefix`` defaulting to ``prefix`` (``"layers[1]"``)."""
+    new = prefixed(e, prefix, prefix if key_prefix is None else key_prefix)
+    raise new from (None if new is e else e)
 
 
 def _keyed(e, key):

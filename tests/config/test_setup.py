@@ -407,3 +407,14 @@ def test_plugin_layer_inside_a_block(tmp_path):
     model = Sequential(build_layers(cfg), input_shape=(1, 8, 8))
     assert type(model[1].layers[1]).registered_name == "test_block_child"
     assert model.forward(np.ones((2, 1, 8, 8), dtype=np.float32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ("{type: maxpool2d,", "{type: maxpol2d,", "model.layers[2].branches[1][0].type"),
+    ("{type: conv2d, out_channels: 2,", "{type: conv2d, out_chanels: 2,", "model.layers[2].branches[0][0].out_chanels"),
+    ("- {type: batchnorm2d}", "- {type: batchnorm2d, eps: -1}", "model.layers[1].layers[1].eps"),
+    ("{type: maxpool2d,", "{type: maxpool2d, dtype: float32,", "model.layers[2].branches[1][0].dtype"),
+])
+def test_errors_inside_blocks_carry_the_childs_key_path(tmp_path, old, new, key):
+    err, path = error_of(tmp_path, BLOCKS.replace(old, new))
+    assert err.key == key and err.line is not None  # the line of the child's key in the file
