@@ -9,7 +9,7 @@ Memory.  The estimate at the batch size B, in the model's dtype, is
     4 × (parameters and buffers)  +  3 × B × (input + every layer's output)
 
 (values, gradients and up to two optimizer slots per parameter; the outputs kept for backward, their
-gradients and the layers' saved inputs).  Past ``trainer.memory_limit`` (GiB) the config is refused:
+gradients and the layers' saved inputs; a block counts by its output).  Past ``trainer.memory_limit`` (GiB) the config is refused:
 the outputs are counted from the shapes alone, and the parameters as the layers allocate them, each
 allocation checked against what is left before it is made (``layers.base.allocation_limit``).
 """
