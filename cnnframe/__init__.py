@@ -62,7 +62,8 @@ from cnnframe import gradcheck, layers, testing  # noqa: E402
 # -- YAML configs, plugins, data sets, the trainer --
 from cnnframe import checkpoint, config, data, datasets, plugins  # noqa: E402  (datasets registers "digits", "npz")
 from cnnframe.config import load_config  # noqa: E402
-from cnnframe.errors import CheckpointError, ConfigError, DataError, UntrustedTypeError, UserError  # noqa: E402
+from cnnframe.errors import (CheckpointError, ConfigError, DataError, RunDirLocked, UntrustedTypeError,  # noqa: E402
+                             UserError, WriteError)
 from cnnframe.data import load_dataset  # noqa: E402
 from cnnframe.trainer import Trainer  # noqa: E402
 from cnnframe.build_info import build_info  # noqa: E402

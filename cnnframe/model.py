@@ -13,7 +13,7 @@ from cnnframe import checkpoint
 from cnnframe.checks import check_int
 from cnnframe.errors import CheckpointError
 from cnnframe.export import export_onnx
-from cnnframe.io import json_text
+from cnnframe.io import atomic_write, json_text
 from cnnframe.layers.base import allocation_limit
 from cnnframe.layers.spec import at, build_layer
 from cnnframe.locate import code_location, where
@@ -359,6 +359,13 @@ class Sequential:
     def save(self, path, arrays=None, meta=None):
         """Write the model (config, parameters, buffers), ``arrays`` (name → array, e.g. optimizer state)
         and ``meta`` (a JSON-serialisable dict) to one ``.npz`` at ``path``, atomically."""
+        write = self.checkpoint_writer(arrays, meta)
+        atomic_write(path, write)
+
+    def checkpoint_writer(self, arrays=None, meta=None):
+        """What ``save`` writes, as a function ``write(f)`` filling a binary file (a run directory stages
+        several files and commits them together).  Everything is checked here; the function writes the
+        arrays the model holds when it is called."""
         if self.input_shape is None:
             raise RuntimeError("Sequential.save: the model is not built; give input_shape or call build() first")
         config = self.get_config()
@@ -368,8 +375,8 @@ class Sequential:
             except (TypeError, ValueError) as e:
                 raise TypeError(f"Sequential.save: layer {i} ({type(self.layers[i]).__name__}) get_config() is not "
                                 f"JSON-serialisable: {e}") from None
-        checkpoint.write(path, config, {k: p.data for k, p in self.parameters().items()}, self.buffers(),
-                         arrays=arrays, meta=meta)
+        return checkpoint.writer(config, {k: p.data for k, p in self.parameters().items()}, self.buffers(),
+                                 arrays=arrays, meta=meta)
 
     @classmethod
     def load(cls, path, plugins=()):

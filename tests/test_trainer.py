@@ -95,7 +95,9 @@ def test_run_dir_contents(tmp_path):
     summary = trainer.fit()
     run = trainer.run_dir
     assert os.path.basename(run).startswith("digits-tiny-")
-    assert sorted(os.listdir(run)) == ["best.npz", "config.yaml", "last.npz", "metrics.csv", "summary.json"]
+    # the lock file stays (a note; the lock itself went with the process), no temporary file or journal
+    assert sorted(os.listdir(run)) == [".lock", "best.npz", "config.yaml", "last.npz", "metrics.csv", "summary.json"]
+    assert os.readlink(os.path.join(str(tmp_path), "latest")) == os.path.basename(run)
     assert load_config(os.path.join(run, "config.yaml")) == cfg
     rows = metric_rows(run)
     assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
