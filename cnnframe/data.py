@@ -16,8 +16,18 @@ from cnnframe.registry import DATASETS
 
 
 def preprocess(X, offset, scale, dtype):
-    """Raw inputs as the model is fed them: ``((X - offset) * scale)`` computed in float64, cast to ``dtype``."""
-    return ((np.asarray(X, dtype=np.float64) - float(offset)) * float(scale)).astype(dtype)
+    """Raw inputs as the model is fed them: ``((X - offset) * scale)`` computed in float64, cast to ``dtype``.
+
+    DataError when a value is not finite *after* the cast (NaN, infinite, or beyond float32's range,
+    about 3.4e38: 1e39 is finite in float64 but infinite in float32)."""
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = ((np.asarray(X, dtype=np.float64) - float(offset)) * float(scale)).astype(dtype)
+    if not np.all(np.isfinite(out)):
+        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
+        raise DataError(f"{bad} input value(s) are not finite as {dtype} after preprocessing ((x - {offset:g}) * "
+                        f"{scale:g}): NaN, infinite, or beyond {dtype}'s range (largest {np.finfo(dtype).max:.3g})")
+    return out
 
 
 class Splits:
@@ -78,7 +88,10 @@ def split_dataset(ds, seed, test_size=0.2, val_fraction=0.1, dtype="float32", na
     offset, scale = ds.transform(X[tr])
     if not (math.isfinite(offset) and math.isfinite(scale)):
         raise DataError(f"normalisation gave offset {offset}, scale {scale}")
-    Xs = preprocess(X, offset, scale, dtype)
+    try:
+        Xs = preprocess(X, offset, scale, dtype)
+    except DataError as e:
+        raise DataError(f"the samples of {name or type(ds).__name__}: {e}", key="data") from None
     return Splits((Xs[tr], y[tr]), (Xs[va], y[va]), (Xs[te], y[te]), num_classes, offset, scale,
                   name=name or getattr(ds, "registered_name", None) or type(ds).__name__)
 

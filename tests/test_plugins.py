@@ -454,7 +454,7 @@ def test_resume_a_plugin_run_names_its_plugin(tmp_path):
     cfg.write_text(model_yaml("{type: plug_scale_resume}", plugins=["scale.py"], epochs=2))
     r = run_module("train", str(cfg), "-q", "--stop-after", "1", "--run-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*"))
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*-*"))
     r = run_module("train", "--resume", run_dir, "-q", cwd=tmp_path)  # the recorded plugin list imports nothing
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "unknown layer 'plug_scale_resume'" in r.stderr and f"trained with plugins: {plugin}" in r.stderr
@@ -485,7 +485,7 @@ def tiny_run(tmp_path, capsys):
                  str(tmp_path / "runs")])
     capsys.readouterr()
     assert code == 0
-    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*"))
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*-*"))
     return run_dir
 
 

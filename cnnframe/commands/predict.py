@@ -6,8 +6,8 @@ import numpy as np
 
 from cnnframe.commands.common import add_plugin, load_trained, named_plugins
 from cnnframe.data import preprocess
-from cnnframe.errors import UserError
-from cnnframe.io import atomic_write_text
+from cnnframe.errors import DataError, UserError
+from cnnframe.io import atomic_write_text, load_array, npz_entry
 
 NAME = "predict"
 HELP = "classify the samples in a .npy file"
@@ -22,11 +22,17 @@ def add_arguments(p):
 
 
 def run(args):
+    if args.output and os.path.isdir(args.output):
+        raise UserError(f"--output {args.output} is a directory; give a file name, e.g. "
+                        f"{os.path.join(args.output, 'predictions.csv')}")
     trained = load_trained(args.checkpoint, named_plugins(args))
     model, d = trained.model, trained.meta.get("data")
     d = d if isinstance(d, dict) else {}
-    X = preprocess(_read_inputs(args.input, model.input_shape), d.get("offset", 0.0), d.get("scale", 1.0),
-                   model.layers[0].dtype)
+    try:
+        X = preprocess(_read_inputs(args.input, model.input_shape), d.get("offset", 0.0), d.get("scale", 1.0),
+                       model.layers[0].dtype)
+    except DataError as e:
+        raise UserError(f"{args.input}: {e}") from None
     out = np.concatenate([model.forward(X[i:i + 500]) for i in range(0, len(X), 500)])
     # the loss the model was trained with says what its outputs mean (logits → softmax, or scores as they are)
     probs = trained.loss.class_scores(out)
@@ -46,14 +52,14 @@ def _read_inputs(path, input_shape):
     if not os.path.exists(path):
         raise FileNotFoundError(f"input file not found: {path}")
     try:
-        X = np.load(path, allow_pickle=False)
+        X = load_array(path)
+        if isinstance(X, np.lib.npyio.NpzFile):
+            with X:
+                if "X" not in X.files:
+                    raise UserError(f"{path} is an .npz without an array 'X' (arrays: {', '.join(X.files)})")
+                X = npz_entry(X, "X")
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} as a .npy array: {e}") from None
-    if isinstance(X, np.lib.npyio.NpzFile):
-        with X:
-            if "X" not in X.files:
-                raise UserError(f"{path} is an .npz without an array 'X' (arrays: {', '.join(X.files)})")
-            X = X["X"]
+        raise UserError(f"cannot read {path}: {e}") from None
     if X.dtype.kind not in "biuf":
         raise UserError(f"{path} holds {X.dtype} values; expected numbers")
     shape = tuple(input_shape)
@@ -71,6 +77,4 @@ def _read_inputs(path, input_shape):
                         + (f" or (N, {', '.join(map(str, shape[1:]))})" if shape[0] == 1 else ""))
     if len(X) == 0:
         raise UserError(f"{path} holds no samples")
-    if not np.all(np.isfinite(X)):
-        raise UserError(f"{path} holds NaN or infinite values")
     return X.astype(np.float64)
