@@ -1,12 +1,17 @@
-"""The training loop: Python API, determinism, resume, interruption, divergence, early stopping."""
+"""The training loop: Python API, determinism, resume, interruption, divergence, early stopping, kills."""
 import csv
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
 
 import cnnframe
+from cnnframe import checkpoint
 from cnnframe.config import load_config
 from cnnframe.data import load_dataset
 from cnnframe.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
@@ -267,3 +272,182 @@ def test_a_loaded_config_is_built_once(tmp_path, monkeypatch):
     assert len(built) == 1  # nothing built again: the trainer takes the setup's objects
     assert trainer.model is setup.model and trainer.model.layers[0] is built[0]
     assert trainer.optimizer is setup.optimizer and trainer.loss is setup.loss and trainer.schedule is setup.schedule
+
+
+# -- a kill at any write of a commit ------------------------------------------------------------------------------
+# Imports cnnframe once, then forks one process per kill point (forking before any kernel has run, so no
+# OpenMP team exists yet): the process trains with os.open (creating), its first write, os.fsync, os.replace
+# and os.unlink counted from the start of Trainer.fit, sends itself the signal at the chosen one, and a
+# second process resumes the run with `train --resume`.  Prints each pair's exit statuses as JSON.
+KILL_DRIVER = r'''
+import json
+import os
+import signal
+import sys
+
+from cnnframe import cli
+from cnnframe.trainer import Trainer
+
+spec = json.loads(sys.argv[1])
+real = {name: getattr(os, name) for name in ("open", "fsync", "replace", "unlink", "fdopen")}
+state = {"armed": False, "n": 0, "at": None, "signal": None, "log": []}
+
+
+def event(kind, what):
+    if state["armed"]:
+        state["n"] += 1
+        state["log"].append(f"{kind} {what}")
+        if state["n"] == state["at"]:
+            os.kill(os.getpid(), state["signal"])
+
+
+class CountedFile:
+    """A file whose first write is an event (the moment a temporary file starts to fill)."""
+
+    def __init__(self, f):
+        self.f, self.written = f, False
+
+    def write(self, data):
+        if not self.written:
+            self.written = True
+            event("write", os.path.basename(self.f.name) if isinstance(self.f.name, str) else "fd")
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def patch():
+    def open_(path, flags, *a, **k):
+        if flags & os.O_CREAT:
+            event("create", os.path.basename(path))
+        return real["open"](path, flags, *a, **k)
+
+    def fsync(fd):
+        event("fsync", "")
+        return real["fsync"](fd)
+
+    def replace(src, dst, *a, **k):
+        event("rename", os.path.basename(dst))
+        return real["replace"](src, dst, *a, **k)
+
+    def unlink(path, *a, **k):
+        event("unlink", os.path.basename(path))
+        return real["unlink"](path, *a, **k)
+
+    os.open, os.fsync, os.replace, os.unlink = open_, fsync, replace, unlink
+    os.fdopen = lambda *a, **k: CountedFile(real["fdopen"](*a, **k))
+    fit = Trainer.fit
+
+    def armed_fit(self, *a, **k):
+        state["armed"] = True
+        return fit(self, *a, **k)
+
+    Trainer.fit = armed_fit
+
+
+def in_child(run):
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            code = run()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+results = []
+for point in spec["points"]:
+    def train():
+        patch()
+        state["at"], state["signal"] = point.get("at"), getattr(signal, point.get("signal") or "SIGKILL")
+        code = cli.main(["train", spec["config"], "-q", "--run-dir", point["root"], *spec["sets"]])
+        if point.get("log"):
+            with open(point["log"], "w") as f:
+                json.dump(state["log"], f)
+        return code
+
+    def resume():
+        return cli.main(["train", "--resume", os.path.join(point["root"], "latest"), "-q"])
+
+    first = in_child(train)
+    results.append({"train": first, "resume": in_child(resume) if point.get("at") else None})
+print(json.dumps(results))
+'''
+
+
+def _kill_points(log):
+    """Event numbers (1-based) of the commit of epoch 2 (all of them) and of the summary, and three of epoch 1's."""
+    ends = [i + 1 for i, e in enumerate(log) if e == "unlink .commit.json"]  # the run's opening commit, epochs 1-3
+    assert len(ends) == 4 and log[-2] == "rename summary.json", log
+    epoch1, epoch2 = range(ends[0] + 1, ends[1] + 1), range(ends[1] + 1, ends[2] + 1)
+    return [epoch1[0], epoch1[len(epoch1) // 2], epoch1[-1], *epoch2, *range(ends[3] + 1, len(log) + 1)], epoch2
+
+
+def test_a_kill_at_any_write_of_a_commit_resumes_to_the_uninterrupted_run(tmp_path):
+    """SIGKILL before each file operation of epoch 2's commit and of the summary's (and a few of epoch 1's), SIGINT
+    at some: after `train --resume`, every epoch's metrics row is there once, the weights and the optimizer
+    state are the uninterrupted run's, best.npz holds the epoch summary.json and last.npz name as best, and no
+    temporary file or journal is left."""
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # fsync costs nothing there; the events are the same
+    base = tempfile.mkdtemp(prefix="cnnframe-kills-", dir=shm or str(tmp_path))
+    spec = {"config": TINY, "sets": ["--set", "trainer.dtype=float64", "--set", "trainer.epochs=3",
+                                    "--set", "trainer.batch_size=512"]}  # few steps: this is about the files
+
+    def drive(points):
+        r = subprocess.run([sys.executable, "-c", KILL_DRIVER, json.dumps({**spec, "points": points})],
+                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    try:
+        ref = os.path.join(base, "ref")
+        assert drive([{"root": ref, "log": os.path.join(base, "log.json")}]) == [{"train": 0, "resume": None}]
+        with open(os.path.join(base, "log.json")) as f:
+            log = json.load(f)
+        kills, epoch2 = _kill_points(log)
+        points = [{"root": os.path.join(base, f"kill{k}"), "at": k, "signal": "SIGKILL"} for k in kills]
+        points += [{"root": os.path.join(base, f"int{k}"), "at": k, "signal": "SIGINT"}
+                   for k in (epoch2[0], epoch2[len(epoch2) // 2], epoch2[-1], len(log) - 1)]
+        results = drive(points)
+
+        ref_run = os.path.realpath(os.path.join(ref, "latest"))
+        expected = {name: checkpoint.read(os.path.join(ref_run, name)) for name in ("last.npz", "best.npz")}
+        with open(os.path.join(ref_run, "summary.json")) as f:
+            ref_summary = json.load(f)
+        summary_written = log.index("rename summary.json") + 1  # a kill after this event finds the run finished
+        for point, result in zip(points, results):
+            what = f"{point['signal']} before event {point['at']} ({log[point['at'] - 1]})"
+            kill = point["signal"] == "SIGKILL"
+            assert result["train"] == (-9 if kill else 130), what
+            finished = kill and point["at"] > summary_written
+            assert result["resume"] == (2 if finished else 0), what  # 2: "already completed"
+            run = os.path.realpath(os.path.join(point["root"], "latest"))
+            assert sorted(f for f in os.listdir(run) if f.startswith(".")) == [".lock"], what
+            assert [r["epoch"] for r in metric_rows(run)] == ["1", "2", "3"], what
+            assert ([{k: v for k, v in r.items() if k != "seconds"} for r in metric_rows(run)] ==
+                    [{k: v for k, v in r.items() if k != "seconds"} for r in metric_rows(ref_run)]), what
+            for name, want in expected.items():
+                got = checkpoint.read(os.path.join(run, name))
+                assert got.meta["epoch"] == want.meta["epoch"], (what, name)
+                for k, v in {**want.params, **want.buffers, **want.arrays}.items():
+                    assert np.array_equal(v, {**got.params, **got.buffers, **got.arrays}[k]), (what, name, k)
+            with open(os.path.join(run, "summary.json")) as f:
+                summary = json.load(f)
+            assert summary["status"] == "completed" and summary["test"] == ref_summary["test"], what
+            best_epoch = summary["best"]["best_epoch"]
+            assert best_epoch == ref_summary["best"]["best_epoch"] == expected["best.npz"].meta["epoch"], what
+            assert checkpoint.read(os.path.join(run, "last.npz")).meta["best"]["best_epoch"] == best_epoch, what
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
