@@ -30,8 +30,8 @@ def cli(capsys, *args):
 
 
 def train_tiny(capsys, tmp_path, *extra, name="t"):
-    code, out, err = cli(capsys, "train", TINY, "-q", "--run-dir", str(tmp_path), "--set", f"trainer.name={name}",
-                         *extra)
+    code, out, err = cli(capsys, "train", TINY, "-q", "--no-report", "--run-dir", str(tmp_path), "--set",
+                         f"trainer.name={name}", *extra)
     assert code == 0, err
     runs = glob.glob(os.path.join(str(tmp_path), f"{name}-*"))
     assert len(runs) == 1
@@ -60,7 +60,7 @@ def test_validate_prints_summary(capsys):
 
 
 def test_train_evaluate_predict(capsys, tmp_path):
-    code, out, err = cli(capsys, "train", TINY, "--run-dir", str(tmp_path), "--set", "trainer.name=full")
+    code, out, err = cli(capsys, "train", TINY, "--no-report", "--run-dir", str(tmp_path), "--set", "trainer.name=full")
     assert code == 0, err
     assert "# resolved config" in out and "Total parameters" in out and "epoch 2/2" in out
     assert "confusion matrix" in out and "accuracy" in out
@@ -102,7 +102,7 @@ def test_resume_equals_straight(capsys, tmp_path):
     straight, _ = train_tiny(capsys, tmp_path, name="straight")
     part, out = train_tiny(capsys, tmp_path, "--stop-after", "1", name="part")
     assert "--resume" in out
-    code, _, err = cli(capsys, "train", "--resume", part, "-q")
+    code, _, err = cli(capsys, "train", "--resume", part, "-q", "--no-report")
     assert code == 0, err
     a, a_arrays, _ = load_checkpoint(os.path.join(straight, "last.npz"))
     b, b_arrays, meta = load_checkpoint(os.path.join(part, "last.npz"))
@@ -139,7 +139,7 @@ def test_train_on_npz(capsys, tmp_path):
     cfg = tmp_path / "npz.yaml"
     cfg.write_text(open(TINY).read().replace("dataset: digits", "dataset: npz\n  path: mine.npz\n  normalize: standardize")
                    .replace("out_features: 10", "out_features: 3"))
-    code, out, err = cli(capsys, "train", str(cfg), "-q", "--run-dir", str(tmp_path / "runs"))
+    code, out, err = cli(capsys, "train", str(cfg), "-q", "--no-report", "--run-dir", str(tmp_path / "runs"))
     assert code == 0, err
     assert "test accuracy" in out
 

@@ -328,7 +328,7 @@ def test_broken_hooks_are_reported_with_the_layer():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    assert main(["train", TINY, "--quiet", "--run-dir", str(root)]) == 0
+    assert main(["train", TINY, "--quiet", "--no-report", "--run-dir", str(root)]) == 0
     (run,) = glob.glob(os.path.join(str(root), "digits-tiny-*"))
     return run
 
