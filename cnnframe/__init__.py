@@ -63,6 +63,6 @@ from cnnframe import gradcheck, layers, testing  # noqa: E402
 from cnnframe import checkpoint, config, data, datasets, plugins  # noqa: E402  (datasets registers "digits", "npz")
 from cnnframe.config import load_config  # noqa: E402
 from cnnframe.errors import CheckpointError, ConfigError, DataError, UntrustedTypeError, UserError  # noqa: E402
-from cnnframe.data import load_dataset  # noqa: E402
+from cnnframe.data import Preprocessing, load_dataset  # noqa: E402
 from cnnframe.trainer import Trainer  # noqa: E402
 from cnnframe.build_info import build_info  # noqa: E402

@@ -130,6 +130,11 @@ class Trainer:
         self.status = "new"
         if not model.built:
             model.build(data.input_shape)
+        # what raw inputs go through and what the classes are called travel with the model into its checkpoints
+        if getattr(data, "preprocessing", None) is not None:
+            model.preprocessing = data.preprocessing
+        if getattr(data, "class_names", None) is not None:
+            model.class_names = data.class_names
         if initialize:
             model.initialize(self.seed)
         model.check(data.input_shape, data.train[0].dtype)
@@ -210,8 +215,8 @@ class Trainer:
     def _meta(self, snap, kind):
         return {"kind": kind, "epoch": snap["epoch"], "epochs": self.epochs, "seed": self.seed,
                 "early_stopping": snap["early_stopping"], "best": snap["best"],
-                "data": {"name": self.data.name, "offset": self.data.offset, "scale": self.data.scale,
-                         "num_classes": self.data.num_classes, "input_shape": list(self.data.input_shape)},
+                "data": {"name": self.data.name, "num_classes": self.data.num_classes,
+                         "input_shape": list(self.data.input_shape)},  # model.save adds preprocessing, class names
                 "threads": parallel.get_num_threads(), "cnnframe_version": __version__, "config": self.config}
 
     def _save(self, name, snap):

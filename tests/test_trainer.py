@@ -8,7 +8,7 @@ import pytest
 
 import cnnframe
 from cnnframe.config import load_config
-from cnnframe.data import load_dataset
+from cnnframe.data import Preprocessing, Splits, load_dataset
 from cnnframe.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from cnnframe.model import load_checkpoint
 from cnnframe.trainer import Monitor, Trainer, TrainingDiverged, TrainingInterrupted
@@ -107,6 +107,26 @@ def test_run_dir_contents(tmp_path):
     assert meta["epoch"] == 2 and meta["config"] == cfg and meta["kind"] == "last"
     assert any(k.startswith("optim/momentum_buffer/") for k in arrays)
     assert meta["data"]["scale"] == 1 / 16
+    assert meta["data"]["preprocessing"] == Preprocessing(0.0, 1 / 16).to_dict()  # digits: arrays, fed as x / 16
+
+
+def test_the_data_preprocessing_and_class_names_travel_with_the_model(digits, tmp_path):
+    named = Splits(digits.train, digits.val, digits.test, 10, preprocessing=digits.preprocessing,
+                   class_names=[f"digit {k}" for k in range(10)])
+    model = cnnframe.Sequential([Flatten(), Dense(10)], input_shape=digits.input_shape)
+    trainer = Trainer(model, cnnframe.SoftmaxCrossEntropy(), cnnframe.SGD(model.parameters(), lr=0.1), named,
+                      epochs=1, run_dir=str(tmp_path / "named"), quiet=True)
+    assert model.preprocessing == digits.preprocessing and model.class_names[3] == "digit 3"
+    trainer.fit()
+    loaded, _, meta = load_checkpoint(os.path.join(str(tmp_path / "named"), "last.npz"))
+    assert loaded.preprocessing == digits.preprocessing and meta["data"]["class_names"][9] == "digit 9"
+    # arrays handed over as they are fed: the trainer records no preprocessing it does not know
+    bare = Splits(digits.train, digits.val, digits.test, 10)
+    model = cnnframe.Sequential([Flatten(), Dense(10)], input_shape=digits.input_shape)
+    Trainer(model, cnnframe.SoftmaxCrossEntropy(), cnnframe.SGD(model.parameters(), lr=0.1), bare, epochs=1,
+            run_dir=str(tmp_path / "bare"), quiet=True).fit()
+    _, _, meta = load_checkpoint(os.path.join(str(tmp_path / "bare"), "last.npz"))
+    assert "preprocessing" not in meta["data"] and "offset" not in meta["data"] and meta["data"]["num_classes"] == 10
 
 
 def test_straight_equals_interrupted_and_resumed(tmp_path):
