@@ -76,7 +76,7 @@ from cnnframe import checkpoint, config, data, datasets, plugins  # noqa: E402  
 from cnnframe.config import load_config  # noqa: E402
 from cnnframe.errors import (CheckpointError, ConfigError, DataError, RunDirLocked, UntrustedTypeError,  # noqa: E402
                              UserError, WriteError)
-from cnnframe.data import load_dataset  # noqa: E402
+from cnnframe.data import Preprocessing, load_dataset  # noqa: E402
 from cnnframe.trainer import Trainer  # noqa: E402
 from cnnframe.build_info import build_info  # noqa: E402
 

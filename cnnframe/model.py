@@ -11,6 +11,7 @@ import numpy as np
 
 from cnnframe import checkpoint
 from cnnframe.checks import check_int
+from cnnframe.data import Preprocessing, check_class_names, store_inputs, stored_class_names
 from cnnframe.errors import CheckpointError
 from cnnframe.export import export_onnx
 from cnnframe.io import atomic_write, json_text
@@ -44,6 +45,10 @@ class Sequential:
     every layer has its parameters and ``shapes`` lists each layer's per-sample output shape.
     ``seed`` (optional) calls ``initialize(seed)`` and ``reseed(seed)``.
     Parameters and buffers are named ``"<layer index>.<name>"``, e.g. ``"0.weight"``.
+
+    ``preprocessing`` (a ``cnnframe.data.Preprocessing``, or None: not known) says what raw inputs go through
+    before ``forward``, and ``class_names`` names the outputs; the trainer sets both from its data, ``save``
+    stores them and ``load_checkpoint`` restores them, so ``predict`` and ONNX export know what the model expects.
     """
 
     def __init__(self, layers, input_shape=None, *, seed=None):
@@ -55,6 +60,8 @@ class Sequential:
         self.input_shape = None
         self.shapes = None
         self.training = True
+        self.preprocessing = None
+        self.class_names = None
         if seed is not None:
             self.initialize(seed)
             self.reseed(seed)
@@ -111,6 +118,11 @@ class Sequential:
         self.shapes = self._walk(input_shape, build=True)
         self.input_shape = tuple(int(s) for s in input_shape)
         return self
+
+    @property
+    def num_outputs(self):
+        """Values per sample the model gives (the classes of a classifier); the model must be built."""
+        return int(np.prod(self.shapes[-1] if self.layers else self.input_shape))
 
     @property
     def built(self):
@@ -356,18 +368,26 @@ class Sequential:
             self.train(was)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def save(self, path, arrays=None, meta=None):
+    def save(self, path, arrays=None, meta=None, *, preprocessing=None, class_names=None):
         """Write the model (config, parameters, buffers), ``arrays`` (name → array, e.g. optimizer state)
-        and ``meta`` (a JSON-serialisable dict) to one ``.npz`` at ``path``, atomically."""
-        write = self.checkpoint_writer(arrays, meta)
-        atomic_write(path, write)
+        and ``meta`` (a JSON-serialisable dict) to one ``.npz`` at ``path``, atomically.
 
-    def checkpoint_writer(self, arrays=None, meta=None):
+        ``preprocessing`` (a ``Preprocessing`` or its dict; default ``self.preprocessing``) and ``class_names``
+        (default ``self.class_names``) are recorded in ``meta["data"]`` (``cnnframe.data.store_inputs``); a model
+        saved without preprocessing is fed inputs as they are, and ``predict`` says so."""
+        atomic_write(path, self.checkpoint_writer(arrays, meta, preprocessing=preprocessing, class_names=class_names))
+
+    def checkpoint_writer(self, arrays=None, meta=None, *, preprocessing=None, class_names=None):
         """What ``save`` writes, as a function ``write(f)`` filling a binary file (a run directory stages
         several files and commits them together).  Everything is checked here; the function writes the
         arrays the model holds when it is called."""
         if self.input_shape is None:
             raise RuntimeError("Sequential.save: the model is not built; give input_shape or call build() first")
+        pre = self.preprocessing if preprocessing is None else Preprocessing.of(preprocessing)
+        names = self.class_names if class_names is None else class_names
+        if names is not None:
+            names = check_class_names(names, self.num_outputs)
+        meta = store_inputs(meta, pre, names)
         config = self.get_config()
         for i, lc in enumerate(config["layers"]):
             try:
@@ -392,7 +412,8 @@ def load_checkpoint(path, plugins=()):
     """Load a checkpoint written by ``Sequential.save`` → ``(model, arrays, meta)``.
 
     The model is rebuilt from the stored config and gets the stored parameters and buffers bit for
-    bit; it is in training mode (call ``.eval()`` for inference).  Layer types resolve from the
+    bit, and the preprocessing and class names the checkpoint records (``model.preprocessing``,
+    ``model.class_names``: None when not recorded); it is in training mode (call ``.eval()`` for inference).  Layer types resolve from the
     registry and from ``plugins`` (the ``.py`` files and modules that define your layers, imported
     here): a checkpoint never makes cnnframe import a module you did not name.  Building may
     allocate no more than the stored arrays need (with some slack), so a crafted config cannot
@@ -409,7 +430,9 @@ def load_checkpoint(path, plugins=()):
         if not model.built:
             raise ValueError("the stored config has no input_shape")
         model.load_state_dict(ckpt.state)
-    except Exception as e:  # a stored config that does not build, or state that does not fit
+        model.preprocessing = Preprocessing.from_meta(ckpt.meta)
+        model.class_names = stored_class_names(ckpt.meta, model.num_outputs)
+    except Exception as e:  # a stored config that does not build, or state that does not fit, or bad preprocessing
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise CheckpointError(f"checkpoint {ckpt.path!r}: {message}") from e
     return model, ckpt.arrays, ckpt.meta

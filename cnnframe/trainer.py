@@ -148,6 +148,11 @@ class Trainer:
         self._last_saved = None  # the epoch last.npz holds
         if not model.built:
             model.build(data.input_shape)
+        # what raw inputs go through and what the classes are called travel with the model into its checkpoints
+        if getattr(data, "preprocessing", None) is not None:
+            model.preprocessing = data.preprocessing
+        if getattr(data, "class_names", None) is not None:
+            model.class_names = data.class_names
         if initialize:
             model.initialize(self.seed)
         model.check(data.input_shape, data.train[0].dtype)
@@ -277,8 +282,8 @@ class Trainer:
     def _meta(self, snap, kind):
         return {"kind": kind, "epoch": snap["epoch"], "epochs": self.epochs, "seed": self.seed,
                 "early_stopping": snap["early_stopping"], "best": snap["best"],
-                "data": {"name": self.data.name, "offset": self.data.offset, "scale": self.data.scale,
-                         "num_classes": self.data.num_classes, "input_shape": list(self.data.input_shape)},
+                "data": {"name": self.data.name, "num_classes": self.data.num_classes,
+                         "input_shape": list(self.data.input_shape)},  # model.save adds preprocessing, class names
                 "threads": parallel.get_num_threads(), "cnnframe_version": __version__, "config": self.config}
 
     def _checkpoint(self, kind, snap):

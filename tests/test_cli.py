@@ -33,8 +33,8 @@ def cli(capsys, *args):
 
 
 def train_tiny(capsys, tmp_path, *extra, name="t"):
-    code, out, err = cli(capsys, "train", TINY, "-q", "--run-dir", str(tmp_path), "--set", f"trainer.name={name}",
-                         *extra)
+    code, out, err = cli(capsys, "train", TINY, "-q", "--no-report", "--run-dir", str(tmp_path), "--set",
+                         f"trainer.name={name}", *extra)
     assert code == 0, err
     runs = glob.glob(os.path.join(str(tmp_path), f"{name}-*"))
     assert len(runs) == 1
@@ -63,7 +63,7 @@ def test_validate_prints_summary(capsys):
 
 
 def test_train_evaluate_predict(capsys, tmp_path):
-    code, out, err = cli(capsys, "train", TINY, "--run-dir", str(tmp_path), "--set", "trainer.name=full")
+    code, out, err = cli(capsys, "train", TINY, "--no-report", "--run-dir", str(tmp_path), "--set", "trainer.name=full")
     assert code == 0, err
     assert "# resolved config" in out and "Total parameters" in out and "epoch 2/2" in out
     assert "confusion matrix" in out and "accuracy" in out
@@ -105,7 +105,7 @@ def test_resume_equals_straight(capsys, tmp_path):
     straight, _ = train_tiny(capsys, tmp_path, name="straight")
     part, out = train_tiny(capsys, tmp_path, "--stop-after", "1", name="part")
     assert "--resume" in out
-    code, _, err = cli(capsys, "train", "--resume", part, "-q")
+    code, _, err = cli(capsys, "train", "--resume", part, "-q", "--no-report")
     assert code == 0, err
     a, a_arrays, _ = load_checkpoint(os.path.join(straight, "last.npz"))
     b, b_arrays, meta = load_checkpoint(os.path.join(part, "last.npz"))
@@ -142,7 +142,7 @@ def test_train_on_npz(capsys, tmp_path):
     cfg = tmp_path / "npz.yaml"
     cfg.write_text(open(TINY).read().replace("dataset: digits", "dataset: npz\n  path: mine.npz\n  normalize: standardize")
                    .replace("out_features: 10", "out_features: 3"))
-    code, out, err = cli(capsys, "train", str(cfg), "-q", "--run-dir", str(tmp_path / "runs"))
+    code, out, err = cli(capsys, "train", str(cfg), "-q", "--no-report", "--run-dir", str(tmp_path / "runs"))
     assert code == 0, err
     assert "test accuracy" in out
 
@@ -307,7 +307,7 @@ def test_a_closed_pipe_stops_training_resumably_with_status_141(capsys, tmp_path
     assert "Traceback" not in err and "output closed (broken pipe) after epoch 1" in err
     (run,) = glob.glob(os.path.join(str(tmp_path), "digits-tiny-*"))
     assert f"continue with: python -m cnnframe train --resume {run}" in err
-    code, _, err = cli(capsys, "train", "--resume", os.path.join(str(tmp_path), "latest"), "-q")
+    code, _, err = cli(capsys, "train", "--resume", os.path.join(str(tmp_path), "latest"), "-q", "--no-report")
     assert code == 0, err
     assert [r["epoch"] for r in rows_without_seconds(run)] == ["1", "2", "3"]
 
@@ -317,7 +317,7 @@ def test_resuming_a_finished_run_that_lost_its_summary_writes_it(capsys, tmp_pat
     with open(os.path.join(run, "summary.json")) as f:
         summary = json.load(f)
     os.remove(os.path.join(run, "summary.json"))  # as when killed while writing it (test_trainer kills it there)
-    code, out, err = cli(capsys, "train", "--resume", run)
+    code, out, err = cli(capsys, "train", "--resume", run, "--no-report")
     assert code == 0, err
     assert f"finishing {run} after epoch 2 of 2" in out and "confusion matrix" in out
     with open(os.path.join(run, "summary.json")) as f:
@@ -360,8 +360,8 @@ def test_a_full_disk_keeps_the_checkpoints_and_exits_74(capsys, tmp_path, monkey
 
     monkeypatch.setattr(cio.os, "fdopen", lambda *a, **k: FullDisk(fdopen(*a, **k)) if full else fdopen(*a, **k))
     monkeypatch.setattr(Trainer, "train_epoch", filling)
-    code, out, err = cli(capsys, "train", TINY, "-q", "--run-dir", str(tmp_path), "--set", "trainer.name=full",
-                         "--set", "trainer.epochs=3")
+    code, out, err = cli(capsys, "train", TINY, "-q", "--no-report", "--run-dir", str(tmp_path),
+                         "--set", "trainer.name=full", "--set", "trainer.epochs=3")
     (run,) = glob.glob(os.path.join(str(tmp_path), "full-*"))
     assert code == 74 and len(err.strip().splitlines()) == 1, err
     assert "No space left on device" in err and "last.npz still holds the state after epoch 1" in err
@@ -370,7 +370,7 @@ def test_a_full_disk_keeps_the_checkpoints_and_exits_74(capsys, tmp_path, monkey
     assert meta["epoch"] == 1 and [r["epoch"] for r in rows_without_seconds(run)] == ["1"]
     assert sorted(f for f in os.listdir(run) if f.startswith(".")) == [".lock"]  # no temporary file, no journal
     monkeypatch.undo()  # space again
-    code, _, err = cli(capsys, "train", "--resume", run, "-q")
+    code, _, err = cli(capsys, "train", "--resume", run, "-q", "--no-report")
     assert code == 0, err
     assert rows_without_seconds(run) == rows_without_seconds(straight)
     for name in ("last.npz", "best.npz"):
@@ -384,7 +384,8 @@ def test_a_full_disk_when_predictions_are_written_exits_74(capsys, tmp_path, mon
     np.save(tmp_path / "x.npy", np.zeros((2, 8, 8)))
     (tmp_path / "preds.csv").write_text("before\n")
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
-    code, _, err = cli(capsys, "predict", run, "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "preds.csv"))
+    code, _, err = cli(capsys, "predict", run, "--input", str(tmp_path / "x.npy"),
+                       "--output", str(tmp_path / "preds.csv"))
     assert code == 74 and err == f"cnnframe: error: cannot write {tmp_path / 'preds.csv'}: No space left on device\n"
     assert (tmp_path / "preds.csv").read_text() == "before\n" and not glob.glob(str(tmp_path / ".*.tmp"))
 
@@ -433,7 +434,7 @@ def test_data_that_overflows_the_model_dtype_and_empty_data_files(capsys, tmp_pa
     code, _, err = cli(capsys, "train", TINY, *base, "--set", f"data.path={tmp_path / 'huge.npz'}")
     assert code == 2 and "1 input value(s) are not finite as float32" in err and "Traceback" not in err
     code, _, err = cli(capsys, "train", TINY, *base, "--set", "trainer.dtype=float64",  # fits float64
-                       "--set", f"data.path={tmp_path / 'huge.npz'}", "--set", "trainer.epochs=1", "-q")
+                       "--set", f"data.path={tmp_path / 'huge.npz'}", "--set", "trainer.epochs=1", "-q", "--no-report")
     assert code == 0, err
     code, _, err = cli(capsys, "validate", TINY, "--set", "data.dataset=npz",
                        "--set", f"data.path={tmp_path / 'empty.npz'}")

@@ -13,7 +13,7 @@ import pytest
 import cnnframe
 from cnnframe import checkpoint
 from cnnframe.config import load_config
-from cnnframe.data import load_dataset
+from cnnframe.data import Preprocessing, Splits, load_dataset
 from cnnframe.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from cnnframe.model import load_checkpoint
 from cnnframe.trainer import Monitor, Trainer, TrainingDiverged, TrainingInterrupted
@@ -114,6 +114,26 @@ def test_run_dir_contents(tmp_path):
     assert meta["epoch"] == 2 and meta["config"] == cfg and meta["kind"] == "last"
     assert any(k.startswith("optim/momentum_buffer/") for k in arrays)
     assert meta["data"]["scale"] == 1 / 16
+    assert meta["data"]["preprocessing"] == Preprocessing(0.0, 1 / 16).to_dict()  # digits: arrays, fed as x / 16
+
+
+def test_the_data_preprocessing_and_class_names_travel_with_the_model(digits, tmp_path):
+    named = Splits(digits.train, digits.val, digits.test, 10, preprocessing=digits.preprocessing,
+                   class_names=[f"digit {k}" for k in range(10)])
+    model = cnnframe.Sequential([Flatten(), Dense(10)], input_shape=digits.input_shape)
+    trainer = Trainer(model, cnnframe.SoftmaxCrossEntropy(), cnnframe.SGD(model.parameters(), lr=0.1), named,
+                      epochs=1, run_dir=str(tmp_path / "named"), quiet=True)
+    assert model.preprocessing == digits.preprocessing and model.class_names[3] == "digit 3"
+    trainer.fit()
+    loaded, _, meta = load_checkpoint(os.path.join(str(tmp_path / "named"), "last.npz"))
+    assert loaded.preprocessing == digits.preprocessing and meta["data"]["class_names"][9] == "digit 9"
+    # arrays handed over as they are fed: the trainer records no preprocessing it does not know
+    bare = Splits(digits.train, digits.val, digits.test, 10)
+    model = cnnframe.Sequential([Flatten(), Dense(10)], input_shape=digits.input_shape)
+    Trainer(model, cnnframe.SoftmaxCrossEntropy(), cnnframe.SGD(model.parameters(), lr=0.1), bare, epochs=1,
+            run_dir=str(tmp_path / "bare"), quiet=True).fit()
+    _, _, meta = load_checkpoint(os.path.join(str(tmp_path / "bare"), "last.npz"))
+    assert "preprocessing" not in meta["data"] and "offset" not in meta["data"] and meta["data"]["num_classes"] == 10
 
 
 def test_straight_equals_interrupted_and_resumed(tmp_path):
@@ -379,7 +399,7 @@ for point in spec["points"]:
         return code
 
     def resume():
-        return cli.main(["train", "--resume", os.path.join(point["root"], "latest"), "-q"])
+        return cli.main(["train", "--resume", os.path.join(point["root"], "latest"), "-q", "--no-report"])
 
     first = in_child(train)
     results.append({"train": first, "resume": in_child(resume) if point.get("at") else None})
@@ -402,8 +422,8 @@ def test_a_kill_at_any_write_of_a_commit_resumes_to_the_uninterrupted_run(tmp_pa
     temporary file or journal is left."""
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # fsync costs nothing there; the events are the same
     base = tempfile.mkdtemp(prefix="cnnframe-kills-", dir=shm or str(tmp_path))
-    spec = {"config": TINY, "sets": ["--set", "trainer.dtype=float64", "--set", "trainer.epochs=3",
-                                    "--set", "trainer.batch_size=512"]}  # few steps: this is about the files
+    spec = {"config": TINY, "sets": ["--set", "trainer.dtype=float64", "--set", "trainer.epochs=3",  # few steps:
+                                    "--set", "trainer.batch_size=512", "--no-report"]}  # this is about the files
 
     def drive(points):
         r = subprocess.run([sys.executable, "-c", KILL_DRIVER, json.dumps({**spec, "points": points})],

@@ -1,10 +1,12 @@
-"""``python -m cnnframe train CONFIG``: train from a YAML config (or ``--resume RUN_DIR``)."""
+"""``python -m cnnframe train CONFIG``: train from a YAML config (or ``--resume RUN_DIR``); at the end, the run's
+report (``report.html``, as ``python -m cnnframe report RUN_DIR`` writes it) when matplotlib is installed."""
 import os
 import sys
 
-from cnnframe import config, parallel
+from cnnframe import config, optional, parallel
 from cnnframe.commands.common import (INTERRUPTED, WRITE_FAILED, add_plugin, add_set, named_plugins,
                                       output_closed)
+from cnnframe.commands.report import print_notes, report_run
 from cnnframe.errors import UserError
 from cnnframe.trainer import OutputClosed, Trainer, TrainingDiverged, TrainingInterrupted, TrainingWriteFailed
 
@@ -22,11 +24,14 @@ def add_arguments(p):
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop cleanly once N epochs are complete (continue later with --resume)")
     p.add_argument("--run-dir", metavar="DIR", help="directory for run directories (overrides trainer.run_dir)")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write report.html and its plots into the run directory at the end")
 
 
 def run(args):
     out = sys.stdout
     plugins = named_plugins(args)
+    setup = None
     if args.resume:
         if args.run_dir:
             raise UserError(f"--run-dir chooses where a new run is made; a resumed run stays in its own directory "
@@ -75,6 +80,8 @@ def run(args):
               f"python -m cnnframe train --resume {trainer.run_dir}", file=out)
     elif summary["status"] == "early_stopped" and not args.quiet:
         print(f"early stopping after epoch {trainer.epoch}", file=out)
+    if not args.no_report and summary["status"] in ("completed", "early_stopped"):  # not after --stop-after
+        write_report(trainer, setup.plugins if setup is not None else plugins, out, args.quiet)
     return 0
 
 
@@ -91,3 +98,23 @@ def _introduce(trainer, setup, out):
     print(trainer.model.summary(), file=out)
     print(f"data: {trainer.data!r}", file=out)
     print(f"threads: {parallel.get_num_threads()}   run directory: {trainer.run_dir}", file=out, flush=True)
+
+
+def write_report(trainer, plugins, out, quiet):
+    """The run's report at the end of training, when matplotlib is installed (else a line saying how to get one).
+    A failure here is a note on stderr: the run itself is complete and intact."""
+    if not optional.available("matplotlib"):
+        if not quiet:
+            print('no run report: pip install "cnnframe[plot]" (matplotlib) and train writes report.html with '
+                  f'plots; for this run: python -m cnnframe report {trainer.run_dir}', file=out)
+        return
+    try:
+        report = report_run(trainer.run_dir, plugins, test_data=trainer.data.test)
+    except Exception as e:  # the run is saved; nothing in drawing it may turn a finished run into a failed one
+        print(f"cnnframe: note: the run report could not be written ({type(e).__name__}: {e}); the run in "
+              f"{trainer.run_dir} is complete; try again with: python -m cnnframe report {trainer.run_dir}",
+              file=sys.stderr)
+        return
+    if not quiet:
+        print(f"report: {report.html} ({len(report.images)} plot(s))", file=out)
+        print_notes(report)
