@@ -16,6 +16,7 @@ from cnnframe.errors import CheckpointError
 from cnnframe.export import export_onnx
 from cnnframe.io import atomic_write, json_text
 from cnnframe.layers.base import allocation_limit
+from cnnframe.layers.blocks import check_distinct
 from cnnframe.layers.spec import at, build_layer
 from cnnframe.locate import code_location, where
 from cnnframe.plugins import Plugins
@@ -56,6 +57,7 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not all(callable(getattr(layer, m, None)) for m in ("forward", "backward", "output_shape")):
                 raise TypeError(f"Sequential: layers[{i}] is not a layer (got {type(layer).__name__})")
+        check_distinct([(f"layers[{i}]", layer) for i, layer in enumerate(layers)], "Sequential")
         self.layers = layers
         self.input_shape = None
         self.shapes = None

@@ -625,3 +625,17 @@ def test_summary_shows_the_nesting():
     assert rows[cat + 6] == ["shortcut:", "identity", "(4,", "6,", "6)", "0"]
     assert f"Total parameters: {_block_model().num_parameters():,}" in s
     assert rows[-4][:2] == ["5", "Dense"]
+
+
+def test_the_same_layer_object_twice_is_refused():
+    """A layer keeps what its backward needs from its last forward: used twice, its gradients are wrong and the
+    optimizer steps it twice.  Equal but separate layers are fine."""
+    conv, relu = cnnframe.Conv2D(2, 1), cnnframe.ReLU()
+    with pytest.raises(ValueError, match=r"Sequential: layers\[2\] is the same layer object as layers\[1\]; each use "
+                                         r"needs its own layer .* make another, e.g. ReLU"):
+        Sequential([conv, relu, relu])
+    with pytest.raises(ValueError, match=r"layers\[2\] is the same layer object as layers\[1\]\.shortcut\.0"):
+        Sequential([conv, cnnframe.Residual([cnnframe.Conv2D(2, 1)], shortcut=[relu]), relu])
+    with pytest.raises(ValueError, match=r"layers\[1\]\.layers\.0\.layers\.0 is the same layer object as layers\[0\]"):
+        Sequential([conv, cnnframe.Residual([cnnframe.Residual([conv])])])
+    Sequential([cnnframe.Conv2D(2, 1), cnnframe.ReLU(), cnnframe.ReLU()], input_shape=(1, 4, 4))
