@@ -439,3 +439,21 @@ def test_data_that_overflows_the_model_dtype_and_empty_data_files(capsys, tmp_pa
     code, _, err = cli(capsys, "validate", TINY, "--set", "data.dataset=npz",
                        "--set", f"data.path={tmp_path / 'empty.npz'}")
     assert code == 2 and "data.path" in err and "the file is empty" in err
+
+
+def test_runs_latest_works_in_the_readme_flow_with_several_runs(capsys, tmp_path):
+    """README: train, then evaluate / predict / resume `runs/latest`, however many runs the folder holds."""
+    runs = tmp_path / "runs"
+    first, _ = train_tiny(capsys, runs, name="first")
+    second, out = train_tiny(capsys, runs, "--stop-after", "1", name="second")
+    assert os.path.realpath(runs / "latest") == os.path.realpath(second)
+    code, out, err = cli(capsys, "train", "--resume", str(runs / "latest"), "-q", "--no-report")
+    assert code == 0 and f"run: {second}" in out, err  # the run is called by its own name, not 'latest'
+    with open(os.path.join(second, "summary.json")) as f:
+        assert json.load(f)["name"] == os.path.basename(second)
+    code, out, _ = cli(capsys, "evaluate", str(runs / "latest"))
+    assert code == 0 and f"checkpoint: {runs / 'latest' / 'last.npz'}" in out
+    np.save(tmp_path / "x.npy", np.zeros((2, 8, 8)))
+    code, out, _ = cli(capsys, "predict", str(runs / "latest"), "--input", str(tmp_path / "x.npy"))
+    assert code == 0 and len(out.strip().splitlines()) == 3
+    assert sorted(os.listdir(runs)) == sorted([os.path.basename(first), os.path.basename(second), "latest"])
