@@ -185,7 +185,7 @@ class Trainer:
         return trainer
 
     @classmethod
-    def resume(cls, run_dir, cfg=None, quiet=False, out=None, plugins=(), overrides=()):
+    def resume(cls, run_dir, cfg=None, quiet=False, out=None, plugins=(), overrides=(), writer=True):
         """Continue the run in ``run_dir`` (a ``latest`` link is followed) from its ``last.npz``, or from the
         start when it was stopped before its first checkpoint.
 
@@ -195,8 +195,11 @@ class Trainer:
         ``config.yaml`` with ``overrides`` (``--set``), which is a stored file: its ``plugins`` are not
         imported, and its types resolve from the registry and ``plugins`` (the files and modules you name)
         only.  The checkpoints are read as arrays into the model the config builds; nothing is built from them.
+
+        ``writer=False``: a process that reads the run but never writes, locks or recovers it (a data-parallel
+        rank other than 0); open it only after the writing process has, since its recovery may be renaming.
         """
-        run = RunDir.open(run_dir)
+        run = RunDir.open(run_dir, writer)
         try:
             return cls._resume(run, cfg, quiet, out, plugins, overrides)
         except BaseException:

@@ -200,3 +200,18 @@ def test_an_error_in_the_block_wins_over_a_deferred_signal():
             os.kill(os.getpid(), signal.SIGINT)
             raise ValueError("the block failed")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_reader_resumes_without_locking_or_writing(tmp_path):
+    """writer=False (a data-parallel rank other than 0): the state is read, nothing is locked or written."""
+    trainer = Trainer.from_config(load_config(TINY, [f"trainer.run_dir={tmp_path}", "trainer.epochs=3"]), quiet=True)
+    trainer.fit(stop_after=1)
+    writer = Trainer.resume(trainer.run_dir, quiet=True)  # holds the lock
+    before = {f: os.path.getmtime(os.path.join(trainer.run_dir, f)) for f in os.listdir(trainer.run_dir)}
+    reader = Trainer.resume(trainer.run_dir, quiet=True, writer=False)
+    assert reader.epoch == 1 and not reader.rundir.locked
+    reader.fit(stop_after=2)
+    assert {f: os.path.getmtime(os.path.join(trainer.run_dir, f)) for f in os.listdir(trainer.run_dir)} == before
+    writer.fit()
+    with open(os.path.join(trainer.run_dir, "metrics.csv")) as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]

@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -471,3 +472,27 @@ def test_a_kill_at_any_write_of_a_commit_resumes_to_the_uninterrupted_run(tmp_pa
             assert checkpoint.read(os.path.join(run, "last.npz")).meta["best"]["best_epoch"] == best_epoch, what
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_ctrl_c_during_an_epochs_commit_waits_for_it_and_names_the_saved_epoch(tmp_path, monkeypatch):
+    """Ctrl-C as last.npz of epoch 2 is renamed into place: the commit ends first, so epoch 2's row, best.npz
+    and last.npz are all there, and the message says the run stopped after epoch 2 (not during it)."""
+    trainer = Trainer.from_config(tiny_cfg(tmp_path, "trainer.epochs=3"), quiet=True)
+    replace, fired = os.replace, []
+
+    def ctrl_c_at_last_of_epoch_2(src, dst):
+        if os.path.basename(dst) == "last.npz" and trainer.epoch == 2 and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # arrives here, between two renames of one commit
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", ctrl_c_at_last_of_epoch_2)
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.fit()
+    assert fired and str(info.value).startswith("interrupted after epoch 2; ")
+    assert f"{trainer.run_dir}/last.npz holds the state after epoch 2" in str(info.value)
+    assert [r["epoch"] for r in metric_rows(trainer.run_dir)] == ["1", "2"]
+    last, best = weights(trainer.run_dir)[2], weights(trainer.run_dir, "best.npz")[2]
+    assert last["epoch"] == 2 and best["epoch"] == last["best"]["best_epoch"]
+    with open(os.path.join(trainer.run_dir, "summary.json")) as f:
+        assert json.load(f)["status"] == "interrupted"
