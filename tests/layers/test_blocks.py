@@ -511,5 +511,6 @@ def test_residual_matches_pytorch():
 
 def test_a_layer_object_may_appear_once_at_any_depth():
     conv = L.Conv2D(2, 1)
-    with pytest.raises(ValueError, match=r"Concat: branches\.1\.0\.layers\.0 is the same layer object as branches\.0\.0"):
+    with pytest.raises(ValueError,
+                       match=r"Concat: branches\.1\.0\.layers\.0 is the same layer object as branches\.0\.0"):
         L.Concat([[conv], [L.Residual([conv])]])
