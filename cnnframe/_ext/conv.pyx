@@ -69,9 +69,10 @@ def microkernel_available():
 
 def _use_microkernel(bint on):
     """Switch the micro-kernel on or off (tests run both paths); returns the previous setting."""
-    global USE_MK
+    global USE_MK, cnnframe_simd_avx512
     old = USE_MK
     USE_MK = on and cnnframe_mk_available()
+    cnnframe_simd_avx512 = on and cnnframe_cpu_avx512()
     return bool(old)
 
 
@@ -79,14 +80,18 @@ def _use_microkernel(bint on):
 cdef bint USE_IMPLICIT = 1
 cdef int IMPLICIT_MAX_WASTE_PCT = 25   # extra columns computed over the padded width
 cdef int IMPLICIT_DX_MIN_CHANNELS = 16  # dX's outputs are the C input channels
-cdef int IMPLICIT_DW_MIN_TAPS = 10      # backward implicit only for large kernels
+cdef int IMPLICIT_DW_MIN_TAPS = 10      # implicit dW only for large kernels
+cdef int IMPLICIT_DX_MIN_TAPS = 1
 
 
-def _implicit_policy(on=None, max_waste_pct=None, dx_min_channels=None, dw_min_taps=None):
+def _implicit_policy(on=None, max_waste_pct=None, dx_min_channels=None, dw_min_taps=None, dx_min_taps=None):
     """Read or change when the implicit path runs (tests force every path); returns the old policy."""
-    global USE_IMPLICIT, IMPLICIT_MAX_WASTE_PCT, IMPLICIT_DX_MIN_CHANNELS, IMPLICIT_DW_MIN_TAPS
+    global USE_IMPLICIT, IMPLICIT_MAX_WASTE_PCT, IMPLICIT_DX_MIN_CHANNELS, IMPLICIT_DW_MIN_TAPS, IMPLICIT_DX_MIN_TAPS
     old = dict(on=bool(USE_IMPLICIT), max_waste_pct=IMPLICIT_MAX_WASTE_PCT,
-               dx_min_channels=IMPLICIT_DX_MIN_CHANNELS, dw_min_taps=IMPLICIT_DW_MIN_TAPS)
+               dx_min_channels=IMPLICIT_DX_MIN_CHANNELS, dw_min_taps=IMPLICIT_DW_MIN_TAPS,
+               dx_min_taps=IMPLICIT_DX_MIN_TAPS)
+    if dx_min_taps is not None:
+        IMPLICIT_DX_MIN_TAPS = dx_min_taps
     if on is not None:
         USE_IMPLICIT = on
     if max_waste_pct is not None:
@@ -182,92 +187,9 @@ cdef void from_channels_last(floating* xh, int C, int H, int W, int ph, int pw,
         transpose(xh + ((r + ph) * Wp + pw) * C, C, W, C, x + <Py_ssize_t>r * W, <Py_ssize_t>H * W, NULL)
 
 
-cdef extern from *:
-    """
-    #include <string.h>
-    /* restrict tells the compiler the two runs never overlap, so the loop vectorises. */
-    static inline void cnnframe_add_f(float * __restrict dst, const float * __restrict src, Py_ssize_t n) {
-        for (Py_ssize_t t = 0; t < n; ++t) dst[t] += src[t];
-    }
-    static inline void cnnframe_add_d(double * __restrict dst, const double * __restrict src, Py_ssize_t n) {
-        for (Py_ssize_t t = 0; t < n; ++t) dst[t] += src[t];
-    }
-
-    /* Sums in eight interleaved partial sums (vectorisable without -ffast-math; a fixed order, so
-       still deterministic). */
-    #define CNNFRAME_SUM(NAME, T)                                                  \
-    static inline T NAME(const T *x, Py_ssize_t n) {                               \
-        T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                       \
-        Py_ssize_t t = 0;                                                          \
-        for (; t + 8 <= n; t += 8)                                                 \
-            for (int k = 0; k < 8; ++k) acc[k] += x[t + k];                        \
-        for (; t < n; ++t) acc[0] += x[t];                                         \
-        return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])); \
-    }
-    CNNFRAME_SUM(cnnframe_sum_f, float)
-    CNNFRAME_SUM(cnnframe_sum_d, double)
-
-    /* dst[f*ldd + p] = src[p*lds + f] (+ b[f] when b is not NULL) for p < npix, f < F: a 2-D
-       transpose, e.g. the GEMM's pixel-major result turned channel-major (NCHW) with the bias
-       added, or an image between NCHW and channels-last.  4x4 (float) or 2x2 (double) register
-       tiles where SSE2 is available (every x86-64 CPU), plain loops elsewhere. */
-    #if defined(__SSE2__)
-    #include <emmintrin.h>
-    #endif
-    static void cnnframe_transpose_f(const float *src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
-                                     float *dst, Py_ssize_t ldd, const float *b) {
-        Py_ssize_t p, f = 0, p4 = npix & ~(Py_ssize_t)3;
-    #if defined(__SSE2__)
-        /* Four rows of dst at a time along the whole run: each is written as one sequential stream
-           (rows of Y are often 4 KiB apart, and hopping between many of them per pixel would
-           thrash the cache sets). */
-        for (; f + 4 <= F; f += 4) {
-            __m128 b0 = _mm_set1_ps(b ? b[f] : 0.0f), b1 = _mm_set1_ps(b ? b[f + 1] : 0.0f);
-            __m128 b2 = _mm_set1_ps(b ? b[f + 2] : 0.0f), b3 = _mm_set1_ps(b ? b[f + 3] : 0.0f);
-            for (p = 0; p < p4; p += 4) {
-                __m128 r0 = _mm_loadu_ps(src + (p + 0) * lds + f), r1 = _mm_loadu_ps(src + (p + 1) * lds + f);
-                __m128 r2 = _mm_loadu_ps(src + (p + 2) * lds + f), r3 = _mm_loadu_ps(src + (p + 3) * lds + f);
-                _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-                _mm_storeu_ps(dst + (f + 0) * ldd + p, _mm_add_ps(r0, b0));
-                _mm_storeu_ps(dst + (f + 1) * ldd + p, _mm_add_ps(r1, b1));
-                _mm_storeu_ps(dst + (f + 2) * ldd + p, _mm_add_ps(r2, b2));
-                _mm_storeu_ps(dst + (f + 3) * ldd + p, _mm_add_ps(r3, b3));
-            }
-            for (p = p4; p < npix; ++p)
-                for (Py_ssize_t k = 0; k < 4; ++k)
-                    dst[(f + k) * ldd + p] = src[p * lds + f + k] + (b ? b[f + k] : 0.0f);
-        }
-    #endif
-        for (; f < F; ++f) {
-            const float bf = b ? b[f] : 0.0f;
-            for (p = 0; p < npix; ++p) dst[f * ldd + p] = src[p * lds + f] + bf;
-        }
-    }
-
-    static void cnnframe_transpose_d(const double *src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
-                                     double *dst, Py_ssize_t ldd, const double *b) {
-        Py_ssize_t p, f = 0, p2 = npix & ~(Py_ssize_t)1;
-    #if defined(__SSE2__)
-        for (; f + 2 <= F; f += 2) {
-            __m128d b0 = _mm_set1_pd(b ? b[f] : 0.0), b1 = _mm_set1_pd(b ? b[f + 1] : 0.0);
-            for (p = 0; p < p2; p += 2) {
-                __m128d r0 = _mm_loadu_pd(src + p * lds + f), r1 = _mm_loadu_pd(src + (p + 1) * lds + f);
-                _mm_storeu_pd(dst + f * ldd + p, _mm_add_pd(_mm_unpacklo_pd(r0, r1), b0));
-                _mm_storeu_pd(dst + (f + 1) * ldd + p, _mm_add_pd(_mm_unpackhi_pd(r0, r1), b1));
-            }
-            for (p = p2; p < npix; ++p) {
-                dst[f * ldd + p] = src[p * lds + f] + (b ? b[f] : 0.0);
-                dst[(f + 1) * ldd + p] = src[p * lds + f + 1] + (b ? b[f + 1] : 0.0);
-            }
-        }
-    #endif
-        for (; f < F; ++f) {
-            const double bf = b ? b[f] : 0.0;
-            for (p = 0; p < npix; ++p) dst[f * ldd + p] = src[p * lds + f] + bf;
-        }
-    }
-
-    """
+cdef extern from "simd.h":
+    int cnnframe_simd_avx512
+    int cnnframe_cpu_avx512() noexcept nogil
     void cnnframe_add_f(float* dst, const float* src, Py_ssize_t n) noexcept nogil
     void cnnframe_add_d(double* dst, const double* src, Py_ssize_t n) noexcept nogil
     float cnnframe_sum_f(const float* x, Py_ssize_t n) noexcept nogil
@@ -278,6 +200,8 @@ cdef extern from *:
                               double* dst, Py_ssize_t ldd, const double* b) noexcept nogil
     void* memcpy(void* dst, const void* src, size_t n) noexcept nogil
     void* memset(void* dst, int c, size_t n) noexcept nogil
+
+cnnframe_simd_avx512 = cnnframe_cpu_avx512()
 
 
 cdef inline void transpose(floating* src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
@@ -501,7 +425,7 @@ def backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[:, :, 
             # im2col and col2im copy the most; for 3x3 the copies are cheaper than the dropped
             # columns.  dX is then a stride-1 correlation of G padded by d(k-1) - p (so p <= d(k-1)),
             # and pays when its C outputs fill the micro-kernel's vectors.
-            dx_implicit = (need_dx and kh * kw >= IMPLICIT_DW_MIN_TAPS and C >= IMPLICIT_DX_MIN_CHANNELS
+            dx_implicit = (need_dx and kh * kw >= IMPLICIT_DX_MIN_TAPS and C >= IMPLICIT_DX_MIN_CHANNELS
                            and dh * (kh - 1) >= ph and dw_ * (kw - 1) >= pw
                            and little_waste(Wo + 2 * (dw_ * (kw - 1) - pw), W))
             dw_implicit = (kh * kw >= IMPLICIT_DW_MIN_TAPS and little_waste(Wp, Wo)

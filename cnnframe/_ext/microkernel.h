@@ -78,13 +78,16 @@ static inline __mmask16 cnnframe_mask16(ptrdiff_t n) {
     }
 
 CNNFRAME_TILE(cnnframe_tile_6x4, 6, 4)
-CNNFRAME_TILE(cnnframe_tile_3x4, 3, 4)
+CNNFRAME_TILE(cnnframe_tile_4x4, 4, 4)
+CNNFRAME_TILE(cnnframe_tile_2x4, 2, 4)
 CNNFRAME_TILE(cnnframe_tile_1x4, 1, 4)
 CNNFRAME_TILE(cnnframe_tile_14x2, 14, 2)
 CNNFRAME_TILE(cnnframe_tile_4x2, 4, 2)
+CNNFRAME_TILE(cnnframe_tile_2x2, 2, 2)
 CNNFRAME_TILE(cnnframe_tile_1x2, 1, 2)
 CNNFRAME_TILE(cnnframe_tile_16x1, 16, 1)
 CNNFRAME_TILE(cnnframe_tile_4x1, 4, 1)
+CNNFRAME_TILE(cnnframe_tile_2x1, 2, 1)
 CNNFRAME_TILE(cnnframe_tile_1x1, 1, 1)
 
 typedef void (*cnnframe_tile_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *,
@@ -100,20 +103,25 @@ static void cnnframe_mk_sgemm_seg(ptrdiff_t M, ptrdiff_t N, ptrdiff_t nseg, ptrd
         const ptrdiff_t left = N - j;
         const int V = left > 48 ? 4 : (left > 16 ? 2 : 1);
         const __mmask16 last = cnnframe_mask16(left - 16 * (V - 1));
-        cnnframe_tile_fn big, mid, one;
-        ptrdiff_t rbig, rmid;
+        cnnframe_tile_fn big, four, two, one;
+        ptrdiff_t rbig;
         if (V == 4) {
-            big = cnnframe_tile_6x4; mid = cnnframe_tile_3x4; one = cnnframe_tile_1x4; rbig = 6; rmid = 3;
+            big = cnnframe_tile_6x4; four = cnnframe_tile_4x4; two = cnnframe_tile_2x4; one = cnnframe_tile_1x4; rbig = 6;
         } else if (V == 2) {
-            big = cnnframe_tile_14x2; mid = cnnframe_tile_4x2; one = cnnframe_tile_1x2; rbig = 14; rmid = 4;
+            big = cnnframe_tile_14x2; four = cnnframe_tile_4x2; two = cnnframe_tile_2x2; one = cnnframe_tile_1x2; rbig = 14;
         } else {
-            big = cnnframe_tile_16x1; mid = cnnframe_tile_4x1; one = cnnframe_tile_1x1; rbig = 16; rmid = 4;
+            big = cnnframe_tile_16x1; four = cnnframe_tile_4x1; two = cnnframe_tile_2x1; one = cnnframe_tile_1x1; rbig = 16;
         }
-        ptrdiff_t i = 0;
-        for (; i + rbig <= M; i += rbig)
+        /* Big tiles, then 4-, 2- and 1-row tiles for the rest; a rest of fewer than 4 rows takes
+           one big tile's rows along, so that few rows run in the slow narrow tiles. */
+        ptrdiff_t nbig = M / rbig, i = 0;
+        if (nbig > 0 && M % rbig < 4 && M % rbig > 0) --nbig;
+        for (; i < nbig * rbig; i += rbig)
             big(nseg, T, A + i * sa, sa, sb, aoff, B + j, ldb, boff, C + i * ldc + j, ldc, accumulate, last);
-        for (; i + rmid <= M; i += rmid)
-            mid(nseg, T, A + i * sa, sa, sb, aoff, B + j, ldb, boff, C + i * ldc + j, ldc, accumulate, last);
+        for (; i + 4 <= M; i += 4)
+            four(nseg, T, A + i * sa, sa, sb, aoff, B + j, ldb, boff, C + i * ldc + j, ldc, accumulate, last);
+        for (; i + 2 <= M; i += 2)
+            two(nseg, T, A + i * sa, sa, sb, aoff, B + j, ldb, boff, C + i * ldc + j, ldc, accumulate, last);
         for (; i < M; ++i)
             one(nseg, T, A + i * sa, sa, sb, aoff, B + j, ldb, boff, C + i * ldc + j, ldc, accumulate, last);
         j += 16 * V;
