@@ -1,19 +1,23 @@
 # cython: language_level=3
 """2-D convolution kernels: im2col + GEMM over pixel rows, parallel with OpenMP.
 
-Equation numbers refer to docs/math.md.  Each call first copies the input to a zero-padded
-channels-last image ``Xh[n, r, q, c] = Xp[n, c, r, q]`` so that one im2col row (one output pixel's
-receptive field) is made of a few contiguous copies.  With K = kh·kw·C, the im2col matrix has one
-row per output pixel (n, i, j):
+Names follow docs/math.md: input X (N, C, H, W), weights W (K, C/g, kh, kw), output Y and its
+gradient G (N, K, Ho, Wo), stride (sh, sw), padding (ph, pw), dilation (dh, dw), g groups of
+Cg = C/g input and Kg = K/g output channels (eq. 5; g = 1 is eqs. 1-4).  Gradients are gx, gw, gb.
 
-    col[(n, i, j), (m·kw + l)·C + c] = Xp[n, c, i·sh + m·dh, j·sw + l·dw]
+Each call first copies the input to a zero-padded channels-last image
+``Xh[n, r, q, c] = Xp[n, c, r, q]`` so that one im2col row (one output pixel's receptive field) is
+made of a few contiguous copies.  With ncol = kh·kw·C values per row, ordered (group, m, l, c):
 
-and the weights are reordered the same way, ``Wr[f, (m·kw + l)·C + c] = W[f, c, m, l]``.  Then
+    col[(n, i, j), ((grp·kh + m)·kw + l)·Cg + c] = Xp[n, grp·Cg + c, i·sh + m·dh, j·sw + l·dw]
 
-    forward (1):  Y[n, f, i, j] = b[f] + Σ_k col[(n, i, j), k] · Wr[f, k]      out = col · Wrᵀ
-    weights (2):  dWr[f, k]     = Σ_(n,i,j) G[n, f, i, j] · col[(n, i, j), k]   dWr = G · col
-    bias (3):     db[f]         = Σ_(n,i,j) G[n, f, i, j]
-    input (4):    dcol = Gᵀ · Wr, and col2im scatter-adds each dcol entry back onto the input
+and the weights are reordered the same way, ``Wr[k, (m·kw + l)·Cg + c] = W[k, c, m, l]``.  Then,
+group by group (the columns of group grp are one contiguous block of ncolg = kh·kw·Cg):
+
+    forward (1):  Y[n, k, i, j] = b[k] + Σ col[(n, i, j), ·] · Wr[k, ·]         out = col · Wrᵀ
+    weights (2):  gwᵀ[·, k]     = Σ_(n,i,j) col[(n, i, j), ·] · G[n, k, i, j]    gwᵀ = colᵀ · G
+    bias (3):     gb[k]         = Σ_(n,i,j) G[n, k, i, j]
+    input (4):    dcol = G · Wr, and col2im scatter-adds each dcol entry back onto the input
                   position its col entry was read from.
 
 The col2im form of (4) adds exactly the products of the full convolution of G with the 180°-rotated
@@ -21,18 +25,20 @@ kernel, minus the products with the zeros that (4) inserts between strided outpu
 ``cnnframe.ops.conv2d_input_grad_full`` computes (4) literally and the tests check both agree.
 
 The products run on the AVX-512 micro-kernel of microkernel.h (float32, when the CPU has it) or
-on single-threaded BLAS; float32 stride-1 layers may skip the im2col copy altogether and read the
-receptive fields in place (the "implicit im2col" section at the end of this file).
+on single-threaded BLAS.  Float32 stride-1 layers skip the im2col copy and read the receptive
+fields in place (the "implicit im2col" section); depthwise layers (g = C = K) have their own
+loops along the channels (depthwise.h).
 
 Parallel plan: the N·Ho·Wo pixel rows are cut into SPANS contiguous spans (a fixed number, not
 the thread count); threads take spans, and walk each span in chunks sized to stay in L2 (im2col of
 a chunk, then one product).  Backward keeps each image within one span when there are at least as
 many images as spans, so the col2im scatter never races; otherwise each span scatters into its own
-copy of dX.  Every span owns its dW/db accumulators; they are summed in span order.  Results are
+copy of gx.  Every span owns its gw/gb accumulators; they are summed in span order.  Results are
 therefore bit-identical for any thread count.
 
 Callers (``cnnframe.ops.conv``) validate every argument and pin BLAS to one thread: nothing here
-checks bounds.
+checks bounds.  Inputs are ``const`` memoryviews, so read-only arrays (e.g. ``np.load(...,
+mmap_mode="r")``) work.
 """
 import os
 
@@ -40,7 +46,6 @@ import numpy as np
 
 from cnnframe._ext._scratch import SCRATCH
 
-cimport cython
 from cython.parallel cimport prange, threadid
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
@@ -58,6 +63,36 @@ cdef extern from "microkernel.h":
                            Py_ssize_t sb, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                            int accumulate) noexcept nogil
 
+cdef extern from "simd.h":
+    int cnnframe_simd_avx512
+    int cnnframe_cpu_avx512() noexcept nogil
+    void cnnframe_add_f(float* dst, const float* src, Py_ssize_t n) noexcept nogil
+    void cnnframe_add_d(double* dst, const double* src, Py_ssize_t n) noexcept nogil
+    float cnnframe_sum_f(const float* x, Py_ssize_t n) noexcept nogil
+    double cnnframe_sum_d(const double* x, Py_ssize_t n) noexcept nogil
+    void cnnframe_transpose_f(const float* src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
+                              float* dst, Py_ssize_t ldd, const float* b) noexcept nogil
+    void cnnframe_transpose_d(const double* src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
+                              double* dst, Py_ssize_t ldd, const double* b) noexcept nogil
+    void* memcpy(void* dst, const void* src, size_t n) noexcept nogil
+    void* memset(void* dst, int c, size_t n) noexcept nogil
+
+cdef extern from "depthwise.h":
+    void cnnframe_dw_forward_f(const float* xh, int Wp, int C, const float* wd, int kh, int kw,
+                               int sh, int sw, int dh, int dw, int Ho, int Wo, const float* b,
+                               float* y) noexcept nogil
+    void cnnframe_dw_forward_d(const double* xh, int Wp, int C, const double* wd, int kh, int kw,
+                               int sh, int sw, int dh, int dw, int Ho, int Wo, const double* b,
+                               double* y) noexcept nogil
+    void cnnframe_dw_backward_f(const float* xh, int Wp, int C, const float* wd, int kh, int kw,
+                                int sh, int sw, int dh, int dw, int Ho, int Wo, const float* g,
+                                float* gw, float* dxh) noexcept nogil
+    void cnnframe_dw_backward_d(const double* xh, int Wp, int C, const double* wd, int kh, int kw,
+                                int sh, int sw, int dh, int dw, int Ho, int Wo, const double* g,
+                                double* gw, double* dxh) noexcept nogil
+
+cnnframe_simd_avx512 = cnnframe_cpu_avx512()
+
 # float32 products use the AVX-512 micro-kernel where the CPU has it, BLAS otherwise.
 cdef bint USE_MK = cnnframe_mk_available()
 
@@ -68,7 +103,8 @@ def microkernel_available():
 
 
 def _use_microkernel(bint on):
-    """Switch the micro-kernel on or off (tests run both paths); returns the previous setting."""
+    """Switch the micro-kernel and the AVX-512 helpers on or off (tests run both paths); returns
+    the previous setting."""
     global USE_MK, cnnframe_simd_avx512
     old = USE_MK
     USE_MK = on and cnnframe_mk_available()
@@ -79,19 +115,15 @@ def _use_microkernel(bint on):
 # When the implicit-im2col path runs (float32, stride 1, micro-kernel); see the section at the end.
 cdef bint USE_IMPLICIT = 1
 cdef int IMPLICIT_MAX_WASTE_PCT = 25   # extra columns computed over the padded width
-cdef int IMPLICIT_DX_MIN_CHANNELS = 16  # dX's outputs are the C input channels
-cdef int IMPLICIT_DW_MIN_TAPS = 10      # implicit dW only for large kernels
-cdef int IMPLICIT_DX_MIN_TAPS = 1
+cdef int IMPLICIT_DX_MIN_CHANNELS = 16  # gx's outputs are the C input channels
+cdef int IMPLICIT_DW_MIN_TAPS = 10      # gw in place only for large kernels (3x3: im2col is faster)
 
 
-def _implicit_policy(on=None, max_waste_pct=None, dx_min_channels=None, dw_min_taps=None, dx_min_taps=None):
+def _implicit_policy(on=None, max_waste_pct=None, dx_min_channels=None, dw_min_taps=None):
     """Read or change when the implicit path runs (tests force every path); returns the old policy."""
-    global USE_IMPLICIT, IMPLICIT_MAX_WASTE_PCT, IMPLICIT_DX_MIN_CHANNELS, IMPLICIT_DW_MIN_TAPS, IMPLICIT_DX_MIN_TAPS
+    global USE_IMPLICIT, IMPLICIT_MAX_WASTE_PCT, IMPLICIT_DX_MIN_CHANNELS, IMPLICIT_DW_MIN_TAPS
     old = dict(on=bool(USE_IMPLICIT), max_waste_pct=IMPLICIT_MAX_WASTE_PCT,
-               dx_min_channels=IMPLICIT_DX_MIN_CHANNELS, dw_min_taps=IMPLICIT_DW_MIN_TAPS,
-               dx_min_taps=IMPLICIT_DX_MIN_TAPS)
-    if dx_min_taps is not None:
-        IMPLICIT_DX_MIN_TAPS = dx_min_taps
+               dx_min_channels=IMPLICIT_DX_MIN_CHANNELS, dw_min_taps=IMPLICIT_DW_MIN_TAPS)
     if on is not None:
         USE_IMPLICIT = on
     if max_waste_pct is not None:
@@ -113,21 +145,9 @@ cdef inline bint little_waste(int padded, int out) noexcept nogil:
 # calls (cnnframe.parallel lowers it when other processes keep cores busy).
 cdef int SPANS = max(8, os.cpu_count() or 1)
 
-
-# Each span of a backward pass owns an F × K weight-gradient accumulator: cap their total memory
-# (the cap depends only on the layer's shape, so results still do not depend on the thread count).
+# Each span of a backward pass owns a weight-gradient accumulator: cap their total memory (the cap
+# depends only on the layer's shape, so results still do not depend on the thread count).
 cdef Py_ssize_t SPAN_ACC_BYTES = 64 << 20
-
-
-cdef int grad_spans(Py_ssize_t items, Py_ssize_t F, Py_ssize_t K) noexcept nogil:
-    """Spans for a backward pass: SPANS, at most one per item, at most SPAN_ACC_BYTES of dW."""
-    cdef Py_ssize_t n = SPANS, cap = SPAN_ACC_BYTES // (F * K * 8)
-    if n > items:
-        n = items
-    if n > cap:
-        n = cap
-    return <int>(n if n > 1 else 1)
-
 
 # Rows of col per GEMM: about this many elements keeps a chunk in L2 next to the weights.
 cdef Py_ssize_t CHUNK_ELEMS = 262144
@@ -135,8 +155,72 @@ cdef Py_ssize_t MIN_ROWS = 32
 cdef Py_ssize_t MAX_ROWS = 2048
 
 
+# -- Sizes -------------------------------------------------------------------------------------------
+
+cdef struct Sizes:
+    int N, C, H, W          # input
+    int K, kh, kw, Ho, Wo   # output channels, kernel, output
+    int sh, sw, ph, pw, dh, dw
+    int groups, Cg, Kg      # groups; input and output channels per group
+    int Hp, Wp              # padded input
+    Py_ssize_t P            # Ho·Wo: output pixels per image
+    Py_ssize_t rows         # N·P: rows of the im2col matrix
+    Py_ssize_t ncol         # kh·kw·C: length of an im2col row (all groups)
+    Py_ssize_t ncolg        # kh·kw·Cg: one group's part of it
+    Py_ssize_t img          # Hp·Wp·C: one padded channels-last image
+
+
+cdef Sizes conv_sizes(Py_ssize_t* x_shape, Py_ssize_t* w_shape, int Ho, int Wo, int sh, int sw,
+                      int ph, int pw, int dh, int dw, int groups) noexcept:
+    """Every size a kernel needs, computed once per call."""
+    cdef Sizes z
+    z.N, z.C, z.H, z.W = x_shape[0], x_shape[1], x_shape[2], x_shape[3]
+    z.K, z.kh, z.kw = w_shape[0], w_shape[2], w_shape[3]
+    z.Ho, z.Wo = Ho, Wo
+    z.sh, z.sw, z.ph, z.pw, z.dh, z.dw = sh, sw, ph, pw, dh, dw
+    z.groups, z.Cg, z.Kg = groups, z.C // groups, z.K // groups
+    z.Hp, z.Wp = z.H + 2 * ph, z.W + 2 * pw
+    z.P = <Py_ssize_t>Ho * Wo
+    z.rows = z.P * z.N
+    z.ncol = <Py_ssize_t>z.kh * z.kw * z.C
+    z.ncolg = <Py_ssize_t>z.kh * z.kw * z.Cg
+    z.img = <Py_ssize_t>z.Hp * z.Wp * z.C
+    return z
+
+
+cdef inline bint is_depthwise(Sizes* z) noexcept nogil:
+    return z.groups > 1 and z.Cg == 1 and z.Kg == 1
+
+
+cdef int clamp_threads(int nthreads) noexcept nogil:
+    if nthreads < 1:
+        return 1
+    return SPANS if nthreads > SPANS else nthreads
+
+
+cdef int grad_spans(Py_ssize_t items, Py_ssize_t acc_elems) noexcept nogil:
+    """Spans for a backward pass: SPANS, at most one per item, at most SPAN_ACC_BYTES of gw."""
+    cdef Py_ssize_t n = SPANS, cap = SPAN_ACC_BYTES // (acc_elems * 8)
+    if n > items:
+        n = items
+    if n > cap:
+        n = cap
+    return <int>(n if n > 1 else 1)
+
+
+cdef Py_ssize_t chunk_rows(Py_ssize_t ncol) noexcept nogil:
+    cdef Py_ssize_t r = CHUNK_ELEMS // ncol
+    if r < MIN_ROWS:
+        r = MIN_ROWS
+    if r > MAX_ROWS:
+        r = MAX_ROWS
+    return r
+
+
+# -- Small helpers -----------------------------------------------------------------------------------
+
 cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
-                         floating* a, int lda, floating* b, int ldb, floating beta,
+                         const floating* a, int lda, const floating* b, int ldb, floating beta,
                          floating* c, int ldc) noexcept nogil:
     """Row-major C (m×n) = alpha·op(A)·op(B) + beta·C.
 
@@ -146,21 +230,35 @@ cdef inline void gemm_rm(bint trans_a, bint trans_b, int m, int n, int k, floati
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
     if floating is float:
-        sgemm(&tb, &ta, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc)
+        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
     else:
-        dgemm(&tb, &ta, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc)
+        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
 
 
-cdef Py_ssize_t chunk_rows(Py_ssize_t K) noexcept nogil:
-    cdef Py_ssize_t r = CHUNK_ELEMS // K
-    if r < MIN_ROWS:
-        r = MIN_ROWS
-    if r > MAX_ROWS:
-        r = MAX_ROWS
-    return r
+cdef inline void transpose(const floating* src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
+                           floating* dst, Py_ssize_t ldd, const floating* b) noexcept nogil:
+    """dst[f·ldd + p] = src[p·lds + f] (+ b[f] unless b is NULL)."""
+    if floating is float:
+        cnnframe_transpose_f(src, lds, npix, F, dst, ldd, b)
+    else:
+        cnnframe_transpose_d(src, lds, npix, F, dst, ldd, b)
 
 
-cdef void to_channels_last(floating* x, int C, int H, int W, int ph, int pw,
+cdef inline floating sum_run(const floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return cnnframe_sum_f(x, n)
+    else:
+        return cnnframe_sum_d(x, n)
+
+
+cdef inline void add_run(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        cnnframe_add_f(dst, src, n)
+    else:
+        cnnframe_add_d(dst, src, n)
+
+
+cdef void to_channels_last(const floating* x, int C, int H, int W, int ph, int pw,
                            floating* xh) noexcept nogil:
     """xh[r, q, c] = Xp[c, r, q] for one image (Hp, Wp, C), zero padding included."""
     cdef int r
@@ -177,7 +275,7 @@ cdef void to_channels_last(floating* x, int C, int H, int W, int ph, int pw,
         transpose(x + <Py_ssize_t>r * W, <Py_ssize_t>H * W, C, W, dst, C, NULL)
 
 
-cdef void from_channels_last(floating* xh, int C, int H, int W, int ph, int pw,
+cdef void from_channels_last(const floating* xh, int C, int H, int W, int ph, int pw,
                              floating* x) noexcept nogil:
     """x[c, r, q] = Xh[r + ph, q + pw, c]: crop the padding and go back to channels-first."""
     cdef int r
@@ -187,133 +285,8 @@ cdef void from_channels_last(floating* xh, int C, int H, int W, int ph, int pw,
         transpose(xh + ((r + ph) * Wp + pw) * C, C, W, C, x + <Py_ssize_t>r * W, <Py_ssize_t>H * W, NULL)
 
 
-cdef extern from "simd.h":
-    int cnnframe_simd_avx512
-    int cnnframe_cpu_avx512() noexcept nogil
-    void cnnframe_add_f(float* dst, const float* src, Py_ssize_t n) noexcept nogil
-    void cnnframe_add_d(double* dst, const double* src, Py_ssize_t n) noexcept nogil
-    float cnnframe_sum_f(const float* x, Py_ssize_t n) noexcept nogil
-    double cnnframe_sum_d(const double* x, Py_ssize_t n) noexcept nogil
-    void cnnframe_transpose_f(const float* src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
-                              float* dst, Py_ssize_t ldd, const float* b) noexcept nogil
-    void cnnframe_transpose_d(const double* src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
-                              double* dst, Py_ssize_t ldd, const double* b) noexcept nogil
-    void* memcpy(void* dst, const void* src, size_t n) noexcept nogil
-    void* memset(void* dst, int c, size_t n) noexcept nogil
-
-cnnframe_simd_avx512 = cnnframe_cpu_avx512()
-
-
-cdef inline void transpose(floating* src, Py_ssize_t lds, Py_ssize_t npix, Py_ssize_t F,
-                           floating* dst, Py_ssize_t ldd, floating* b) noexcept nogil:
-    """dst[f·ldd + p] = src[p·lds + f] (+ b[f] unless b is NULL)."""
-    if floating is float:
-        cnnframe_transpose_f(src, lds, npix, F, dst, ldd, b)
-    else:
-        cnnframe_transpose_d(src, lds, npix, F, dst, ldd, b)
-
-
-cdef inline void transpose_bias(floating* out, Py_ssize_t F, floating* y, Py_ssize_t ldy,
-                               Py_ssize_t npix, floating* b) noexcept nogil:
-    """y[f·ldy + p] = out[p·F + f] + b[f]: pixel-major GEMM output to channel-major Y."""
-    transpose(out, F, npix, F, y, ldy, b)
-
-
-cdef inline floating sum_run(floating* x, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        return cnnframe_sum_f(x, n)
-    else:
-        return cnnframe_sum_d(x, n)
-
-
-cdef inline void add_run(floating* dst, floating* src, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        cnnframe_add_f(dst, src, n)
-    else:
-        cnnframe_add_d(dst, src, n)
-
-
-cdef void im2col_rows(floating* xh, Py_ssize_t row0, Py_ssize_t row1, int C, int Hp, int Wp,
-                      int kh, int kw, int sh, int sw, int dh, int dw, int Ho, int Wo,
-                      floating* col) noexcept nogil:
-    """col[row - row0, (m·kw + l)·C + c] = Xh[n, i·sh + m·dh, j·sw + l·dw, c] for pixel rows
-    row0 <= row < row1, row = (n·Ho + i)·Wo + j."""
-    cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, img = <Py_ssize_t>Hp * Wp * C
-    cdef Py_ssize_t row, n = row0 // P, span = <Py_ssize_t>kw * C
-    cdef int i = <int>((row0 - n * P) // Wo), j = <int>((row0 - n * P) % Wo), m, l
-    cdef floating* dst = col
-    cdef floating* src
-    for row in range(row0, row1):
-        for m in range(kh):
-            src = xh + n * img + ((<Py_ssize_t>(i * sh + m * dh)) * Wp + j * sw) * C
-            if dw == 1:
-                # kw neighbouring pixels: one contiguous run of kw·C values.
-                memcpy(dst, src, span * sizeof(floating))
-                dst += span
-            else:
-                for l in range(kw):
-                    memcpy(dst, src + <Py_ssize_t>l * dw * C, C * sizeof(floating))
-                    dst += C
-        # Next pixel: step j, carrying into i and n (no divisions per row).
-        j += 1
-        if j == Wo:
-            j = 0
-            i += 1
-            if i == Ho:
-                i = 0
-                n += 1
-
-
-cdef void col2im_rows(floating* col, Py_ssize_t row0, Py_ssize_t row1, int C, int Hp, int Wp,
-                      int kh, int kw, int sh, int sw, int dh, int dw, int Ho, int Wo,
-                      floating* xh) noexcept nogil:
-    """The adjoint of im2col_rows: Xh[n, i·sh + m·dh, j·sw + l·dw, c] += col[row - row0, ...]."""
-    cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, img = <Py_ssize_t>Hp * Wp * C
-    cdef Py_ssize_t row, n = row0 // P, span = <Py_ssize_t>kw * C
-    cdef int i = <int>((row0 - n * P) // Wo), j = <int>((row0 - n * P) % Wo), m, l
-    cdef floating* src = col
-    cdef floating* dst
-    for row in range(row0, row1):
-        for m in range(kh):
-            dst = xh + n * img + ((<Py_ssize_t>(i * sh + m * dh)) * Wp + j * sw) * C
-            if dw == 1:
-                add_run(dst, src, span)
-                src += span
-            else:
-                for l in range(kw):
-                    add_run(dst + <Py_ssize_t>l * dw * C, src, C)
-                    src += C
-        j += 1
-        if j == Wo:
-            j = 0
-            i += 1
-            if i == Ho:
-                i = 0
-                n += 1
-
-
-cdef void reorder_weights_t(floating* w, int F, int C, int kh, int kw, floating* wt) noexcept nogil:
-    """wt[(m·kw + l)·C + c, f] = w[f, c, m, l] (the transpose of reorder_weights)."""
-    cdef int f, c, m, l
-    for f in range(F):
-        for c in range(C):
-            for m in range(kh):
-                for l in range(kw):
-                    wt[(((<Py_ssize_t>m * kw + l) * C + c) * F) + f] = w[((<Py_ssize_t>f * C + c) * kh + m) * kw + l]
-
-
-cdef void reorder_weights(floating* w, int F, int C, int kh, int kw, floating* wr) noexcept nogil:
-    """wr[f, (m·kw + l)·C + c] = w[f, c, m, l]."""
-    cdef int f, c, m, l
-    for f in range(F):
-        for c in range(C):
-            for m in range(kh):
-                for l in range(kw):
-                    wr[((<Py_ssize_t>f * kh + m) * kw + l) * C + c] = w[((<Py_ssize_t>f * C + c) * kh + m) * kw + l]
-
-
-cdef void fill_channels_last(floating[:, :, :, ::1] x, int ph, int pw, floating* xh, Py_ssize_t img,
-                             int nthreads):
+cdef void fill_channels_last(const floating[:, :, :, ::1] x, int ph, int pw, floating* xh,
+                             Py_ssize_t img, int nthreads):
     """Image n of x (N, C, H, W) → zero-padded channels-last xh[n·img : ...] (H + 2ph, W + 2pw, C),
     images in parallel."""
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], n
@@ -321,231 +294,401 @@ cdef void fill_channels_last(floating[:, :, :, ::1] x, int ph, int pw, floating*
         to_channels_last(&x[n, 0, 0, 0], C, H, W, ph, pw, xh + n * img)
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[::1] b,
-            floating[:, :, :, ::1] y, int sh, int sw, int ph, int pw, int dh, int dw, int nthreads):
-    """Y = X ⋆ W + b (eq. 1), written into ``y`` (N, F, Ho, Wo)."""
-    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
-    cdef int Ho = y.shape[2], Wo = y.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
-    cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, K = <Py_ssize_t>C * kh * kw, rows = P * N
-    if rows == 0:
+cdef void im2col_rows(const floating* xh, Py_ssize_t row0, Py_ssize_t row1, Sizes* z,
+                      floating* col) noexcept nogil:
+    """col[row - row0, ((grp·kh + m)·kw + l)·Cg + c] = Xh[n, i·sh + m·dh, j·sw + l·dw, grp·Cg + c]
+    for pixel rows row0 <= row < row1, row = (n·Ho + i)·Wo + j."""
+    cdef Py_ssize_t row, n = row0 // z.P, run = <Py_ssize_t>z.kw * z.C
+    cdef int i = <int>((row0 - n * z.P) // z.Wo), j = <int>((row0 - n * z.P) % z.Wo), m, l, grp
+    cdef bint whole_rows = z.groups == 1 and z.dw == 1
+    cdef floating* dst = col
+    cdef const floating* src
+    for row in range(row0, row1):
+        for grp in range(z.groups):
+            for m in range(z.kh):
+                src = xh + n * z.img + ((<Py_ssize_t>(i * z.sh + m * z.dh)) * z.Wp + j * z.sw) * z.C
+                if whole_rows:
+                    # kw neighbouring pixels: one contiguous run of kw·C values.
+                    memcpy(dst, src, run * sizeof(floating))
+                    dst += run
+                else:
+                    for l in range(z.kw):
+                        memcpy(dst, src + <Py_ssize_t>l * z.dw * z.C + grp * z.Cg, z.Cg * sizeof(floating))
+                        dst += z.Cg
+        # Next pixel: step j, carrying into i and n (no divisions per row).
+        j += 1
+        if j == z.Wo:
+            j = 0
+            i += 1
+            if i == z.Ho:
+                i = 0
+                n += 1
+
+
+cdef void col2im_rows(const floating* col, Py_ssize_t row0, Py_ssize_t row1, Sizes* z,
+                      floating* xh) noexcept nogil:
+    """The adjoint of im2col_rows: Xh[n, i·sh + m·dh, j·sw + l·dw, grp·Cg + c] += col[row - row0, ...]."""
+    cdef Py_ssize_t row, n = row0 // z.P, run = <Py_ssize_t>z.kw * z.C
+    cdef int i = <int>((row0 - n * z.P) // z.Wo), j = <int>((row0 - n * z.P) % z.Wo), m, l, grp
+    cdef bint whole_rows = z.groups == 1 and z.dw == 1
+    cdef const floating* src = col
+    cdef floating* dst
+    for row in range(row0, row1):
+        for grp in range(z.groups):
+            for m in range(z.kh):
+                dst = xh + n * z.img + ((<Py_ssize_t>(i * z.sh + m * z.dh)) * z.Wp + j * z.sw) * z.C
+                if whole_rows:
+                    add_run(dst, src, run)
+                    src += run
+                else:
+                    for l in range(z.kw):
+                        add_run(dst + <Py_ssize_t>l * z.dw * z.C + grp * z.Cg, src, z.Cg)
+                        src += z.Cg
+        j += 1
+        if j == z.Wo:
+            j = 0
+            i += 1
+            if i == z.Ho:
+                i = 0
+                n += 1
+
+
+cdef void reorder_weights(const floating* w, Sizes* z, floating* wr) noexcept nogil:
+    """wr[k, (m·kw + l)·Cg + c] = w[k, c, m, l]: (K × ncolg), group grp in rows grp·Kg..."""
+    cdef int k, c, m, l
+    for k in range(z.K):
+        for c in range(z.Cg):
+            for m in range(z.kh):
+                for l in range(z.kw):
+                    wr[((<Py_ssize_t>k * z.kh + m) * z.kw + l) * z.Cg + c] = w[((<Py_ssize_t>k * z.Cg + c) * z.kh + m) * z.kw + l]
+
+
+cdef void reorder_weights_t(const floating* w, Sizes* z, floating* wt) noexcept nogil:
+    """wt[grp][(m·kw + l)·Cg + c, k] = w[grp·Kg + k, c, m, l]: one (ncolg × Kg) block per group."""
+    cdef int grp, k, c, m, l
+    cdef floating* blk
+    for grp in range(z.groups):
+        blk = wt + grp * z.ncolg * z.Kg
+        for k in range(z.Kg):
+            for c in range(z.Cg):
+                for m in range(z.kh):
+                    for l in range(z.kw):
+                        blk[((<Py_ssize_t>m * z.kw + l) * z.Cg + c) * z.Kg + k] = \
+                            w[((<Py_ssize_t>(grp * z.Kg + k) * z.Cg + c) * z.kh + m) * z.kw + l]
+
+
+cdef void weights_t_to_grad(floating[:, :, ::1] acc, Sizes* z, floating[:, :, :, ::1] gw):
+    """gw[grp·Kg + k, c, m, l] += Σ_span acc[span, grp·ncolg + (m·kw + l)·Cg + c, k]: the per-span
+    accumulators (one (ncolg × Kg) block per group) summed in span order."""
+    tot = np.asarray(acc).sum(axis=0).reshape(z.groups, z.kh, z.kw, z.Cg, z.Kg)
+    tot = tot.transpose(0, 4, 3, 1, 2).reshape(z.K, z.Cg, z.kh, z.kw)
+    np.add(np.asarray(gw), tot, out=np.asarray(gw))
+
+
+# -- Forward ------------------------------------------------------------------------------------------
+
+def forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, const floating[::1] b,
+            floating[:, :, :, ::1] y, int sh, int sw, int ph, int pw, int dh, int dw, int groups,
+            int nthreads):
+    """Y = X ⋆ W + b (eqs. 1 and 5), written into ``y`` (N, K, Ho, Wo)."""
+    cdef Sizes z = conv_sizes(x.shape, w.shape, y.shape[2], y.shape[3], sh, sw, ph, pw, dh, dw, groups)
+    if z.rows == 0:
         return
-    if nthreads < 1:
-        nthreads = 1
-    if nthreads > SPANS:
-        nthreads = SPANS
+    nthreads = clamp_threads(nthreads)
+    if is_depthwise(&z):
+        _depthwise_forward(x, w, b, y, &z, nthreads)
+        return
     if floating is float:
         # The implicit path computes Wp - Wo dropped columns per row: worth it up to ~25 % extra.
-        if USE_MK and USE_IMPLICIT and sh == 1 and sw == 1 and little_waste(Wp, Wo):
-            _forward_implicit(x, w, b, y, ph, pw, dh, dw, nthreads)
+        if USE_MK and USE_IMPLICIT and sh == 1 and sw == 1 and little_waste(z.Wp, z.Wo):
+            _forward_implicit(x, w, b, y, &z, nthreads)
             return
-    cdef Py_ssize_t R = chunk_rows(K)
+    cdef Py_ssize_t R = chunk_rows(z.ncol)
     bufs, release = SCRATCH.get(
         np.float32 if floating is float else np.float64,
-        [(N, Hp, Wp, C), (F, K), (nthreads, R * K), (nthreads, R * F)],
+        [(z.N * z.img,), (z.K * z.ncolg,), (nthreads, R * z.ncol), (nthreads, R * z.K)],
     )
-    cdef floating[:, :, :, ::1] xh
-    cdef floating[:, ::1] wr, col_buf, out_buf
+    cdef floating[::1] xh, wr
+    cdef floating[:, ::1] col_buf, out_buf
     try:
         xh, wr, col_buf, out_buf = bufs
-        _forward(x, w, b, y, sh, sw, ph, pw, dh, dw, nthreads, R, xh, wr, col_buf, out_buf)
+        _forward(x, w, b, y, &z, nthreads, R, xh, wr, col_buf, out_buf)
     finally:
         release()
 
 
-cdef void _forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[::1] b,
-                   floating[:, :, :, ::1] y, int sh, int sw, int ph, int pw, int dh, int dw,
-                   int nthreads, Py_ssize_t R, floating[:, :, :, ::1] xh, floating[:, ::1] wr,
-                   floating[:, ::1] col_buf, floating[:, ::1] out_buf):
-    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
-    cdef int Ho = y.shape[2], Wo = y.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
-    cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, K = <Py_ssize_t>C * kh * kw, rows = P * N
-    fill_channels_last(x, ph, pw, &xh[0, 0, 0, 0], <Py_ssize_t>Hp * Wp * C, nthreads)
+cdef void _forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                   const floating[::1] b, floating[:, :, :, ::1] y, Sizes* z, int nthreads,
+                   Py_ssize_t R, floating[::1] xh, floating[::1] wr, floating[:, ::1] col_buf,
+                   floating[:, ::1] out_buf):
+    fill_channels_last(x, z.ph, z.pw, &xh[0], z.img, nthreads)
     cdef bint mk = floating is float and USE_MK
     if mk:
-        reorder_weights_t(&w[0, 0, 0, 0], F, C, kh, kw, &wr[0, 0])  # (K, F) for the micro-kernel
+        reorder_weights_t(&w[0, 0, 0, 0], z, &wr[0])  # (ncolg × Kg) blocks for the micro-kernel
     else:
-        reorder_weights(&w[0, 0, 0, 0], F, C, kh, kw, &wr[0, 0])
-    cdef int v, nspans = SPANS if SPANS < rows else <int>rows
+        reorder_weights(&w[0, 0, 0, 0], z, &wr[0])
+    cdef int v, grp, nspans = SPANS if SPANS < z.rows else <int>z.rows
     cdef Py_ssize_t r0, r1, c0, c1, nr, row, n, seg
     cdef floating* col
     cdef floating* out
     for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
         col = &col_buf[threadid(), 0]
         out = &out_buf[threadid(), 0]
-        r0 = rows * v // nspans
-        r1 = rows * (v + 1) // nspans
+        r0 = z.rows * v // nspans
+        r1 = z.rows * (v + 1) // nspans
         c0 = r0
         while c0 < r1:
             c1 = c0 + R if c0 + R < r1 else r1
             nr = c1 - c0
-            im2col_rows(&xh[0, 0, 0, 0], c0, c1, C, Hp, Wp, kh, kw, sh, sw, dh, dw, Ho, Wo, col)
-            # out (nr × F) = col (nr × K) · Wrᵀ
-            if floating is float:
-                if mk:
-                    cnnframe_mk_sgemm(nr, F, K, col, K, 1, &wr[0, 0], F, out, F, 0)
+            im2col_rows(&xh[0], c0, c1, z, col)
+            for grp in range(z.groups):
+                # out[:, group's Kg] (nr × Kg) = col[:, group's ncolg] (nr × ncolg) · Wr_grpᵀ
+                if floating is float:
+                    if mk:
+                        cnnframe_mk_sgemm(nr, z.Kg, z.ncolg, col + grp * z.ncolg, z.ncol, 1,
+                                          &wr[0] + grp * z.ncolg * z.Kg, z.Kg, out + grp * z.Kg, z.K, 0)
+                    else:
+                        gemm_rm(False, True, <int>nr, z.Kg, <int>z.ncolg, 1, col + grp * z.ncolg, <int>z.ncol,
+                                &wr[0] + grp * z.Kg * z.ncolg, <int>z.ncolg, 0, out + grp * z.Kg, z.K)
                 else:
-                    gemm_rm(False, True, <int>nr, F, <int>K, 1, col, <int>K, &wr[0, 0], <int>K, 0, out, F)
-            else:
-                gemm_rm(False, True, <int>nr, F, <int>K, 1, col, <int>K, &wr[0, 0], <int>K, 0, out, F)
+                    gemm_rm(False, True, <int>nr, z.Kg, <int>z.ncolg, 1, col + grp * z.ncolg, <int>z.ncol,
+                            &wr[0] + grp * z.Kg * z.ncolg, <int>z.ncolg, 0, out + grp * z.Kg, z.K)
             # Transpose out into Y image by image, adding the bias on the way.
             row = c0
             while row < c1:
-                n = row // P
-                seg = (n + 1) * P if (n + 1) * P < c1 else c1
-                transpose_bias(out + (row - c0) * F, F, &y[n, 0, 0, 0] + (row - n * P), P, seg - row, &b[0])
+                n = row // z.P
+                seg = (n + 1) * z.P if (n + 1) * z.P < c1 else c1
+                transpose(out + (row - c0) * z.K, z.K, seg - row, z.K, &y[n, 0, 0, 0] + (row - n * z.P), z.P, &b[0])
                 row = seg
             c0 = c1
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[:, :, :, ::1] gy,
-             floating[:, :, :, ::1] dx, floating[:, :, :, ::1] dw, floating[::1] db,
-             int sh, int sw, int ph, int pw, int dh, int dw_, int need_dx, int nthreads):
-    """Add dW (eq. 2) into ``dw`` and db (eq. 3) into ``db``; if ``need_dx``, write dX (eq. 4) into
-    ``dx``."""
-    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
-    cdef int Ho = gy.shape[2], Wo = gy.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
-    cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, K = <Py_ssize_t>C * kh * kw, rows = P * N
-    if rows == 0:
+# -- Backward -----------------------------------------------------------------------------------------
+
+def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+             const floating[:, :, :, ::1] gy, floating[:, :, :, ::1] gx, floating[:, :, :, ::1] gw,
+             floating[::1] gb, int sh, int sw, int ph, int pw, int dh, int dw, int groups, int nthreads):
+    """Add gW (eq. 2) into ``gw`` and gb (eq. 3) into ``gb``; unless ``gx`` is None, write gX
+    (eq. 4) into it (eq. 5 for groups > 1)."""
+    cdef Sizes z = conv_sizes(x.shape, w.shape, gy.shape[2], gy.shape[3], sh, sw, ph, pw, dh, dw, groups)
+    cdef bint need_dx = gx is not None
+    if z.rows == 0:
         return
-    if nthreads < 1:
-        nthreads = 1
-    if nthreads > SPANS:
-        nthreads = SPANS
+    nthreads = clamp_threads(nthreads)
+    if is_depthwise(&z):
+        _depthwise_backward(x, w, gy, gx, gw, gb, &z, nthreads)
+        return
     cdef bint dx_implicit = False, dw_implicit = False
     if floating is float:
         if USE_MK and USE_IMPLICIT and sh == 1 and sw == 1:
-            # Backward reads the input (dW) and G (dX) in place only for large kernels, whose
-            # im2col and col2im copy the most; for 3x3 the copies are cheaper than the dropped
-            # columns.  dX is then a stride-1 correlation of G padded by d(k-1) - p (so p <= d(k-1)),
-            # and pays when its C outputs fill the micro-kernel's vectors.
-            dx_implicit = (need_dx and kh * kw >= IMPLICIT_DX_MIN_TAPS and C >= IMPLICIT_DX_MIN_CHANNELS
-                           and dh * (kh - 1) >= ph and dw_ * (kw - 1) >= pw
-                           and little_waste(Wo + 2 * (dw_ * (kw - 1) - pw), W))
-            dw_implicit = (kh * kw >= IMPLICIT_DW_MIN_TAPS and little_waste(Wp, Wo)
-                           and (dx_implicit or not need_dx))
+            # gX in place: eq. (4) as a stride-1 correlation of G padded by d(k-1) - p (so
+            # p <= d(k-1)), worth it when its C outputs fill the micro-kernel's vectors.  gW in
+            # place only for large kernels, whose im2col copies the most.
+            dx_implicit = (need_dx and z.C >= IMPLICIT_DX_MIN_CHANNELS
+                           and dh * (z.kh - 1) >= ph and dw * (z.kw - 1) >= pw
+                           and little_waste(z.Wo + 2 * (dw * (z.kw - 1) - pw), z.W))
+            dw_implicit = (groups == 1 and z.kh * z.kw >= IMPLICIT_DW_MIN_TAPS
+                           and little_waste(z.Wp, z.Wo))
         if dw_implicit:
-            _backward_implicit(x, w, gy, dx, dw, db, ph, pw, dh, dw_, True, need_dx, nthreads)
+            _weight_grad_implicit(x, gy, gw, gb, &z, nthreads)
+        if dx_implicit:
+            _input_grad_implicit(w, gy, gx, &z, nthreads)
+        if dw_implicit and (dx_implicit or not need_dx):
             return
         if dx_implicit:
-            backward(x, w, gy, dx, dw, db, sh, sw, ph, pw, dh, dw_, False, nthreads)
-            _backward_implicit(x, w, gy, dx, dw, db, ph, pw, dh, dw_, False, True, nthreads)
-            return
-    # Spans are whole images when there are enough images: then all spans share one dX;
-    # otherwise each span scatters into a private copy of dX, summed afterwards in span order.
-    cdef int nspans = grad_spans(rows, F, K)
-    cdef bint by_image = N >= nspans
+            need_dx = False
+    # Spans are whole images when there are enough images: then all spans share one gx;
+    # otherwise each span scatters into a private copy of gx, summed afterwards in span order.
+    cdef int nspans = grad_spans(z.rows, z.K * z.ncolg)
+    cdef bint by_image = z.N >= nspans
     cdef int ncopies = 1 if by_image else nspans
-    cdef Py_ssize_t R = chunk_rows(K)
-    if need_dx:
-        dxh_shape = (ncopies, N, Hp, Wp, C)
-    else:
-        dxh_shape = (1, 1, 1, 1, 1)
+    cdef Py_ssize_t R = chunk_rows(z.ncol)
     bufs, release = SCRATCH.get(
         np.float32 if floating is float else np.float64,
-        [(N, Hp, Wp, C), (F, K), dxh_shape, (nthreads, R * K), (nthreads, R * F), (nspans, F, K),
-         (nspans, F)],
+        [(z.N * z.img,), (z.K * z.ncolg,), (ncopies, z.N * z.img if need_dx else 0),
+         (nthreads, R * z.ncol), (nthreads, R * z.K), (nspans, z.ncolg * z.groups, z.Kg), (nspans, z.K)],
     )
-    cdef floating[:, :, :, ::1] xh
-    cdef floating[:, ::1] wr, col_buf, g_buf, db_acc
-    cdef floating[:, :, :, :, ::1] dxh
-    cdef floating[:, :, ::1] dw_acc
+    cdef floating[::1] xh, wr
+    cdef floating[:, ::1] dxh, col_buf, g_buf, gb_acc
+    cdef floating[:, :, ::1] gw_acc
     try:
         for buf in bufs[2], bufs[5], bufs[6]:
             buf.fill(0)
-        xh, wr, dxh, col_buf, g_buf, dw_acc, db_acc = bufs
-        _backward(x, w, gy, dx, dw, db, sh, sw, ph, pw, dh, dw_, need_dx, nthreads, by_image, R,
-                  xh, wr, dxh, col_buf, g_buf, dw_acc, db_acc)
+        xh, wr, dxh, col_buf, g_buf, gw_acc, gb_acc = bufs
+        _backward(x, w, gy, gx, gb, &z, need_dx, dw_implicit, nthreads, by_image, R, xh, wr, dxh,
+                  col_buf, g_buf, gw_acc, gb_acc)
+        if not dw_implicit:
+            weights_t_to_grad(gw_acc, &z, gw)
+            np.add(np.asarray(gb), bufs[6].sum(axis=0), out=np.asarray(gb))
     finally:
         release()
 
 
-cdef void _backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[:, :, :, ::1] gy,
-                    floating[:, :, :, ::1] dx, floating[:, :, :, ::1] dw, floating[::1] db,
-                    int sh, int sw, int ph, int pw, int dh, int dw_, int need_dx, int nthreads,
-                    bint by_image, Py_ssize_t R, floating[:, :, :, ::1] xh, floating[:, ::1] wr,
-                    floating[:, :, :, :, ::1] dxh, floating[:, ::1] col_buf, floating[:, ::1] g_buf,
-                    floating[:, :, ::1] dw_acc, floating[:, ::1] db_acc):
-    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
-    cdef int Ho = gy.shape[2], Wo = gy.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
-    cdef Py_ssize_t P = <Py_ssize_t>Ho * Wo, K = <Py_ssize_t>C * kh * kw, rows = P * N
-    cdef int ncopies = dxh.shape[0]
+cdef void _backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                    const floating[:, :, :, ::1] gy, floating[:, :, :, ::1] gx, floating[::1] gb,
+                    Sizes* z, bint need_dx, bint dw_done, int nthreads, bint by_image, Py_ssize_t R,
+                    floating[::1] xh, floating[::1] wr, floating[:, ::1] dxh, floating[:, ::1] col_buf,
+                    floating[:, ::1] g_buf, floating[:, :, ::1] gw_acc, floating[:, ::1] gb_acc):
     cdef bint mk = floating is float and USE_MK
-    fill_channels_last(x, ph, pw, &xh[0, 0, 0, 0], <Py_ssize_t>Hp * Wp * C, nthreads)
-    reorder_weights(&w[0, 0, 0, 0], F, C, kh, kw, &wr[0, 0])
-    cdef int v, f, copy, nspans = dw_acc.shape[0]
-    cdef Py_ssize_t r0, r1, c0, c1, nr, row, n, pix, seg
+    if not dw_done:
+        fill_channels_last(x, z.ph, z.pw, &xh[0], z.img, nthreads)
+    if need_dx:
+        reorder_weights(&w[0, 0, 0, 0], z, &wr[0])
+    cdef int v, grp, copy, k, nspans = gw_acc.shape[0]
+    cdef Py_ssize_t r0, r1, c0, c1, nr, row, n, seg
     cdef floating* col
     cdef floating* g
-    cdef floating* gp
+    cdef const floating* gp
     for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
         col = &col_buf[threadid(), 0]
         g = &g_buf[threadid(), 0]
         if by_image:
-            r0 = (N * v // nspans) * P
-            r1 = (N * (v + 1) // nspans) * P
+            r0 = (z.N * v // nspans) * z.P
+            r1 = (z.N * (v + 1) // nspans) * z.P
             copy = 0
         else:
-            r0 = rows * v // nspans
-            r1 = rows * (v + 1) // nspans
+            r0 = z.rows * v // nspans
+            r1 = z.rows * (v + 1) // nspans
             copy = v
         c0 = r0
         while c0 < r1:
             c1 = c0 + R if c0 + R < r1 else r1
             nr = c1 - c0
-            # Gather this chunk's G as an F × nr matrix (pixel rows become columns).
+            # This chunk's G pixel-major, g (nr × K) (the rows of col are pixels too), and its
+            # bias gradient, eq. (3).
             row = c0
             while row < c1:
-                n = row // P
-                seg = (n + 1) * P if (n + 1) * P < c1 else c1
-                gp = &gy[n, 0, 0, 0] - n * P
-                for f in range(F):
-                    for pix in range(row, seg):
-                        g[f * nr + (pix - c0)] = gp[f * P + pix]
+                n = row // z.P
+                seg = (n + 1) * z.P if (n + 1) * z.P < c1 else c1
+                gp = &gy[n, 0, 0, 0] + (row - n * z.P)
+                transpose(gp, z.P, z.K, seg - row, g + (row - c0) * z.K, z.K, NULL)
+                if not dw_done:
+                    for k in range(z.K):
+                        gb_acc[v, k] += sum_run(gp + k * z.P, seg - row)
                 row = seg
-            for f in range(F):
-                db_acc[v, f] += sum_run(g + f * nr, nr)
-            im2col_rows(&xh[0, 0, 0, 0], c0, c1, C, Hp, Wp, kh, kw, sh, sw, dh, dw_, Ho, Wo, col)
-            # dWr (F × K) += G (F × nr) · col (nr × K)
-            if floating is float:
-                if mk:
-                    cnnframe_mk_sgemm(F, K, nr, g, nr, 1, col, K, &dw_acc[v, 0, 0], K, 1)
-                else:
-                    gemm_rm(False, False, F, <int>K, <int>nr, 1, g, <int>nr, col, <int>K, 1, &dw_acc[v, 0, 0], <int>K)
-            else:
-                gemm_rm(False, False, F, <int>K, <int>nr, 1, g, <int>nr, col, <int>K, 1, &dw_acc[v, 0, 0], <int>K)
-            if need_dx:
-                # dcol (nr × K) = Gᵀ · Wr, written over col (no longer needed).
-                if floating is float:
-                    if mk:
-                        cnnframe_mk_sgemm(nr, K, F, g, 1, nr, &wr[0, 0], K, col, K, 0)
+            if not dw_done:
+                im2col_rows(&xh[0], c0, c1, z, col)
+                for grp in range(z.groups):
+                    # eq. (2): gwᵀ_grp (ncolg × Kg) += col_grpᵀ (ncolg × nr) · g_grp (nr × Kg)
+                    if floating is float:
+                        if mk:
+                            cnnframe_mk_sgemm(z.ncolg, z.Kg, nr, col + grp * z.ncolg, 1, z.ncol,
+                                              g + grp * z.Kg, z.K, &gw_acc[v, grp * z.ncolg, 0], z.Kg, 1)
+                        else:
+                            gemm_rm(True, False, <int>z.ncolg, z.Kg, <int>nr, 1, col + grp * z.ncolg, <int>z.ncol,
+                                    g + grp * z.Kg, z.K, 1, &gw_acc[v, grp * z.ncolg, 0], z.Kg)
                     else:
-                        gemm_rm(True, False, <int>nr, <int>K, F, 1, g, <int>nr, &wr[0, 0], <int>K, 0, col, <int>K)
-                else:
-                    gemm_rm(True, False, <int>nr, <int>K, F, 1, g, <int>nr, &wr[0, 0], <int>K, 0, col, <int>K)
-                col2im_rows(col, c0, c1, C, Hp, Wp, kh, kw, sh, sw, dh, dw_, Ho, Wo, &dxh[copy, 0, 0, 0, 0])
+                        gemm_rm(True, False, <int>z.ncolg, z.Kg, <int>nr, 1, col + grp * z.ncolg, <int>z.ncol,
+                                g + grp * z.Kg, z.K, 1, &gw_acc[v, grp * z.ncolg, 0], z.Kg)
+            if need_dx:
+                for grp in range(z.groups):
+                    # eq. (4), col2im form: dcol_grp (nr × ncolg) = g_grp (nr × Kg) · Wr_grp (Kg × ncolg),
+                    # written over col (no longer needed)
+                    if floating is float:
+                        if mk:
+                            cnnframe_mk_sgemm(nr, z.ncolg, z.Kg, g + grp * z.Kg, z.K, 1,
+                                              &wr[0] + grp * z.Kg * z.ncolg, z.ncolg, col + grp * z.ncolg, z.ncol, 0)
+                        else:
+                            gemm_rm(False, False, <int>nr, <int>z.ncolg, z.Kg, 1, g + grp * z.Kg, z.K,
+                                    &wr[0] + grp * z.Kg * z.ncolg, <int>z.ncolg, 0, col + grp * z.ncolg, <int>z.ncol)
+                    else:
+                        gemm_rm(False, False, <int>nr, <int>z.ncolg, z.Kg, 1, g + grp * z.Kg, z.K,
+                                &wr[0] + grp * z.Kg * z.ncolg, <int>z.ncolg, 0, col + grp * z.ncolg, <int>z.ncol)
+                col2im_rows(col, c0, c1, z, &dxh[copy, 0])
             c0 = c1
-    # Spans summed in a fixed order: the same bits for any thread count.
-    dwr = np.asarray(dw_acc).sum(axis=0).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
-    np.add(np.asarray(dw), dwr, out=np.asarray(dw))
-    np.add(np.asarray(db), np.asarray(db_acc).sum(axis=0), out=np.asarray(db))
     if not need_dx:
         return
-    cdef floating[:, :, :, ::1] dsum
-    if ncopies > 1:
-        dsum = np.asarray(dxh).sum(axis=0)
+    cdef floating[::1] dsum
+    if dxh.shape[0] > 1:
+        dsum = np.asarray(dxh).sum(axis=0)  # copies summed in span order
     else:
         dsum = dxh[0]
     cdef int nn
-    for nn in prange(N, nogil=True, schedule='static', num_threads=nthreads):
-        from_channels_last(&dsum[nn, 0, 0, 0], C, H, W, ph, pw, &dx[nn, 0, 0, 0])
+    for nn in prange(z.N, nogil=True, schedule='static', num_threads=nthreads):
+        from_channels_last(&dsum[0] + nn * z.img, z.C, z.H, z.W, z.ph, z.pw, &gx[nn, 0, 0, 0])
+
+
+# -- Depthwise (groups = C = K) ----------------------------------------------------------------------
+
+cdef void depthwise_weights(const floating* w, Sizes* z, floating* wd) noexcept nogil:
+    """wd[(m·kw + l)·C + c] = w[c, 0, m, l]: taps outer, channels contiguous."""
+    cdef int c, t, taps = z.kh * z.kw
+    for c in range(z.C):
+        for t in range(taps):
+            wd[<Py_ssize_t>t * z.C + c] = w[<Py_ssize_t>c * taps + t]
+
+
+cdef _depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                      const floating[::1] b, floating[:, :, :, ::1] y, Sizes* z, int nthreads):
+    """Eq. (5) with Cg = Kg = 1, image by image: channels-last copy, then loops along channels."""
+    bufs, release = SCRATCH.get(
+        np.float32 if floating is float else np.float64,
+        [(nthreads, z.img), (nthreads, z.P * z.C), (z.kh * z.kw * z.C,)],
+    )
+    cdef floating[:, ::1] xh = bufs[0], out = bufs[1]
+    cdef floating[::1] wd = bufs[2]
+    cdef int n, t
+    try:
+        depthwise_weights(&w[0, 0, 0, 0], z, &wd[0])
+        for n in prange(z.N, nogil=True, schedule='static', num_threads=nthreads):
+            t = threadid()
+            to_channels_last(&x[n, 0, 0, 0], z.C, z.H, z.W, z.ph, z.pw, &xh[t, 0])
+            if floating is float:
+                cnnframe_dw_forward_f(&xh[t, 0], z.Wp, z.C, &wd[0], z.kh, z.kw, z.sh, z.sw, z.dh, z.dw,
+                                      z.Ho, z.Wo, &b[0], &out[t, 0])
+            else:
+                cnnframe_dw_forward_d(&xh[t, 0], z.Wp, z.C, &wd[0], z.kh, z.kw, z.sh, z.sw, z.dh, z.dw,
+                                      z.Ho, z.Wo, &b[0], &out[t, 0])
+            transpose(&out[t, 0], z.C, z.P, z.C, &y[n, 0, 0, 0], z.P, NULL)
+    finally:
+        release()
+
+
+cdef _depthwise_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                         const floating[:, :, :, ::1] gy, floating[:, :, :, ::1] gx,
+                         floating[:, :, :, ::1] gw, floating[::1] gb, Sizes* z, int nthreads):
+    """Eq. (5) with Cg = Kg = 1: spans of whole images, each with its own gw/gb accumulators."""
+    cdef bint need_dx = gx is not None
+    cdef int nspans = SPANS if SPANS < z.N else z.N
+    cdef Py_ssize_t taps = <Py_ssize_t>z.kh * z.kw
+    bufs, release = SCRATCH.get(
+        np.float32 if floating is float else np.float64,
+        [(nthreads, z.img), (nthreads, z.img if need_dx else 0), (nthreads, z.P * z.C),
+         (taps * z.C,), (nspans, taps * z.C), (nspans, z.C)],
+    )
+    cdef floating[:, ::1] xh = bufs[0], dxh = bufs[1], g = bufs[2], acc = bufs[4], bacc = bufs[5]
+    cdef floating[::1] wd = bufs[3]
+    cdef int v, n, t, c
+    cdef floating* dx_t
+    try:
+        bufs[4].fill(0)
+        bufs[5].fill(0)
+        depthwise_weights(&w[0, 0, 0, 0], z, &wd[0])
+        for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
+            t = threadid()
+            for n in range(z.N * v // nspans, z.N * (v + 1) // nspans):
+                to_channels_last(&x[n, 0, 0, 0], z.C, z.H, z.W, z.ph, z.pw, &xh[t, 0])
+                transpose(&gy[n, 0, 0, 0], z.P, z.C, z.P, &g[t, 0], z.C, NULL)
+                for c in range(z.C):
+                    bacc[v, c] += sum_run(&gy[n, c, 0, 0], z.P)  # eq. (3)
+                dx_t = NULL
+                if need_dx:
+                    dx_t = &dxh[t, 0]
+                    memset(dx_t, 0, z.img * sizeof(floating))
+                if floating is float:
+                    cnnframe_dw_backward_f(&xh[t, 0], z.Wp, z.C, &wd[0], z.kh, z.kw, z.sh, z.sw, z.dh,
+                                           z.dw, z.Ho, z.Wo, &g[t, 0], &acc[v, 0], dx_t)
+                else:
+                    cnnframe_dw_backward_d(&xh[t, 0], z.Wp, z.C, &wd[0], z.kh, z.kw, z.sh, z.sw, z.dh,
+                                           z.dw, z.Ho, z.Wo, &g[t, 0], &acc[v, 0], dx_t)
+                if need_dx:
+                    from_channels_last(dx_t, z.C, z.H, z.W, z.ph, z.pw, &gx[n, 0, 0, 0])
+        # Spans summed in a fixed order; acc[v, (m·kw + l)·C + c] → gw[c, 0, m, l].
+        tot = np.asarray(acc).sum(axis=0).reshape(z.kh, z.kw, z.C).transpose(2, 0, 1)
+        np.add(np.asarray(gw)[:, 0], tot, out=np.asarray(gw)[:, 0])
+        np.add(np.asarray(gb), np.asarray(bacc).sum(axis=0), out=np.asarray(gb))
+    finally:
+        release()
 
 
 # -- Implicit im2col (float32, stride 1, AVX-512 micro-kernel) ---------------------------------------
@@ -554,7 +697,8 @@ cdef void _backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating
 # pixel q = i·Wp + j then reads input pixel q + m·dh·Wp + l·dw of the padded channels-last image,
 # so for each kernel row m (a "segment") the im2col row of pixel q is the contiguous run of kw·C
 # values starting at Xh[(q + m·dh·Wp)·C].  The micro-kernel reads those runs in place: no col
-# buffer, no copies.  The Wp - Wo extra columns per row are computed and dropped.
+# buffer, no copies.  The Wp - Wo extra columns per row are computed and dropped.  With groups
+# (or dilation), a segment is one tap: Cg values of group grp.
 #
 # The input gradient (eq. 4) is then literally the same computation: a stride-1 correlation of G,
 # zero-padded by d·(k-1) - p, with the 180°-rotated, channel-swapped kernel.
@@ -563,31 +707,34 @@ cdef void _backward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating
 cdef Py_ssize_t IMPLICIT_PIXELS = 512
 
 
-cdef Py_ssize_t _segments(int kh, int kw, int dh, int dw, int Wp, int C, Py_ssize_t[::1] aoff,
-                          Py_ssize_t[::1] boff) noexcept nogil:
-    """Fill the A offsets (input elements) and B offsets (rows of the packed weights) of each
-    kernel segment; return the segment length.  dw = 1: one segment per kernel row (kw·C values);
-    otherwise one per tap (C values)."""
+cdef Py_ssize_t segments(int kh, int kw, int dh, int dw, int Wp, int chans, int chans_g,
+                         Py_ssize_t[::1] aoff, Py_ssize_t[::1] boff) noexcept nogil:
+    """Fill the A offsets (input elements) and B offsets (rows of one group's packed weights) of
+    each kernel segment; return the segment length.  One segment per kernel row (kw·chans values)
+    when dw = 1 and there is one group (chans = chans_g), otherwise one per tap (chans_g values)."""
     cdef int m, l
-    if dw == 1:
+    if dw == 1 and chans == chans_g:
         for m in range(kh):
-            aoff[m] = <Py_ssize_t>m * dh * Wp * C
-            boff[m] = <Py_ssize_t>m * kw * C
-        return <Py_ssize_t>kw * C
+            aoff[m] = <Py_ssize_t>m * dh * Wp * chans
+            boff[m] = <Py_ssize_t>m * kw * chans
+        return <Py_ssize_t>kw * chans
     for m in range(kh):
         for l in range(kw):
-            aoff[m * kw + l] = (<Py_ssize_t>m * dh * Wp + <Py_ssize_t>l * dw) * C
-            boff[m * kw + l] = (<Py_ssize_t>m * kw + l) * C
-    return C
+            aoff[m * kw + l] = (<Py_ssize_t>m * dh * Wp + <Py_ssize_t>l * dw) * chans
+            boff[m * kw + l] = (<Py_ssize_t>m * kw + l) * chans_g
+    return chans_g
 
 
-cdef void implicit_conv(float* xh, Py_ssize_t img, int N, int Wp, int C, float* wt, int F,
-                        int Ho, int Wo, float* b, float* y, int nthreads, int rows_per_chunk,
-                        float* out_buf, Py_ssize_t out_stride, Py_ssize_t nseg, Py_ssize_t T,
-                        Py_ssize_t* aoff, Py_ssize_t* boff) noexcept nogil:
-    """y[n, f, i, j] = b[f] + Σ_s Σ_t Xh[n, (i·Wp + j)·C + aoff[s] + t] · wt[boff[s] + t, f]."""
-    cdef int chunks = (Ho + rows_per_chunk - 1) // rows_per_chunk
-    cdef Py_ssize_t item, n, i, i0, i1, M, plane = <Py_ssize_t>Ho * Wo
+cdef void implicit_conv(const float* xh, Py_ssize_t img, int N, int Wp, int chans, int groups,
+                        const float* wt, int outs, int Ho, int Wo, const float* b, float* y,
+                        int nthreads, int rows_per_chunk, float* out_buf, Py_ssize_t out_stride,
+                        Py_ssize_t nseg, Py_ssize_t T, Py_ssize_t* aoff, Py_ssize_t* boff) noexcept nogil:
+    """y[n, grp·og + o, i, j] = b[grp·og + o]
+                                + Σ_s Σ_t Xh[n, (i·Wp + j)·chans + grp·cg + aoff[s] + t] · wt_grp[boff[s] + t, o]
+    with cg = chans / groups, og = outs / groups, wt_grp the group's (kh·kw·cg × og) block."""
+    cdef int chunks = (Ho + rows_per_chunk - 1) // rows_per_chunk, grp
+    cdef int cg = chans // groups, og = outs // groups
+    cdef Py_ssize_t item, n, i, i0, i1, M, plane = <Py_ssize_t>Ho * Wo, blk = nseg * T * og
     cdef float* out
     for item in prange(<Py_ssize_t>N * chunks, nogil=True, schedule='static', num_threads=nthreads):
         n = item // chunks
@@ -595,13 +742,14 @@ cdef void implicit_conv(float* xh, Py_ssize_t img, int N, int Wp, int C, float* 
         i1 = i0 + rows_per_chunk if i0 + rows_per_chunk < Ho else Ho
         M = (i1 - i0 - 1) * Wp + Wo  # the last row's padding columns are not needed
         out = out_buf + threadid() * out_stride
-        cnnframe_mk_sgemm_seg(M, F, nseg, T, xh + n * img + i0 * Wp * C, C, 1, aoff, wt, F, boff,
-                              out, F, 0)
+        for grp in range(groups):
+            cnnframe_mk_sgemm_seg(M, og, nseg, T, xh + n * img + i0 * Wp * chans + grp * cg, chans, 1, aoff,
+                                  wt + grp * blk, og, boff, out + grp * og, outs, 0)
         for i in range(i0, i1):
-            transpose_bias(out + (i - i0) * Wp * F, F, y + (n * F * Ho + i) * Wo, plane, Wo, b)
+            transpose(out + (i - i0) * Wp * outs, outs, Wo, outs, y + (n * outs * Ho + i) * Wo, plane, b)
 
 
-cdef int _rows_per_chunk(int Wp, int Ho, int N) noexcept nogil:
+cdef int rows_per_chunk(int Wp, int Ho, int N) noexcept nogil:
     """Output rows per work item: about IMPLICIT_PIXELS pixels, but at least SPANS items when the
     batch is small (one image would otherwise leave threads idle)."""
     cdef int r = <int>(IMPLICIT_PIXELS // Wp)
@@ -615,137 +763,128 @@ cdef int _rows_per_chunk(int Wp, int Ho, int N) noexcept nogil:
     return r
 
 
-def _forward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[::1] b,
-                      float[:, :, :, ::1] y, int ph, int pw, int dh, int dw, int nthreads):
-    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
-    cdef int Ho = y.shape[2], Wo = y.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
-    cdef Py_ssize_t K = <Py_ssize_t>C * kh * kw, img = <Py_ssize_t>Hp * Wp * C
-    cdef int rpc = _rows_per_chunk(Wp, Ho, N)
+cdef _forward_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const float[::1] b,
+                       float[:, :, :, ::1] y, Sizes* z, int nthreads):
+    cdef int rpc = rows_per_chunk(z.Wp, z.Ho, z.N)
     # The last rows' dropped columns read up to (kw-1)·dw·C values past an image: pad the end.
-    cdef Py_ssize_t tail = (<Py_ssize_t>(kw - 1) * dw + 1) * C + 64
+    cdef Py_ssize_t tail = (<Py_ssize_t>(z.kw - 1) * z.dw + 1) * z.C + 64
+    cdef Py_ssize_t taps = <Py_ssize_t>z.kh * z.kw
     bufs, release = SCRATCH.get(
         np.float32,
-        [(N * img + tail,), (K, F), (nthreads, <Py_ssize_t>rpc * Wp * F + 64), (2 * kh * kw,), (2 * kh * kw,)],
+        [(z.N * z.img + tail,), (z.K * z.ncolg,), (nthreads, <Py_ssize_t>rpc * z.Wp * z.K + 64),
+         (2 * taps,), (2 * taps,)],
     )
-    cdef float[::1] xh
-    cdef float[:, ::1] wt, out_buf
-    cdef Py_ssize_t[::1] aoff, boff
-    cdef Py_ssize_t T
+    cdef float[::1] xh, wt
+    cdef float[:, ::1] out_buf
+    cdef Py_ssize_t[::1] aoff, boff  # (Py_ssize_t tables: two float32 slots each)
+    cdef Py_ssize_t T, nseg
     try:
         xh, wt, out_buf = bufs[0], bufs[1], bufs[2]
         aoff, boff = bufs[3].view(np.intp), bufs[4].view(np.intp)
-        np.asarray(xh)[N * img:] = 0  # read by dropped columns only, but must be finite
-        fill_channels_last(x, ph, pw, &xh[0], img, nthreads)
-        reorder_weights_t(&w[0, 0, 0, 0], F, C, kh, kw, &wt[0, 0])
-        T = _segments(kh, kw, dh, dw, Wp, C, aoff, boff)
+        np.asarray(xh)[z.N * z.img:] = 0  # read by dropped columns only, but must be finite
+        fill_channels_last(x, z.ph, z.pw, &xh[0], z.img, nthreads)
+        reorder_weights_t(&w[0, 0, 0, 0], z, &wt[0])
+        T = segments(z.kh, z.kw, z.dh, z.dw, z.Wp, z.C, z.Cg, aoff, boff)
+        nseg = z.kh if z.groups == 1 and z.dw == 1 else taps
         with nogil:
-            implicit_conv(&xh[0], img, N, Wp, C, &wt[0, 0], F, Ho, Wo, &b[0], &y[0, 0, 0, 0], nthreads,
-                          rpc, &out_buf[0, 0], out_buf.shape[1], kh if dw == 1 else kh * kw, T,
+            implicit_conv(&xh[0], z.img, z.N, z.Wp, z.C, z.groups, &wt[0], z.K, z.Ho, z.Wo, &b[0],
+                          &y[0, 0, 0, 0], nthreads, rpc, &out_buf[0, 0], out_buf.shape[1], nseg, T,
                           &aoff[0], &boff[0])
     finally:
         release()
 
 
-def _backward_implicit(float[:, :, :, ::1] x, float[:, :, :, ::1] w, float[:, :, :, ::1] gy,
-                       float[:, :, :, ::1] dx, float[:, :, :, ::1] dw, float[::1] db,
-                       int ph, int pw, int dh, int dw_, bint do_dw, bint need_dx, int nthreads):
-    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int F = w.shape[0], kh = w.shape[2], kw = w.shape[3]
-    cdef int Ho = gy.shape[2], Wo = gy.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
-    cdef Py_ssize_t K = <Py_ssize_t>C * kh * kw, img = <Py_ssize_t>Hp * Wp * C
-    cdef int rpc = _rows_per_chunk(Wp, Ho, N)
-    cdef Py_ssize_t tail = (<Py_ssize_t>(kw - 1) * dw_ + 1) * C + 64
-    cdef Py_ssize_t gstride = <Py_ssize_t>F * rpc * Wp + 64
-    # G padded for eq. (4): the full correlation needs d·(k-1) zeros, the forward padding p is
-    # already inside (it shifts where dX starts), so pad by d·(k-1) - p.
-    cdef int pgh = dh * (kh - 1) - ph, pgw = dw_ * (kw - 1) - pw
-    cdef int Hg = Ho + 2 * pgh, Wg = Wo + 2 * pgw
-    cdef Py_ssize_t gimg = <Py_ssize_t>Hg * Wg * F
-    cdef int rpc_dx = _rows_per_chunk(Wg, H, N)
-    cdef Py_ssize_t gtail = (<Py_ssize_t>(kw - 1) * dw_ + 1) * F + 64
-    # (the offset tables are Py_ssize_t: two float32 slots each)
-    cdef int chunks = (Ho + rpc - 1) // rpc
-    cdef int nspans = grad_spans(<Py_ssize_t>N * chunks, F, K)
-    if do_dw:
-        shapes = [(N * img + tail,), (nthreads, gstride), (nspans, F, K), (nspans, F)]
-    else:
-        shapes = [(1,), (1, 1), (1, 1, 1), (1, 1)]
-    shapes += [(2 * kh * kw,), (2 * kh * kw,)]
-    if need_dx:
-        shapes += [(N * gimg + gtail,), (<Py_ssize_t>kh * kw * F, C), (nthreads, <Py_ssize_t>rpc_dx * Wg * C + 64), (C,)]
-    bufs, release = SCRATCH.get(np.float32, shapes)
-    cdef float[::1] gh, zero
-    cdef float[:, ::1] wrt, out_buf
-    cdef Py_ssize_t[::1] aoff, boff
-    cdef Py_ssize_t T, nseg = kh if dw_ == 1 else kh * kw
-    cdef int f, c, m, l
+cdef _input_grad_implicit(const float[:, :, :, ::1] w, const float[:, :, :, ::1] gy,
+                          float[:, :, :, ::1] gx, Sizes* z, int nthreads):
+    """gX (eq. 4): a stride-1 correlation of G, padded by d(k-1) - p, with the rotated kernel
+    whose input and output channels swap (within each group)."""
+    # The full correlation needs d·(k-1) zeros; the forward padding p is already inside (it
+    # shifts where gX starts), so pad by d·(k-1) - p.
+    cdef int pgh = z.dh * (z.kh - 1) - z.ph, pgw = z.dw * (z.kw - 1) - z.pw
+    cdef int Hg = z.Ho + 2 * pgh, Wg = z.Wo + 2 * pgw
+    cdef Py_ssize_t gimg = <Py_ssize_t>Hg * Wg * z.K, taps = <Py_ssize_t>z.kh * z.kw
+    cdef int rpc = rows_per_chunk(Wg, z.H, z.N)
+    cdef Py_ssize_t gtail = (<Py_ssize_t>(z.kw - 1) * z.dw + 1) * z.K + 64
+    bufs, release = SCRATCH.get(
+        np.float32,
+        [(z.N * gimg + gtail,), (taps * z.Kg * z.C,), (nthreads, <Py_ssize_t>rpc * Wg * z.C + 64),
+         (z.C,), (2 * taps,), (2 * taps,)],
+    )
+    cdef float[::1] gh = bufs[0], wrt = bufs[1], zero = bufs[3]
+    cdef float[:, ::1] out_buf = bufs[2]
+    cdef Py_ssize_t[::1] aoff = bufs[4].view(np.intp), boff = bufs[5].view(np.intp)
+    cdef Py_ssize_t T, nseg
+    cdef int grp, k, c, m, l
     try:
-        aoff, boff = bufs[4].view(np.intp), bufs[5].view(np.intp)
-        if do_dw:
-            _implicit_weight_grad(x, gy, dw, db, ph, pw, dh, dw_, kh, kw, nthreads, rpc, bufs[0],
-                                  bufs[1], bufs[2], bufs[3], aoff, boff)
-        if not need_dx:
-            return
-        # dX (eq. 4): a stride-1 correlation of padded G with the rotated, channel-swapped kernel.
-        gh, wrt, out_buf, zero = bufs[6], bufs[7], bufs[8], bufs[9]
-        np.asarray(gh)[N * gimg:] = 0
+        np.asarray(gh)[z.N * gimg:] = 0
         np.asarray(zero).fill(0)
         fill_channels_last(gy, pgh, pgw, &gh[0], gimg, nthreads)
-        for f in range(F):
-            for c in range(C):
-                for m in range(kh):
-                    for l in range(kw):
-                        wrt[(m * kw + l) * F + f, c] = w[f, c, kh - 1 - m, kw - 1 - l]
-        T = _segments(kh, kw, dh, dw_, Wg, F, aoff, boff)
+        # wrt_grp[(m·kw + l)·Kg + k, c] = W[grp·Kg + k, c, kh-1-m, kw-1-l]: one (taps·Kg × Cg) block per group
+        for grp in range(z.groups):
+            for k in range(z.Kg):
+                for c in range(z.Cg):
+                    for m in range(z.kh):
+                        for l in range(z.kw):
+                            wrt[((grp * taps + m * z.kw + l) * z.Kg + k) * z.Cg + c] = \
+                                w[grp * z.Kg + k, c, z.kh - 1 - m, z.kw - 1 - l]
+        T = segments(z.kh, z.kw, z.dh, z.dw, Wg, z.K, z.Kg, aoff, boff)
+        nseg = z.kh if z.groups == 1 and z.dw == 1 else taps
         with nogil:
-            implicit_conv(&gh[0], gimg, N, Wg, F, &wrt[0, 0], C, H, W, &zero[0], &dx[0, 0, 0, 0],
-                          nthreads, rpc_dx, &out_buf[0, 0], out_buf.shape[1], nseg, T, &aoff[0], &boff[0])
+            implicit_conv(&gh[0], gimg, z.N, Wg, z.K, z.groups, &wrt[0], z.C, z.H, z.W, &zero[0],
+                          &gx[0, 0, 0, 0], nthreads, rpc, &out_buf[0, 0], out_buf.shape[1], nseg, T,
+                          &aoff[0], &boff[0])
     finally:
         release()
 
 
-cdef _implicit_weight_grad(float[:, :, :, ::1] x, float[:, :, :, ::1] gy, float[:, :, :, ::1] dw,
-                           float[::1] db, int ph, int pw, int dh, int dw_, int kh, int kw,
-                           int nthreads, int rpc, float[::1] xh, float[:, ::1] gbuf,
-                           float[:, :, ::1] dw_acc, float[:, ::1] db_acc, Py_ssize_t[::1] aoff,
-                           Py_ssize_t[::1] boff):
-    """dW (eq. 2): for each kernel segment s, dWr[:, boff[s]:boff[s]+T] += G · (the input run at
-    aoff[s]); G is laid out over the padded width with zeros in the dropped columns."""
-    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int F = gy.shape[1], Ho = gy.shape[2], Wo = gy.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
-    cdef Py_ssize_t K = <Py_ssize_t>C * kh * kw, img = <Py_ssize_t>Hp * Wp * C
-    cdef int chunks = (Ho + rpc - 1) // rpc, nspans = dw_acc.shape[0], v
-    cdef Py_ssize_t nitems = <Py_ssize_t>N * chunks
-    cdef Py_ssize_t T, nseg = kh if dw_ == 1 else kh * kw, item, n, i, i0, i1, M, s, q
-    cdef int f
+cdef _weight_grad_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1] gy,
+                           float[:, :, :, ::1] gw, float[::1] gb, Sizes* z, int nthreads):
+    """gW (eq. 2), one group: for each kernel segment s, gwr[:, boff[s]:boff[s]+T] += G · (the
+    input run at aoff[s]); G is laid out over the padded width with zeros in the dropped columns."""
+    cdef int rpc = rows_per_chunk(z.Wp, z.Ho, z.N)
+    cdef int chunks = (z.Ho + rpc - 1) // rpc
+    cdef Py_ssize_t nitems = <Py_ssize_t>z.N * chunks, taps = <Py_ssize_t>z.kh * z.kw
+    cdef int nspans = grad_spans(nitems, z.K * z.ncol)
+    cdef Py_ssize_t tail = (<Py_ssize_t>(z.kw - 1) * z.dw + 1) * z.C + 64
+    bufs, release = SCRATCH.get(
+        np.float32,
+        [(z.N * z.img + tail,), (nthreads, <Py_ssize_t>z.K * rpc * z.Wp + 64), (nspans, z.K, z.ncol),
+         (nspans, z.K), (2 * taps,), (2 * taps,)],
+    )
+    cdef float[::1] xh = bufs[0]
+    cdef float[:, ::1] gbuf = bufs[1], gb_acc = bufs[3]
+    cdef float[:, :, ::1] gw_acc = bufs[2]
+    cdef Py_ssize_t[::1] aoff = bufs[4].view(np.intp), boff = bufs[5].view(np.intp)
+    cdef Py_ssize_t T, nseg = z.kh if z.dw == 1 else taps, item, n, i, i0, i1, M, s, q
+    cdef int k, v
     cdef float* g
     cdef float acc
-    np.asarray(xh)[N * img:] = 0  # multiplied by the zeros of G's dropped columns: must be finite
-    np.asarray(dw_acc).fill(0)
-    np.asarray(db_acc).fill(0)
-    fill_channels_last(x, ph, pw, &xh[0], img, nthreads)
-    T = _segments(kh, kw, dh, dw_, Wp, C, aoff, boff)
-    for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
-        g = &gbuf[threadid(), 0]
-        for item in range(nitems * v // nspans, nitems * (v + 1) // nspans):
-            n = item // chunks
-            i0 = (item - n * chunks) * rpc
-            i1 = i0 + rpc if i0 + rpc < Ho else Ho
-            M = (i1 - i0) * Wp
-            for f in range(F):
-                acc = 0
-                for i in range(i0, i1):
-                    for q in range(Wo):
-                        g[f * M + (i - i0) * Wp + q] = gy[n, f, i, q]
-                        acc = acc + gy[n, f, i, q]
-                    for q in range(Wo, Wp):
-                        g[f * M + (i - i0) * Wp + q] = 0
-                db_acc[v, f] += acc
-            for s in range(nseg):
-                cnnframe_mk_sgemm(F, T, M, g, M, 1, &xh[0] + n * img + i0 * Wp * C + aoff[s], C,
-                                  &dw_acc[v, 0, 0] + boff[s], K, 1)
-    # Spans summed in a fixed order: the same bits for any thread count.
-    dwr = np.asarray(dw_acc).sum(axis=0).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
-    np.add(np.asarray(dw), dwr, out=np.asarray(dw))
-    np.add(np.asarray(db), np.asarray(db_acc).sum(axis=0), out=np.asarray(db))
+    try:
+        np.asarray(xh)[z.N * z.img:] = 0  # multiplied by the zeros of G's dropped columns: must be finite
+        np.asarray(gw_acc).fill(0)
+        np.asarray(gb_acc).fill(0)
+        fill_channels_last(x, z.ph, z.pw, &xh[0], z.img, nthreads)
+        T = segments(z.kh, z.kw, z.dh, z.dw, z.Wp, z.C, z.C, aoff, boff)
+        for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
+            g = &gbuf[threadid(), 0]
+            for item in range(nitems * v // nspans, nitems * (v + 1) // nspans):
+                n = item // chunks
+                i0 = (item - n * chunks) * rpc
+                i1 = i0 + rpc if i0 + rpc < z.Ho else z.Ho
+                M = (i1 - i0) * z.Wp
+                for k in range(z.K):
+                    acc = 0
+                    for i in range(i0, i1):
+                        memcpy(g + k * M + (i - i0) * z.Wp, &gy[n, k, i, 0], z.Wo * sizeof(float))
+                        memset(g + k * M + (i - i0) * z.Wp + z.Wo, 0, (z.Wp - z.Wo) * sizeof(float))
+                        acc = acc + sum_run(&gy[n, k, i, 0], z.Wo)
+                    gb_acc[v, k] += acc
+                for s in range(nseg):
+                    cnnframe_mk_sgemm(z.K, T, M, g, M, 1, &xh[0] + n * z.img + i0 * z.Wp * z.C + aoff[s], z.C,
+                                      &gw_acc[v, 0, 0] + boff[s], z.ncol, 1)
+        # Spans summed in a fixed order: the same bits for any thread count.
+        gwr = np.asarray(gw_acc).sum(axis=0).reshape(z.K, z.kh, z.kw, z.C).transpose(0, 3, 1, 2)
+        np.add(np.asarray(gw), gwr, out=np.asarray(gw))
+        np.add(np.asarray(gb), np.asarray(gb_acc).sum(axis=0), out=np.asarray(gb))
+    finally:
+        release()

@@ -33,6 +33,17 @@ def pair(value, name, minimum):
     return items
 
 
+def positive_int(value, name):
+    """Check ``value`` is an int >= 1 (not a bool) and return it as an int."""
+    if type(value) is int and value >= 1:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return int(value)
+
+
 def float_array(x, name, ndim):
     """Return ``x`` as a C-contiguous float32/float64 array with ``ndim`` axes, or raise."""
     if not isinstance(x, np.ndarray):
