@@ -114,7 +114,8 @@ def _use_microkernel(bint on):
 
 # When the implicit-im2col path runs (float32, stride 1, micro-kernel); see the section at the end.
 cdef bint USE_IMPLICIT = 1
-cdef int IMPLICIT_MAX_WASTE_PCT = 25   # extra columns computed over the padded width
+cdef int IMPLICIT_MAX_WASTE_PCT = 8    # uniform rows up to this many extra columns, listed beyond
+cdef int DW_MAX_WASTE_PCT = 25         # implicit gW: extra columns over the padded width
 cdef int IMPLICIT_DX_MIN_CHANNELS = 16  # gx's outputs are the C input channels
 cdef int IMPLICIT_DW_MIN_TAPS = 10      # gw in place only for large kernels (3x3: im2col is faster)
 
@@ -135,8 +136,8 @@ def _implicit_policy(on=None, max_waste_pct=None, dx_min_channels=None, dw_min_t
     return old
 
 
-cdef inline bint little_waste(int padded, int out) noexcept nogil:
-    return 100 * padded <= (100 + IMPLICIT_MAX_WASTE_PCT) * out
+cdef inline bint little_waste(int padded, int out, int pct) noexcept nogil:
+    return 100 * padded <= (100 + pct) * out
 
 
 # Work is cut into a fixed number of spans, independent of the thread count; each span owns its
@@ -399,8 +400,7 @@ def forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, cons
         _depthwise_forward(x, w, b, y, &z, nthreads)
         return
     if floating is float:
-        # The implicit path computes Wp - Wo dropped columns per row: worth it up to ~25 % extra.
-        if USE_MK and USE_IMPLICIT and sh == 1 and sw == 1 and little_waste(z.Wp, z.Wo):
+        if USE_MK and USE_IMPLICIT:
             _forward_implicit(x, w, b, y, &z, nthreads)
             return
     cdef Py_ssize_t R = chunk_rows(z.ncol)
@@ -485,10 +485,9 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
             # p <= d(k-1)), worth it when its C outputs fill the micro-kernel's vectors.  gW in
             # place only for large kernels, whose im2col copies the most.
             dx_implicit = (need_dx and z.C >= IMPLICIT_DX_MIN_CHANNELS
-                           and dh * (z.kh - 1) >= ph and dw * (z.kw - 1) >= pw
-                           and little_waste(z.Wo + 2 * (dw * (z.kw - 1) - pw), z.W))
+                           and dh * (z.kh - 1) >= ph and dw * (z.kw - 1) >= pw)
             dw_implicit = (groups == 1 and z.kh * z.kw >= IMPLICIT_DW_MIN_TAPS
-                           and little_waste(z.Wp, z.Wo))
+                           and little_waste(z.Wp, z.Wo, DW_MAX_WASTE_PCT))
         if dw_implicit:
             _weight_grad_implicit(x, gy, gw, gb, &z, nthreads)
         if dx_implicit:
@@ -691,105 +690,161 @@ cdef _depthwise_backward(const floating[:, :, :, ::1] x, const floating[:, :, :,
         release()
 
 
-# -- Implicit im2col (float32, stride 1, AVX-512 micro-kernel) ---------------------------------------
+# -- Implicit im2col (float32, AVX-512 micro-kernel) --------------------------------------------------
 #
-# With stride 1, compute every output row over the full padded width Wp instead of Wo: output
-# pixel q = i·Wp + j then reads input pixel q + m·dh·Wp + l·dw of the padded channels-last image,
-# so for each kernel row m (a "segment") the im2col row of pixel q is the contiguous run of kw·C
-# values starting at Xh[(q + m·dh·Wp)·C].  The micro-kernel reads those runs in place: no col
-# buffer, no copies.  The Wp - Wo extra columns per row are computed and dropped.  With groups
-# (or dilation), a segment is one tap: Cg values of group grp.
+# Output pixel (i, j) reads, for each kernel row m (a "segment"), the contiguous run of kw·C values
+# of the padded channels-last image starting at pixel (i·sh + m·dh, j·sw): the micro-kernel reads
+# those runs in place, with no col buffer and no copies.  Its A rows (one per output pixel) are
+# either
+#   - uniform (stride 1): every output row computed over the full padded width Wp, so pixel
+#     q = i·Wp + j starts at q·C and rows are C apart; the Wp - Wo extra columns per row are
+#     computed and dropped (worth it while they are few: IMPLICIT_MAX_WASTE_PCT), or
+#   - listed: a table of each valid output pixel's offset, any stride, nothing dropped.
+# With groups (or dilation), a segment is one tap: Cg values of group grp.
 #
 # The input gradient (eq. 4) is then literally the same computation: a stride-1 correlation of G,
 # zero-padded by d·(k-1) - p, with the 180°-rotated, channel-swapped kernel.
+
+cdef extern from "microkernel.h":
+    void cnnframe_mk_sgemm_rows(Py_ssize_t M, Py_ssize_t N, Py_ssize_t nseg, Py_ssize_t T,
+                                const float* A, const Py_ssize_t* arow, Py_ssize_t sb,
+                                const Py_ssize_t* aoff, const float* B, Py_ssize_t ldb,
+                                const Py_ssize_t* boff, float* C, Py_ssize_t ldc, int accumulate) noexcept nogil
 
 # Output pixels per micro-kernel call: enough rows for long products, few enough to stay in L2.
 cdef Py_ssize_t IMPLICIT_PIXELS = 512
 
 
-cdef Py_ssize_t segments(int kh, int kw, int dh, int dw, int Wp, int chans, int chans_g,
-                         Py_ssize_t[::1] aoff, Py_ssize_t[::1] boff) noexcept nogil:
-    """Fill the A offsets (input elements) and B offsets (rows of one group's packed weights) of
-    each kernel segment; return the segment length.  One segment per kernel row (kw·chans values)
-    when dw = 1 and there is one group (chans = chans_g), otherwise one per tap (chans_g values)."""
-    cdef int m, l
-    if dw == 1 and chans == chans_g:
+cdef struct Correlation:
+    # out[n, grp·og + o, i, j] = b[grp·og + o]
+    #     + Σ_s Σ_t src[n, ((i·sh)·Wp + j·sw)·chans + grp·cg + aoff[s] + t] · wt_grp[boff[s] + t, o]
+    # over a padded channels-last source (N images of `img` elements), wt_grp being group grp's
+    # (kh·kw·cg × og) block of packed weights.
+    int N, Ho, Wo, Wp, sh, sw, chans, outs, groups, cg, og
+    Py_ssize_t img, nseg, T
+    bint listed             # A rows from rowoff (else uniform, stride 1, over the padded width)
+    Py_ssize_t per_item     # output rows (uniform) or pixels (listed) per work item
+    Py_ssize_t items_per_image
+
+
+cdef Correlation plan_correlation(int N, int Ho, int Wo, int Wp, int sh, int sw, int chans, int outs,
+                                  int groups, Py_ssize_t img, int kh, int kw, int dw,
+                                  bint allow_listed) noexcept nogil:
+    cdef Correlation c
+    cdef Py_ssize_t share
+    c.N, c.Ho, c.Wo, c.Wp, c.sh, c.sw, c.chans, c.outs, c.groups = N, Ho, Wo, Wp, sh, sw, chans, outs, groups
+    c.cg, c.og, c.img = chans // groups, outs // groups, img
+    if groups == 1 and dw == 1:
+        c.nseg, c.T = kh, <Py_ssize_t>kw * chans
+    else:
+        c.nseg, c.T = <Py_ssize_t>kh * kw, c.cg
+    c.listed = allow_listed and not (sh == 1 and sw == 1 and little_waste(Wp, Wo, IMPLICIT_MAX_WASTE_PCT))
+    # About IMPLICIT_PIXELS per item, but at least SPANS items when the batch is small (one image
+    # would otherwise leave threads idle).
+    if c.listed:
+        c.per_item = IMPLICIT_PIXELS
+        share = (<Py_ssize_t>Ho * Wo * N) // SPANS
+        if c.per_item > share:
+            c.per_item = share
+        if c.per_item < 1:
+            c.per_item = 1
+        c.items_per_image = (<Py_ssize_t>Ho * Wo + c.per_item - 1) // c.per_item
+    else:
+        c.per_item = IMPLICIT_PIXELS // Wp
+        share = (<Py_ssize_t>Ho * N) // SPANS
+        if c.per_item > share:
+            c.per_item = share
+        if c.per_item < 1:
+            c.per_item = 1
+        if c.per_item > Ho:
+            c.per_item = Ho
+        c.items_per_image = (Ho + c.per_item - 1) // c.per_item
+    return c
+
+
+cdef Py_ssize_t out_rows(Correlation* c) noexcept nogil:
+    """Rows of a work item's output buffer."""
+    return c.per_item if c.listed else c.per_item * c.Wp
+
+
+cdef void segments(int kh, int kw, int dh, int dw, Correlation* c, Py_ssize_t* aoff,
+                   Py_ssize_t* boff, Py_ssize_t* rowoff) noexcept nogil:
+    """The A offsets (source elements) and B offsets (rows of a group's packed weights) of each
+    segment: one per kernel row (kw·chans values) with one group and dw = 1, else one per tap
+    (cg values); and, for listed rows, each output pixel's offset."""
+    cdef int m, l, i, j
+    if c.nseg == kh and c.T == <Py_ssize_t>kw * c.chans:
         for m in range(kh):
-            aoff[m] = <Py_ssize_t>m * dh * Wp * chans
-            boff[m] = <Py_ssize_t>m * kw * chans
-        return <Py_ssize_t>kw * chans
-    for m in range(kh):
-        for l in range(kw):
-            aoff[m * kw + l] = (<Py_ssize_t>m * dh * Wp + <Py_ssize_t>l * dw) * chans
-            boff[m * kw + l] = (<Py_ssize_t>m * kw + l) * chans_g
-    return chans_g
+            aoff[m] = <Py_ssize_t>m * dh * c.Wp * c.chans
+            boff[m] = <Py_ssize_t>m * kw * c.chans
+    else:
+        for m in range(kh):
+            for l in range(kw):
+                aoff[m * kw + l] = (<Py_ssize_t>m * dh * c.Wp + <Py_ssize_t>l * dw) * c.chans
+                boff[m * kw + l] = (<Py_ssize_t>m * kw + l) * c.cg
+    if c.listed:
+        for i in range(c.Ho):
+            for j in range(c.Wo):
+                rowoff[<Py_ssize_t>i * c.Wo + j] = (<Py_ssize_t>i * c.sh * c.Wp + <Py_ssize_t>j * c.sw) * c.chans
 
 
-cdef void implicit_conv(const float* xh, Py_ssize_t img, int N, int Wp, int chans, int groups,
-                        const float* wt, int outs, int Ho, int Wo, const float* b, float* y,
-                        int nthreads, int rows_per_chunk, float* out_buf, Py_ssize_t out_stride,
-                        Py_ssize_t nseg, Py_ssize_t T, Py_ssize_t* aoff, Py_ssize_t* boff) noexcept nogil:
-    """y[n, grp·og + o, i, j] = b[grp·og + o]
-                                + Σ_s Σ_t Xh[n, (i·Wp + j)·chans + grp·cg + aoff[s] + t] · wt_grp[boff[s] + t, o]
-    with cg = chans / groups, og = outs / groups, wt_grp the group's (kh·kw·cg × og) block."""
-    cdef int chunks = (Ho + rows_per_chunk - 1) // rows_per_chunk, grp
-    cdef int cg = chans // groups, og = outs // groups
-    cdef Py_ssize_t item, n, i, i0, i1, M, plane = <Py_ssize_t>Ho * Wo, blk = nseg * T * og
+cdef void implicit_conv(Correlation* c, const float* src, const float* wt, const float* b, float* y,
+                        int nthreads, float* out_buf, Py_ssize_t out_stride, const Py_ssize_t* aoff,
+                        const Py_ssize_t* boff, const Py_ssize_t* rowoff) noexcept nogil:
+    """y (N, outs, Ho, Wo) = the correlation c describes (see Correlation), bias b added."""
+    cdef int grp
+    cdef Py_ssize_t item, n, i, i0, i1, p0, p1, M, P = <Py_ssize_t>c.Ho * c.Wo
+    cdef Py_ssize_t blk = c.nseg * c.T * c.og
+    cdef const float* a
     cdef float* out
-    for item in prange(<Py_ssize_t>N * chunks, nogil=True, schedule='static', num_threads=nthreads):
-        n = item // chunks
-        i0 = (item - n * chunks) * rows_per_chunk
-        i1 = i0 + rows_per_chunk if i0 + rows_per_chunk < Ho else Ho
-        M = (i1 - i0 - 1) * Wp + Wo  # the last row's padding columns are not needed
+    cdef float* yn
+    for item in prange(c.N * c.items_per_image, nogil=True, schedule='static', num_threads=nthreads):
+        n = item // c.items_per_image
         out = out_buf + threadid() * out_stride
-        for grp in range(groups):
-            cnnframe_mk_sgemm_seg(M, og, nseg, T, xh + n * img + i0 * Wp * chans + grp * cg, chans, 1, aoff,
-                                  wt + grp * blk, og, boff, out + grp * og, outs, 0)
-        for i in range(i0, i1):
-            transpose(out + (i - i0) * Wp * outs, outs, Wo, outs, y + (n * outs * Ho + i) * Wo, plane, b)
-
-
-cdef int rows_per_chunk(int Wp, int Ho, int N) noexcept nogil:
-    """Output rows per work item: about IMPLICIT_PIXELS pixels, but at least SPANS items when the
-    batch is small (one image would otherwise leave threads idle)."""
-    cdef int r = <int>(IMPLICIT_PIXELS // Wp)
-    cdef int share = <int>((<Py_ssize_t>Ho * N) // SPANS)
-    if r > share:
-        r = share
-    if r < 1:
-        r = 1
-    if r > Ho:
-        r = Ho
-    return r
+        a = src + n * c.img
+        yn = y + n * c.outs * P
+        if c.listed:
+            p0 = (item - n * c.items_per_image) * c.per_item
+            p1 = p0 + c.per_item if p0 + c.per_item < P else P
+            for grp in range(c.groups):
+                cnnframe_mk_sgemm_rows(p1 - p0, c.og, c.nseg, c.T, a + grp * c.cg, rowoff + p0, 1, aoff,
+                                       wt + grp * blk, c.og, boff, out + grp * c.og, c.outs, 0)
+            transpose(out, c.outs, p1 - p0, c.outs, yn + p0, P, b)
+        else:
+            i0 = (item - n * c.items_per_image) * c.per_item
+            i1 = i0 + c.per_item if i0 + c.per_item < c.Ho else c.Ho
+            M = (i1 - i0 - 1) * c.Wp + c.Wo  # the last row's padding columns are not needed
+            for grp in range(c.groups):
+                cnnframe_mk_sgemm_seg(M, c.og, c.nseg, c.T, a + i0 * c.Wp * c.chans + grp * c.cg, c.chans, 1,
+                                      aoff, wt + grp * blk, c.og, boff, out + grp * c.og, c.outs, 0)
+            for i in range(i0, i1):
+                transpose(out + (i - i0) * c.Wp * c.outs, c.outs, c.Wo, c.outs, yn + i * c.Wo, P, b)
 
 
 cdef _forward_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const float[::1] b,
                        float[:, :, :, ::1] y, Sizes* z, int nthreads):
-    cdef int rpc = rows_per_chunk(z.Wp, z.Ho, z.N)
-    # The last rows' dropped columns read up to (kw-1)·dw·C values past an image: pad the end.
+    cdef Correlation c = plan_correlation(z.N, z.Ho, z.Wo, z.Wp, z.sh, z.sw, z.C, z.K, z.groups, z.img,
+                                          z.kh, z.kw, z.dw, True)
+    # Dropped columns of the last rows read up to (kw-1)·dw·C values past an image: pad the end.
     cdef Py_ssize_t tail = (<Py_ssize_t>(z.kw - 1) * z.dw + 1) * z.C + 64
     cdef Py_ssize_t taps = <Py_ssize_t>z.kh * z.kw
+    # (Py_ssize_t tables: two float32 slots per entry)
     bufs, release = SCRATCH.get(
         np.float32,
-        [(z.N * z.img + tail,), (z.K * z.ncolg,), (nthreads, <Py_ssize_t>rpc * z.Wp * z.K + 64),
-         (2 * taps,), (2 * taps,)],
+        [(z.N * z.img + tail,), (z.K * z.ncolg,), (nthreads, out_rows(&c) * z.K + 64),
+         (2 * taps,), (2 * taps,), (2 * z.P if c.listed else 2,)],
     )
-    cdef float[::1] xh, wt
-    cdef float[:, ::1] out_buf
-    cdef Py_ssize_t[::1] aoff, boff  # (Py_ssize_t tables: two float32 slots each)
-    cdef Py_ssize_t T, nseg
+    cdef float[::1] xh = bufs[0], wt = bufs[1]
+    cdef float[:, ::1] out_buf = bufs[2]
+    cdef Py_ssize_t[::1] aoff = bufs[3].view(np.intp), boff = bufs[4].view(np.intp), rowoff = bufs[5].view(np.intp)
     try:
-        xh, wt, out_buf = bufs[0], bufs[1], bufs[2]
-        aoff, boff = bufs[3].view(np.intp), bufs[4].view(np.intp)
         np.asarray(xh)[z.N * z.img:] = 0  # read by dropped columns only, but must be finite
         fill_channels_last(x, z.ph, z.pw, &xh[0], z.img, nthreads)
         reorder_weights_t(&w[0, 0, 0, 0], z, &wt[0])
-        T = segments(z.kh, z.kw, z.dh, z.dw, z.Wp, z.C, z.Cg, aoff, boff)
-        nseg = z.kh if z.groups == 1 and z.dw == 1 else taps
+        segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], &rowoff[0])
         with nogil:
-            implicit_conv(&xh[0], z.img, z.N, z.Wp, z.C, z.groups, &wt[0], z.K, z.Ho, z.Wo, &b[0],
-                          &y[0, 0, 0, 0], nthreads, rpc, &out_buf[0, 0], out_buf.shape[1], nseg, T,
-                          &aoff[0], &boff[0])
+            implicit_conv(&c, &xh[0], &wt[0], &b[0], &y[0, 0, 0, 0], nthreads, &out_buf[0, 0],
+                          out_buf.shape[1], &aoff[0], &boff[0], &rowoff[0])
     finally:
         release()
 
@@ -803,36 +858,33 @@ cdef _input_grad_implicit(const float[:, :, :, ::1] w, const float[:, :, :, ::1]
     cdef int pgh = z.dh * (z.kh - 1) - z.ph, pgw = z.dw * (z.kw - 1) - z.pw
     cdef int Hg = z.Ho + 2 * pgh, Wg = z.Wo + 2 * pgw
     cdef Py_ssize_t gimg = <Py_ssize_t>Hg * Wg * z.K, taps = <Py_ssize_t>z.kh * z.kw
-    cdef int rpc = rows_per_chunk(Wg, z.H, z.N)
+    cdef Correlation c = plan_correlation(z.N, z.H, z.W, Wg, 1, 1, z.K, z.C, z.groups, gimg, z.kh, z.kw, z.dw, True)
     cdef Py_ssize_t gtail = (<Py_ssize_t>(z.kw - 1) * z.dw + 1) * z.K + 64
     bufs, release = SCRATCH.get(
         np.float32,
-        [(z.N * gimg + gtail,), (taps * z.Kg * z.C,), (nthreads, <Py_ssize_t>rpc * Wg * z.C + 64),
-         (z.C,), (2 * taps,), (2 * taps,)],
+        [(z.N * gimg + gtail,), (taps * z.Kg * z.C,), (nthreads, out_rows(&c) * z.C + 64),
+         (z.C,), (2 * taps,), (2 * taps,), (2 * z.H * z.W if c.listed else 2,)],
     )
     cdef float[::1] gh = bufs[0], wrt = bufs[1], zero = bufs[3]
     cdef float[:, ::1] out_buf = bufs[2]
-    cdef Py_ssize_t[::1] aoff = bufs[4].view(np.intp), boff = bufs[5].view(np.intp)
-    cdef Py_ssize_t T, nseg
-    cdef int grp, k, c, m, l
+    cdef Py_ssize_t[::1] aoff = bufs[4].view(np.intp), boff = bufs[5].view(np.intp), rowoff = bufs[6].view(np.intp)
+    cdef int grp, k, ci, m, l
     try:
         np.asarray(gh)[z.N * gimg:] = 0
         np.asarray(zero).fill(0)
         fill_channels_last(gy, pgh, pgw, &gh[0], gimg, nthreads)
-        # wrt_grp[(m·kw + l)·Kg + k, c] = W[grp·Kg + k, c, kh-1-m, kw-1-l]: one (taps·Kg × Cg) block per group
+        # wrt_grp[(m·kw + l)·Kg + k, ci] = W[grp·Kg + k, ci, kh-1-m, kw-1-l]: one (taps·Kg × Cg) block per group
         for grp in range(z.groups):
             for k in range(z.Kg):
-                for c in range(z.Cg):
+                for ci in range(z.Cg):
                     for m in range(z.kh):
                         for l in range(z.kw):
-                            wrt[((grp * taps + m * z.kw + l) * z.Kg + k) * z.Cg + c] = \
-                                w[grp * z.Kg + k, c, z.kh - 1 - m, z.kw - 1 - l]
-        T = segments(z.kh, z.kw, z.dh, z.dw, Wg, z.K, z.Kg, aoff, boff)
-        nseg = z.kh if z.groups == 1 and z.dw == 1 else taps
+                            wrt[((grp * taps + m * z.kw + l) * z.Kg + k) * z.Cg + ci] = \
+                                w[grp * z.Kg + k, ci, z.kh - 1 - m, z.kw - 1 - l]
+        segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], &rowoff[0])
         with nogil:
-            implicit_conv(&gh[0], gimg, z.N, Wg, z.K, z.groups, &wrt[0], z.C, z.H, z.W, &zero[0],
-                          &gx[0, 0, 0, 0], nthreads, rpc, &out_buf[0, 0], out_buf.shape[1], nseg, T,
-                          &aoff[0], &boff[0])
+            implicit_conv(&c, &gh[0], &wrt[0], &zero[0], &gx[0, 0, 0, 0], nthreads, &out_buf[0, 0],
+                          out_buf.shape[1], &aoff[0], &boff[0], &rowoff[0])
     finally:
         release()
 
@@ -841,8 +893,9 @@ cdef _weight_grad_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1
                            float[:, :, :, ::1] gw, float[::1] gb, Sizes* z, int nthreads):
     """gW (eq. 2), one group: for each kernel segment s, gwr[:, boff[s]:boff[s]+T] += G · (the
     input run at aoff[s]); G is laid out over the padded width with zeros in the dropped columns."""
-    cdef int rpc = rows_per_chunk(z.Wp, z.Ho, z.N)
-    cdef int chunks = (z.Ho + rpc - 1) // rpc
+    cdef Correlation c = plan_correlation(z.N, z.Ho, z.Wo, z.Wp, 1, 1, z.C, z.K, 1, z.img, z.kh, z.kw, z.dw,
+                                          False)
+    cdef Py_ssize_t rpc = c.per_item, chunks = c.items_per_image
     cdef Py_ssize_t nitems = <Py_ssize_t>z.N * chunks, taps = <Py_ssize_t>z.kh * z.kw
     cdef int nspans = grad_spans(nitems, z.K * z.ncol)
     cdef Py_ssize_t tail = (<Py_ssize_t>(z.kw - 1) * z.dw + 1) * z.C + 64
@@ -855,7 +908,7 @@ cdef _weight_grad_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1
     cdef float[:, ::1] gbuf = bufs[1], gb_acc = bufs[3]
     cdef float[:, :, ::1] gw_acc = bufs[2]
     cdef Py_ssize_t[::1] aoff = bufs[4].view(np.intp), boff = bufs[5].view(np.intp)
-    cdef Py_ssize_t T, nseg = z.kh if z.dw == 1 else taps, item, n, i, i0, i1, M, s, q
+    cdef Py_ssize_t item, n, i, i0, i1, M, s
     cdef int k, v
     cdef float* g
     cdef float acc
@@ -864,7 +917,7 @@ cdef _weight_grad_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1
         np.asarray(gw_acc).fill(0)
         np.asarray(gb_acc).fill(0)
         fill_channels_last(x, z.ph, z.pw, &xh[0], z.img, nthreads)
-        T = segments(z.kh, z.kw, z.dh, z.dw, z.Wp, z.C, z.C, aoff, boff)
+        segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], NULL)
         for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
             g = &gbuf[threadid(), 0]
             for item in range(nitems * v // nspans, nitems * (v + 1) // nspans):
@@ -879,8 +932,8 @@ cdef _weight_grad_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1
                         memset(g + k * M + (i - i0) * z.Wp + z.Wo, 0, (z.Wp - z.Wo) * sizeof(float))
                         acc = acc + sum_run(&gy[n, k, i, 0], z.Wo)
                     gb_acc[v, k] += acc
-                for s in range(nseg):
-                    cnnframe_mk_sgemm(z.K, T, M, g, M, 1, &xh[0] + n * z.img + i0 * z.Wp * z.C + aoff[s], z.C,
+                for s in range(c.nseg):
+                    cnnframe_mk_sgemm(z.K, c.T, M, g, M, 1, &xh[0] + n * z.img + i0 * z.Wp * z.C + aoff[s], z.C,
                                       &gw_acc[v, 0, 0] + boff[s], z.ncol, 1)
         # Spans summed in a fixed order: the same bits for any thread count.
         gwr = np.asarray(gw_acc).sum(axis=0).reshape(z.K, z.kh, z.kw, z.C).transpose(0, 3, 1, 2)
