@@ -115,9 +115,8 @@ def _use_microkernel(bint on):
 # When the implicit-im2col path runs (float32, stride 1, micro-kernel); see the section at the end.
 cdef bint USE_IMPLICIT = 1
 cdef int IMPLICIT_MAX_WASTE_PCT = 8    # uniform rows up to this many extra columns, listed beyond
-cdef int DW_MAX_WASTE_PCT = 25         # implicit gW: extra columns over the padded width
 cdef int IMPLICIT_DX_MIN_CHANNELS = 16  # gx's outputs are the C input channels
-cdef int IMPLICIT_DW_MIN_TAPS = 10      # gw in place only for large kernels (3x3: im2col is faster)
+cdef int IMPLICIT_DW_MIN_TAPS = 1       # gW in place for kernels of at least this many taps
 
 
 def _implicit_policy(on=None, max_waste_pct=None, dx_min_channels=None, dw_min_taps=None):
@@ -480,14 +479,13 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
         return
     cdef bint dx_implicit = False, dw_implicit = False
     if floating is float:
-        if USE_MK and USE_IMPLICIT and sh == 1 and sw == 1:
+        if USE_MK and USE_IMPLICIT:
+            dx_implicit = sh == 1 and sw == 1
             # gX in place: eq. (4) as a stride-1 correlation of G padded by d(k-1) - p (so
-            # p <= d(k-1)), worth it when its C outputs fill the micro-kernel's vectors.  gW in
-            # place only for large kernels, whose im2col copies the most.
-            dx_implicit = (need_dx and z.C >= IMPLICIT_DX_MIN_CHANNELS
+            # p <= d(k-1)), worth it when its C outputs fill the micro-kernel's vectors.
+            dx_implicit = (dx_implicit and need_dx and z.C >= IMPLICIT_DX_MIN_CHANNELS
                            and dh * (z.kh - 1) >= ph and dw * (z.kw - 1) >= pw)
-            dw_implicit = (groups == 1 and z.kh * z.kw >= IMPLICIT_DW_MIN_TAPS
-                           and little_waste(z.Wp, z.Wo, DW_MAX_WASTE_PCT))
+            dw_implicit = z.kh * z.kw >= IMPLICIT_DW_MIN_TAPS
         if dw_implicit:
             _weight_grad_implicit(x, gy, gw, gb, &z, nthreads)
         if dx_implicit:
@@ -710,6 +708,9 @@ cdef extern from "microkernel.h":
                                 const float* A, const Py_ssize_t* arow, Py_ssize_t sb,
                                 const Py_ssize_t* aoff, const float* B, Py_ssize_t ldb,
                                 const Py_ssize_t* boff, float* C, Py_ssize_t ldc, int accumulate) noexcept nogil
+    void cnnframe_mk_sgemm_steps(Py_ssize_t M, Py_ssize_t N, Py_ssize_t T, const float* A,
+                                 const Py_ssize_t* toff, const float* B, Py_ssize_t ldb, float* C,
+                                 Py_ssize_t ldc, int accumulate) noexcept nogil
 
 # Output pixels per micro-kernel call: enough rows for long products, few enough to stay in L2.
 cdef Py_ssize_t IMPLICIT_PIXELS = 512
@@ -891,53 +892,54 @@ cdef _input_grad_implicit(const float[:, :, :, ::1] w, const float[:, :, :, ::1]
 
 cdef _weight_grad_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1] gy,
                            float[:, :, :, ::1] gw, float[::1] gb, Sizes* z, int nthreads):
-    """gW (eq. 2), one group: for each kernel segment s, gwr[:, boff[s]:boff[s]+T] += G · (the
-    input run at aoff[s]); G is laid out over the padded width with zeros in the dropped columns."""
-    cdef Correlation c = plan_correlation(z.N, z.Ho, z.Wo, z.Wp, 1, 1, z.C, z.K, 1, z.img, z.kh, z.kw, z.dw,
-                                          False)
-    cdef Py_ssize_t rpc = c.per_item, chunks = c.items_per_image
-    cdef Py_ssize_t nitems = <Py_ssize_t>z.N * chunks, taps = <Py_ssize_t>z.kh * z.kw
-    cdef int nspans = grad_spans(nitems, z.K * z.ncol)
-    cdef Py_ssize_t tail = (<Py_ssize_t>(z.kw - 1) * z.dw + 1) * z.C + 64
+    """gW (eq. 2) and gb (eq. 3) reading the input in place, any stride: for each kernel segment s,
+
+        gwᵀ[boff[s] + i, k] += Σ_p Xh[n, pix(p) + aoff[s] + i] · G[n, k, p]
+
+    over the output pixels p of a chunk (pix(p): where p's receptive field starts), G turned
+    pixel-major first.  Chunks are spread over spans with their own accumulators."""
+    cdef Correlation c = plan_correlation(z.N, z.Ho, z.Wo, z.Wp, z.sh, z.sw, z.C, z.K, z.groups, z.img,
+                                          z.kh, z.kw, z.dw, True)
+    c.listed = True  # (the pixel table below is needed whatever the waste)
+    c.per_item = IMPLICIT_PIXELS if IMPLICIT_PIXELS < z.P else z.P
+    c.items_per_image = (z.P + c.per_item - 1) // c.per_item
+    cdef Py_ssize_t nitems = <Py_ssize_t>z.N * c.items_per_image, taps = <Py_ssize_t>z.kh * z.kw
+    cdef int nspans = grad_spans(nitems, z.K * z.ncolg)
     bufs, release = SCRATCH.get(
         np.float32,
-        [(z.N * z.img + tail,), (nthreads, <Py_ssize_t>z.K * rpc * z.Wp + 64), (nspans, z.K, z.ncol),
-         (nspans, z.K), (2 * taps,), (2 * taps,)],
+        [(z.N * z.img,), (nthreads, c.per_item * z.K), (nspans, z.ncolg * z.groups, z.Kg), (nspans, z.K),
+         (2 * taps,), (2 * taps,), (2 * z.P,)],
     )
     cdef float[::1] xh = bufs[0]
     cdef float[:, ::1] gbuf = bufs[1], gb_acc = bufs[3]
     cdef float[:, :, ::1] gw_acc = bufs[2]
-    cdef Py_ssize_t[::1] aoff = bufs[4].view(np.intp), boff = bufs[5].view(np.intp)
-    cdef Py_ssize_t item, n, i, i0, i1, M, s
-    cdef int k, v
+    cdef Py_ssize_t[::1] aoff = bufs[4].view(np.intp), boff = bufs[5].view(np.intp), pix = bufs[6].view(np.intp)
+    cdef Py_ssize_t item, n, p0, p1, s
+    cdef int k, v, grp
     cdef float* g
-    cdef float acc
+    cdef const float* gp
     try:
-        np.asarray(xh)[z.N * z.img:] = 0  # multiplied by the zeros of G's dropped columns: must be finite
         np.asarray(gw_acc).fill(0)
         np.asarray(gb_acc).fill(0)
         fill_channels_last(x, z.ph, z.pw, &xh[0], z.img, nthreads)
-        segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], NULL)
+        segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], &pix[0])
         for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
             g = &gbuf[threadid(), 0]
             for item in range(nitems * v // nspans, nitems * (v + 1) // nspans):
-                n = item // chunks
-                i0 = (item - n * chunks) * rpc
-                i1 = i0 + rpc if i0 + rpc < z.Ho else z.Ho
-                M = (i1 - i0) * z.Wp
+                n = item // c.items_per_image
+                p0 = (item - n * c.items_per_image) * c.per_item
+                p1 = p0 + c.per_item if p0 + c.per_item < z.P else z.P
+                gp = &gy[n, 0, 0, 0] + p0
+                transpose(gp, z.P, z.K, p1 - p0, g, z.K, NULL)  # g[p, k] = G[n, k, p0 + p]
                 for k in range(z.K):
-                    acc = 0
-                    for i in range(i0, i1):
-                        memcpy(g + k * M + (i - i0) * z.Wp, &gy[n, k, i, 0], z.Wo * sizeof(float))
-                        memset(g + k * M + (i - i0) * z.Wp + z.Wo, 0, (z.Wp - z.Wo) * sizeof(float))
-                        acc = acc + sum_run(&gy[n, k, i, 0], z.Wo)
-                    gb_acc[v, k] += acc
-                for s in range(c.nseg):
-                    cnnframe_mk_sgemm(z.K, c.T, M, g, M, 1, &xh[0] + n * z.img + i0 * z.Wp * z.C + aoff[s], z.C,
-                                      &gw_acc[v, 0, 0] + boff[s], z.ncol, 1)
-        # Spans summed in a fixed order: the same bits for any thread count.
-        gwr = np.asarray(gw_acc).sum(axis=0).reshape(z.K, z.kh, z.kw, z.C).transpose(0, 3, 1, 2)
-        np.add(np.asarray(gw), gwr, out=np.asarray(gw))
+                    gb_acc[v, k] += sum_run(gp + k * z.P, p1 - p0)
+                for grp in range(z.groups):
+                    for s in range(c.nseg):
+                        # gwᵀ_grp[boff[s] : + T] (T × Kg) += Xh runs (T × pixels) · g_grp (pixels × Kg)
+                        cnnframe_mk_sgemm_steps(c.T, z.Kg, p1 - p0, &xh[0] + n * z.img + grp * z.Cg + aoff[s],
+                                                &pix[0] + p0, g + grp * z.Kg, z.K,
+                                                &gw_acc[v, grp * z.ncolg + boff[s], 0], z.Kg, 1)
+        weights_t_to_grad(gw_acc, z, gw)
         np.add(np.asarray(gb), np.asarray(gb_acc).sum(axis=0), out=np.asarray(gb))
     finally:
         release()

@@ -96,6 +96,13 @@ static inline __mmask16 cnnframe_mask16(ptrdiff_t n) {
 #define CNNFRAME_TILE_L(NAME, R, V) \
     CNNFRAME_TILE(NAME, R, V, const ptrdiff_t *arow, CNNFRAME_LISTED_ROWS, CNNFRAME_LISTED_ELEM)
 
+/* Listed steps (sa = 1): A's element t of row r sits at A + toff[t] + r. */
+#define CNNFRAME_STEP_ARGS ptrdiff_t unused_sa, const ptrdiff_t *toff
+#define CNNFRAME_STEP_ROWS(R) const float *a = A + aoff[s];
+#define CNNFRAME_STEP_ELEM(r) a[toff[t] + (r)]
+#define CNNFRAME_TILE_T(NAME, R, V) \
+    CNNFRAME_TILE(NAME, R, V, CNNFRAME_STEP_ARGS, CNNFRAME_STEP_ROWS, CNNFRAME_STEP_ELEM)
+
 CNNFRAME_TILE_U(cnnframe_tile_6x4, 6, 4)
 CNNFRAME_TILE_U(cnnframe_tile_4x4, 4, 4)
 CNNFRAME_TILE_U(cnnframe_tile_2x4, 2, 4)
@@ -122,8 +129,24 @@ CNNFRAME_TILE_L(cnnframe_ltile_4x1, 4, 1)
 CNNFRAME_TILE_L(cnnframe_ltile_2x1, 2, 1)
 CNNFRAME_TILE_L(cnnframe_ltile_1x1, 1, 1)
 
+CNNFRAME_TILE_T(cnnframe_ttile_6x4, 6, 4)
+CNNFRAME_TILE_T(cnnframe_ttile_4x4, 4, 4)
+CNNFRAME_TILE_T(cnnframe_ttile_2x4, 2, 4)
+CNNFRAME_TILE_T(cnnframe_ttile_1x4, 1, 4)
+CNNFRAME_TILE_T(cnnframe_ttile_14x2, 14, 2)
+CNNFRAME_TILE_T(cnnframe_ttile_4x2, 4, 2)
+CNNFRAME_TILE_T(cnnframe_ttile_2x2, 2, 2)
+CNNFRAME_TILE_T(cnnframe_ttile_1x2, 1, 2)
+CNNFRAME_TILE_T(cnnframe_ttile_16x1, 16, 1)
+CNNFRAME_TILE_T(cnnframe_ttile_4x1, 4, 1)
+CNNFRAME_TILE_T(cnnframe_ttile_2x1, 2, 1)
+CNNFRAME_TILE_T(cnnframe_ttile_1x1, 1, 1)
+
 typedef void (*cnnframe_tile_u)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *,
                                 const float *, ptrdiff_t, const ptrdiff_t *, float *, ptrdiff_t, int, __mmask16);
+typedef void (*cnnframe_tile_t)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t, const ptrdiff_t *, ptrdiff_t,
+                                const ptrdiff_t *, const float *, ptrdiff_t, const ptrdiff_t *, float *, ptrdiff_t,
+                                int, __mmask16);
 typedef void (*cnnframe_tile_l)(ptrdiff_t, ptrdiff_t, const float *, const ptrdiff_t *, ptrdiff_t,
                                 const ptrdiff_t *, const float *, ptrdiff_t, const ptrdiff_t *, float *, ptrdiff_t,
                                 int, __mmask16);
@@ -179,11 +202,28 @@ static void cnnframe_mk_sgemm_rows(ptrdiff_t M, ptrdiff_t N, ptrdiff_t nseg, ptr
 }
 #undef CNNFRAME_LISTED_AT
 
+/* Listed steps: C[i, j] (+)= sum_t A[toff[t] + i] * B[t*ldb + j] -- e.g. the weight gradient
+   (eq. 2) with A the channels-last input read in place at each output pixel's receptive field
+   (toff) and B the output gradient, pixel-major.  Big tiles 6x4, 14x2, 16x1. */
+#define CNNFRAME_STEP_AT(i) A + (i), 0, toff
+static void cnnframe_mk_sgemm_steps(ptrdiff_t M, ptrdiff_t N, ptrdiff_t T, const float *A,
+                                    const ptrdiff_t *toff, const float *B, ptrdiff_t ldb, float *C,
+                                    ptrdiff_t ldc, int accumulate) {
+    const ptrdiff_t zero = 0, nseg = 1, sb = 0, *aoff = &zero, *boff = &zero;
+    CNNFRAME_TILE_LOOPS(cnnframe_tile_t, cnnframe_ttile, 6, 14, 16, CNNFRAME_STEP_AT)
+}
+#undef CNNFRAME_STEP_AT
+
 #undef CNNFRAME_TILE
 
 #else
 
 /* Never called: cnnframe_mk_available() is 0 here and the kernels use BLAS. */
+static void cnnframe_mk_sgemm_steps(ptrdiff_t M, ptrdiff_t N, ptrdiff_t T, const float *A,
+                                    const ptrdiff_t *toff, const float *B, ptrdiff_t ldb, float *C,
+                                    ptrdiff_t ldc, int accumulate) {
+    (void)M; (void)N; (void)T; (void)A; (void)toff; (void)B; (void)ldb; (void)C; (void)ldc; (void)accumulate;
+}
 static void cnnframe_mk_sgemm_rows(ptrdiff_t M, ptrdiff_t N, ptrdiff_t nseg, ptrdiff_t T,
                                    const float *A, const ptrdiff_t *arow, ptrdiff_t sb, const ptrdiff_t *aoff,
                                    const float *B, ptrdiff_t ldb, const ptrdiff_t *boff,
