@@ -116,22 +116,19 @@ def _use_microkernel(bint on):
 cdef bint USE_IMPLICIT = 1
 cdef int IMPLICIT_MAX_WASTE_PCT = 8    # uniform rows up to this many extra columns, listed beyond
 cdef int IMPLICIT_DX_MIN_CHANNELS = 16  # gx's outputs are the C input channels
-cdef int IMPLICIT_DW_MIN_TAPS = 1       # gW in place for kernels of at least this many taps
 
 
-def _implicit_policy(on=None, max_waste_pct=None, dx_min_channels=None, dw_min_taps=None):
+def _implicit_policy(on=None, max_waste_pct=None, dx_min_channels=None):
     """Read or change when the implicit path runs (tests force every path); returns the old policy."""
-    global USE_IMPLICIT, IMPLICIT_MAX_WASTE_PCT, IMPLICIT_DX_MIN_CHANNELS, IMPLICIT_DW_MIN_TAPS
+    global USE_IMPLICIT, IMPLICIT_MAX_WASTE_PCT, IMPLICIT_DX_MIN_CHANNELS
     old = dict(on=bool(USE_IMPLICIT), max_waste_pct=IMPLICIT_MAX_WASTE_PCT,
-               dx_min_channels=IMPLICIT_DX_MIN_CHANNELS, dw_min_taps=IMPLICIT_DW_MIN_TAPS)
+               dx_min_channels=IMPLICIT_DX_MIN_CHANNELS)
     if on is not None:
         USE_IMPLICIT = on
     if max_waste_pct is not None:
         IMPLICIT_MAX_WASTE_PCT = max_waste_pct
     if dx_min_channels is not None:
         IMPLICIT_DX_MIN_CHANNELS = dx_min_channels
-    if dw_min_taps is not None:
-        IMPLICIT_DW_MIN_TAPS = dw_min_taps
     return old
 
 
@@ -477,23 +474,20 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
     if is_depthwise(&z):
         _depthwise_backward(x, w, gy, gx, gw, gb, &z, nthreads)
         return
-    cdef bint dx_implicit = False, dw_implicit = False
+    cdef bint dw_done = False
     if floating is float:
         if USE_MK and USE_IMPLICIT:
-            dx_implicit = sh == 1 and sw == 1
-            # gX in place: eq. (4) as a stride-1 correlation of G padded by d(k-1) - p (so
-            # p <= d(k-1)), worth it when its C outputs fill the micro-kernel's vectors.
-            dx_implicit = (dx_implicit and need_dx and z.C >= IMPLICIT_DX_MIN_CHANNELS
-                           and dh * (z.kh - 1) >= ph and dw * (z.kw - 1) >= pw)
-            dw_implicit = z.kh * z.kw >= IMPLICIT_DW_MIN_TAPS
-        if dw_implicit:
+            # Float32 on the micro-kernel: gW reads the input in place (any stride); so does gX,
+            # as eq. (4) itself, a stride-1 correlation of G padded by d(k-1) - p (so stride 1 and
+            # p <= d(k-1)), when its C outputs fill the micro-kernel's vectors.
             _weight_grad_implicit(x, gy, gw, gb, &z, nthreads)
-        if dx_implicit:
-            _input_grad_implicit(w, gy, gx, &z, nthreads)
-        if dw_implicit and (dx_implicit or not need_dx):
-            return
-        if dx_implicit:
-            need_dx = False
+            if (need_dx and sh == 1 and sw == 1 and z.C >= IMPLICIT_DX_MIN_CHANNELS
+                    and dh * (z.kh - 1) >= ph and dw * (z.kw - 1) >= pw):
+                _input_grad_implicit(w, gy, gx, &z, nthreads)
+                return
+            if not need_dx:
+                return
+            dw_done = True  # the explicit pass below computes gX only
     # Spans are whole images when there are enough images: then all spans share one gx;
     # otherwise each span scatters into a private copy of gx, summed afterwards in span order.
     cdef int nspans = grad_spans(z.rows, z.K * z.ncolg)
@@ -512,9 +506,9 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
         for buf in bufs[2], bufs[5], bufs[6]:
             buf.fill(0)
         xh, wr, dxh, col_buf, g_buf, gw_acc, gb_acc = bufs
-        _backward(x, w, gy, gx, gb, &z, need_dx, dw_implicit, nthreads, by_image, R, xh, wr, dxh,
+        _backward(x, w, gy, gx, gb, &z, need_dx, dw_done, nthreads, by_image, R, xh, wr, dxh,
                   col_buf, g_buf, gw_acc, gb_acc)
-        if not dw_implicit:
+        if not dw_done:
             weights_t_to_grad(gw_acc, &z, gw)
             np.add(np.asarray(gb), bufs[6].sum(axis=0), out=np.asarray(gb))
     finally:

@@ -14,8 +14,7 @@ def every_size_uses_all_threads(monkeypatch):
 # The float32 convolution has four code paths: BLAS on an explicit im2col (every CPU, and all of
 # float64), the AVX-512 micro-kernel on the explicit im2col, and the micro-kernel reading the input
 # in place, with uniform rows over the padded width (stride 1) or listed rows (any stride).
-# "implicit" forces uniform rows for every stride-1 case (and gW in place for every kernel size),
-# "listed" forces listed rows everywhere, whatever the size heuristics would pick.
+# "implicit" forces uniform rows for every stride-1 case, "listed" forces listed rows everywhere, whatever the size heuristics would pick.
 KERNEL_PATHS = ["blas", "microkernel", "implicit", "listed"]
 
 
@@ -26,7 +25,7 @@ def kernel_path(request):
     old_mk = conv_ext._use_microkernel(request.param != "blas")
     old_policy = conv_ext._implicit_policy(on=request.param in ("implicit", "listed"))
     if request.param == "implicit":
-        conv_ext._implicit_policy(max_waste_pct=10**6, dx_min_channels=1, dw_min_taps=1)
+        conv_ext._implicit_policy(max_waste_pct=10**6, dx_min_channels=1)
     elif request.param == "listed":
         conv_ext._implicit_policy(max_waste_pct=-1, dx_min_channels=1)
     yield request.param
