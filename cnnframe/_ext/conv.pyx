@@ -351,27 +351,39 @@ cdef void col2im_rows(const floating* col, Py_ssize_t row0, Py_ssize_t row1, Siz
 
 
 cdef void reorder_weights(const floating* w, Sizes* z, floating* wr) noexcept nogil:
-    """wr[k, (m·kw + l)·Cg + c] = w[k, c, m, l]: (K × ncolg), group grp in rows grp·Kg..."""
-    cdef int k, c, m, l
+    """wr[k, (m·kw + l)·Cg + c] = w[k, c, m, l]: (K × ncolg), group grp in rows grp·Kg..., written
+    in order."""
+    cdef int k, c, t
+    cdef Py_ssize_t taps = <Py_ssize_t>z.kh * z.kw
     for k in range(z.K):
-        for c in range(z.Cg):
-            for m in range(z.kh):
-                for l in range(z.kw):
-                    wr[((<Py_ssize_t>k * z.kh + m) * z.kw + l) * z.Cg + c] = w[((<Py_ssize_t>k * z.Cg + c) * z.kh + m) * z.kw + l]
-
-
-cdef void reorder_weights_t(const floating* w, Sizes* z, floating* wt) noexcept nogil:
-    """wt[grp][(m·kw + l)·Cg + c, k] = w[grp·Kg + k, c, m, l]: one (ncolg × Kg) block per group."""
-    cdef int grp, k, c, m, l
-    cdef floating* blk
-    for grp in range(z.groups):
-        blk = wt + grp * z.ncolg * z.Kg
-        for k in range(z.Kg):
+        for t in range(taps):
             for c in range(z.Cg):
-                for m in range(z.kh):
-                    for l in range(z.kw):
-                        blk[((<Py_ssize_t>m * z.kw + l) * z.Cg + c) * z.Kg + k] = \
-                            w[((<Py_ssize_t>(grp * z.Kg + k) * z.Cg + c) * z.kh + m) * z.kw + l]
+                wr[(k * taps + t) * z.Cg + c] = w[(k * z.Cg + c) * taps + t]
+
+
+cdef void reorder_weights_t(const floating* w, Sizes* z, bint rotate, floating* wt) noexcept nogil:
+    """wt[grp][(m·kw + l)·Cg + c, k] = w[grp·Kg + k, c, m, l]: one (ncolg × Kg) block per group,
+    written in order (k fastest).  With ``rotate``, the 180°-rotated kernel of eq. (4) with input
+    and output channels swapped: wt[grp][(m·kw + l)·Kg + k, c] = w[grp·Kg + k, c, kh-1-m, kw-1-l],
+    one (kh·kw·Kg × Cg) block per group."""
+    cdef int grp, k, c, m, l
+    cdef Py_ssize_t taps = <Py_ssize_t>z.kh * z.kw, src
+    cdef floating* dst = wt
+    for grp in range(z.groups):
+        for m in range(z.kh):
+            for l in range(z.kw):
+                if rotate:
+                    for k in range(z.Kg):
+                        src = (grp * z.Kg + k) * z.Cg * taps + (z.kh - 1 - m) * z.kw + (z.kw - 1 - l)
+                        for c in range(z.Cg):
+                            dst[0] = w[src + c * taps]
+                            dst += 1
+                else:
+                    for c in range(z.Cg):
+                        src = (<Py_ssize_t>grp * z.Kg * z.Cg + c) * taps + m * z.kw + l
+                        for k in range(z.Kg):
+                            dst[0] = w[src + k * z.Cg * taps]
+                            dst += 1
 
 
 cdef void weights_t_to_grad(floating[:, :, ::1] acc, Sizes* z, floating[:, :, :, ::1] gw):
@@ -420,7 +432,7 @@ cdef void _forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     fill_channels_last(x, z.ph, z.pw, &xh[0], z.img, nthreads)
     cdef bint mk = floating is float and USE_MK
     if mk:
-        reorder_weights_t(&w[0, 0, 0, 0], z, &wr[0])  # (ncolg × Kg) blocks for the micro-kernel
+        reorder_weights_t(&w[0, 0, 0, 0], z, False, &wr[0])  # (ncolg × Kg) blocks for the micro-kernel
     else:
         reorder_weights(&w[0, 0, 0, 0], z, &wr[0])
     cdef int v, grp, nspans = SPANS if SPANS < z.rows else <int>z.rows
@@ -835,7 +847,7 @@ cdef _forward_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
     try:
         np.asarray(xh)[z.N * z.img:] = 0  # read by dropped columns only, but must be finite
         fill_channels_last(x, z.ph, z.pw, &xh[0], z.img, nthreads)
-        reorder_weights_t(&w[0, 0, 0, 0], z, &wt[0])
+        reorder_weights_t(&w[0, 0, 0, 0], z, False, &wt[0])
         segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], &rowoff[0])
         with nogil:
             implicit_conv(&c, &xh[0], &wt[0], &b[0], &y[0, 0, 0, 0], nthreads, &out_buf[0, 0],
@@ -863,19 +875,11 @@ cdef _input_grad_implicit(const float[:, :, :, ::1] w, const float[:, :, :, ::1]
     cdef float[::1] gh = bufs[0], wrt = bufs[1], zero = bufs[3]
     cdef float[:, ::1] out_buf = bufs[2]
     cdef Py_ssize_t[::1] aoff = bufs[4].view(np.intp), boff = bufs[5].view(np.intp), rowoff = bufs[6].view(np.intp)
-    cdef int grp, k, ci, m, l
     try:
         np.asarray(gh)[z.N * gimg:] = 0
         np.asarray(zero).fill(0)
         fill_channels_last(gy, pgh, pgw, &gh[0], gimg, nthreads)
-        # wrt_grp[(m·kw + l)·Kg + k, ci] = W[grp·Kg + k, ci, kh-1-m, kw-1-l]: one (taps·Kg × Cg) block per group
-        for grp in range(z.groups):
-            for k in range(z.Kg):
-                for ci in range(z.Cg):
-                    for m in range(z.kh):
-                        for l in range(z.kw):
-                            wrt[((grp * taps + m * z.kw + l) * z.Kg + k) * z.Cg + ci] = \
-                                w[grp * z.Kg + k, ci, z.kh - 1 - m, z.kw - 1 - l]
+        reorder_weights_t(&w[0, 0, 0, 0], z, True, &wrt[0])
         segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], &rowoff[0])
         with nogil:
             implicit_conv(&c, &gh[0], &wrt[0], &zero[0], &gx[0, 0, 0, 0], nthreads, &out_buf[0, 0],
