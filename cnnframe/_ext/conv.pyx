@@ -795,37 +795,62 @@ cdef void segments(int kh, int kw, int dh, int dw, Correlation* c, Py_ssize_t* a
                 rowoff[<Py_ssize_t>i * c.Wo + j] = (<Py_ssize_t>i * c.sh * c.Wp + <Py_ssize_t>j * c.sw) * c.chans
 
 
-cdef void implicit_conv(Correlation* c, const float* src, const float* wt, const float* b, float* y,
-                        int nthreads, float* out_buf, Py_ssize_t out_stride, const Py_ssize_t* aoff,
-                        const Py_ssize_t* boff, const Py_ssize_t* rowoff) noexcept nogil:
-    """y (N, outs, Ho, Wo) = the correlation c describes (see Correlation), bias b added."""
+cdef void correlate_chunk(Correlation* c, const float* a, Py_ssize_t n, Py_ssize_t chunk, const float* wt,
+                          const float* b, float* y, float* out, const Py_ssize_t* aoff, const Py_ssize_t* boff,
+                          const Py_ssize_t* rowoff) noexcept nogil:
+    """Chunk ``chunk`` of image n of the correlation c describes, from a = that image's padded
+    channels-last source, written into y (N, outs, Ho, Wo) with bias b."""
     cdef int grp
-    cdef Py_ssize_t item, n, i, i0, i1, p0, p1, M, P = <Py_ssize_t>c.Ho * c.Wo
-    cdef Py_ssize_t blk = c.nseg * c.T * c.og
-    cdef const float* a
-    cdef float* out
-    cdef float* yn
+    cdef Py_ssize_t i, i0, i1, p0, p1, M, P = <Py_ssize_t>c.Ho * c.Wo, blk = c.nseg * c.T * c.og
+    cdef float* yn = y + n * c.outs * P
+    if c.listed:
+        p0 = chunk * c.per_item
+        p1 = p0 + c.per_item if p0 + c.per_item < P else P
+        for grp in range(c.groups):
+            cnnframe_mk_sgemm_rows(p1 - p0, c.og, c.nseg, c.T, a + grp * c.cg, rowoff + p0, 1, aoff,
+                                   wt + grp * blk, c.og, boff, out + grp * c.og, c.outs, 0)
+        transpose(out, c.outs, p1 - p0, c.outs, yn + p0, P, b)
+    else:
+        i0 = chunk * c.per_item
+        i1 = i0 + c.per_item if i0 + c.per_item < c.Ho else c.Ho
+        M = (i1 - i0 - 1) * c.Wp + c.Wo  # the last row's padding columns are not needed
+        for grp in range(c.groups):
+            cnnframe_mk_sgemm_seg(M, c.og, c.nseg, c.T, a + i0 * c.Wp * c.chans + grp * c.cg, c.chans, 1,
+                                  aoff, wt + grp * blk, c.og, boff, out + grp * c.og, c.outs, 0)
+        for i in range(i0, i1):
+            transpose(out + (i - i0) * c.Wp * c.outs, c.outs, c.Wo, c.outs, yn + i * c.Wo, P, b)
+
+
+cdef void implicit_conv(Correlation* c, const float* nchw, int H, int W, int ph, int pw, float* src,
+                        Py_ssize_t src_stride, const float* wt, const float* b, float* y, int nthreads,
+                        float* out_buf, Py_ssize_t out_stride, const Py_ssize_t* aoff,
+                        const Py_ssize_t* boff, const Py_ssize_t* rowoff) noexcept nogil:
+    """y (N, outs, Ho, Wo) = the correlation c describes (see Correlation), bias b added, of the
+    source nchw (N, chans, H, W) padded by (ph, pw).  With many images each thread turns whole
+    images channels-last into its own buffer (src + thread·src_stride, which stays in L2) and
+    correlates them; otherwise the whole batch is turned channels-last into src first and threads
+    share the chunks of all images."""
+    cdef Py_ssize_t item, n, k, t
+    cdef Py_ssize_t plane = <Py_ssize_t>c.chans * H * W
+    if c.N >= SPANS:
+        for n in prange(c.N, nogil=True, schedule='static', num_threads=nthreads):
+            t = threadid()
+            to_channels_last(nchw + n * plane, c.chans, H, W, ph, pw, src + t * src_stride)
+            for k in range(c.items_per_image):
+                correlate_chunk(c, src + t * src_stride, n, k, wt, b, y, out_buf + t * out_stride, aoff, boff,
+                                rowoff)
+        return
+    for n in prange(c.N, nogil=True, schedule='static', num_threads=nthreads):
+        to_channels_last(nchw + n * plane, c.chans, H, W, ph, pw, src + n * src_stride)
     for item in prange(c.N * c.items_per_image, nogil=True, schedule='static', num_threads=nthreads):
         n = item // c.items_per_image
-        out = out_buf + threadid() * out_stride
-        a = src + n * c.img
-        yn = y + n * c.outs * P
-        if c.listed:
-            p0 = (item - n * c.items_per_image) * c.per_item
-            p1 = p0 + c.per_item if p0 + c.per_item < P else P
-            for grp in range(c.groups):
-                cnnframe_mk_sgemm_rows(p1 - p0, c.og, c.nseg, c.T, a + grp * c.cg, rowoff + p0, 1, aoff,
-                                       wt + grp * blk, c.og, boff, out + grp * c.og, c.outs, 0)
-            transpose(out, c.outs, p1 - p0, c.outs, yn + p0, P, b)
-        else:
-            i0 = (item - n * c.items_per_image) * c.per_item
-            i1 = i0 + c.per_item if i0 + c.per_item < c.Ho else c.Ho
-            M = (i1 - i0 - 1) * c.Wp + c.Wo  # the last row's padding columns are not needed
-            for grp in range(c.groups):
-                cnnframe_mk_sgemm_seg(M, c.og, c.nseg, c.T, a + i0 * c.Wp * c.chans + grp * c.cg, c.chans, 1,
-                                      aoff, wt + grp * blk, c.og, boff, out + grp * c.og, c.outs, 0)
-            for i in range(i0, i1):
-                transpose(out + (i - i0) * c.Wp * c.outs, c.outs, c.Wo, c.outs, yn + i * c.Wo, P, b)
+        correlate_chunk(c, src + n * src_stride, n, item - n * c.items_per_image, wt, b, y,
+                        out_buf + threadid() * out_stride, aoff, boff, rowoff)
+
+
+cdef Py_ssize_t source_images(Correlation* c, int nthreads) noexcept nogil:
+    """Channels-last source images implicit_conv needs: one per thread, or the whole batch."""
+    return nthreads if c.N >= SPANS else c.N
 
 
 cdef _forward_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w, const float[::1] b,
@@ -833,25 +858,25 @@ cdef _forward_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
     cdef Correlation c = plan_correlation(z.N, z.Ho, z.Wo, z.Wp, z.sh, z.sw, z.C, z.K, z.groups, z.img,
                                           z.kh, z.kw, z.dw, True)
     # Dropped columns of the last rows read up to (kw-1)·dw·C values past an image: pad the end.
-    cdef Py_ssize_t tail = (<Py_ssize_t>(z.kw - 1) * z.dw + 1) * z.C + 64
+    cdef Py_ssize_t stride = z.img + (<Py_ssize_t>(z.kw - 1) * z.dw + 1) * z.C + 64
     cdef Py_ssize_t taps = <Py_ssize_t>z.kh * z.kw
     # (Py_ssize_t tables: two float32 slots per entry)
     bufs, release = SCRATCH.get(
         np.float32,
-        [(z.N * z.img + tail,), (z.K * z.ncolg,), (nthreads, out_rows(&c) * z.K + 64),
+        [(source_images(&c, nthreads), stride), (z.K * z.ncolg,), (nthreads, out_rows(&c) * z.K + 64),
          (2 * taps,), (2 * taps,), (2 * z.P if c.listed else 2,)],
     )
-    cdef float[::1] xh = bufs[0], wt = bufs[1]
-    cdef float[:, ::1] out_buf = bufs[2]
+    cdef float[:, ::1] xh = bufs[0], out_buf = bufs[2]
+    cdef float[::1] wt = bufs[1]
     cdef Py_ssize_t[::1] aoff = bufs[3].view(np.intp), boff = bufs[4].view(np.intp), rowoff = bufs[5].view(np.intp)
     try:
-        np.asarray(xh)[z.N * z.img:] = 0  # read by dropped columns only, but must be finite
-        fill_channels_last(x, z.ph, z.pw, &xh[0], z.img, nthreads)
+        bufs[0][:, z.img:] = 0  # read by dropped columns only, but must be finite
         reorder_weights_t(&w[0, 0, 0, 0], z, False, &wt[0])
         segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], &rowoff[0])
         with nogil:
-            implicit_conv(&c, &xh[0], &wt[0], &b[0], &y[0, 0, 0, 0], nthreads, &out_buf[0, 0],
-                          out_buf.shape[1], &aoff[0], &boff[0], &rowoff[0])
+            implicit_conv(&c, &x[0, 0, 0, 0], z.H, z.W, z.ph, z.pw, &xh[0, 0], stride, &wt[0], &b[0],
+                          &y[0, 0, 0, 0], nthreads, &out_buf[0, 0], out_buf.shape[1], &aoff[0], &boff[0],
+                          &rowoff[0])
     finally:
         release()
 
@@ -866,24 +891,24 @@ cdef _input_grad_implicit(const float[:, :, :, ::1] w, const float[:, :, :, ::1]
     cdef int Hg = z.Ho + 2 * pgh, Wg = z.Wo + 2 * pgw
     cdef Py_ssize_t gimg = <Py_ssize_t>Hg * Wg * z.K, taps = <Py_ssize_t>z.kh * z.kw
     cdef Correlation c = plan_correlation(z.N, z.H, z.W, Wg, 1, 1, z.K, z.C, z.groups, gimg, z.kh, z.kw, z.dw, True)
-    cdef Py_ssize_t gtail = (<Py_ssize_t>(z.kw - 1) * z.dw + 1) * z.K + 64
+    cdef Py_ssize_t stride = gimg + (<Py_ssize_t>(z.kw - 1) * z.dw + 1) * z.K + 64
     bufs, release = SCRATCH.get(
         np.float32,
-        [(z.N * gimg + gtail,), (taps * z.Kg * z.C,), (nthreads, out_rows(&c) * z.C + 64),
+        [(source_images(&c, nthreads), stride), (taps * z.Kg * z.C,), (nthreads, out_rows(&c) * z.C + 64),
          (z.C,), (2 * taps,), (2 * taps,), (2 * z.H * z.W if c.listed else 2,)],
     )
-    cdef float[::1] gh = bufs[0], wrt = bufs[1], zero = bufs[3]
-    cdef float[:, ::1] out_buf = bufs[2]
+    cdef float[:, ::1] gh = bufs[0], out_buf = bufs[2]
+    cdef float[::1] wrt = bufs[1], zero = bufs[3]
     cdef Py_ssize_t[::1] aoff = bufs[4].view(np.intp), boff = bufs[5].view(np.intp), rowoff = bufs[6].view(np.intp)
     try:
-        np.asarray(gh)[z.N * gimg:] = 0
-        np.asarray(zero).fill(0)
-        fill_channels_last(gy, pgh, pgw, &gh[0], gimg, nthreads)
+        bufs[0][:, gimg:] = 0
+        bufs[3].fill(0)
         reorder_weights_t(&w[0, 0, 0, 0], z, True, &wrt[0])
         segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], &rowoff[0])
         with nogil:
-            implicit_conv(&c, &gh[0], &wrt[0], &zero[0], &gx[0, 0, 0, 0], nthreads, &out_buf[0, 0],
-                          out_buf.shape[1], &aoff[0], &boff[0], &rowoff[0])
+            implicit_conv(&c, &gy[0, 0, 0, 0], z.Ho, z.Wo, pgh, pgw, &gh[0, 0], stride, &wrt[0], &zero[0],
+                          &gx[0, 0, 0, 0], nthreads, &out_buf[0, 0], out_buf.shape[1], &aoff[0], &boff[0],
+                          &rowoff[0])
     finally:
         release()
 

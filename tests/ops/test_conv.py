@@ -97,6 +97,8 @@ def test_edge_shapes(xs, ws, s, p, d):
         ((2, 18, 7, 12), (9, 18, 5, 4), 1, (2, 3), (2, 2)),  # dilation: one segment per tap
         ((1, 24, 5, 5), (40, 24, 3, 3), 2, 1, 1),  # stride 2 (explicit im2col)
         ((5, 2, 4, 4), (3, 2, 1, 1), 1, 1, 1),  # padding beyond d(k-1): dX cannot be a full correlation
+        ((9, 16, 6, 7), (18, 16, 3, 3), 1, 1, 1),  # 8+ images: each thread turns its own images channels-last
+        ((9, 16, 9, 8), (17, 16, 3, 2), (2, 1), (1, 0), 1),  # the same, strided (listed rows)
     ],
 )
 def test_float32_paths_on_wider_layers(xs, ws, s, p, d, kernel_path):
