@@ -913,6 +913,28 @@ cdef _input_grad_implicit(const float[:, :, :, ::1] w, const float[:, :, :, ::1]
         release()
 
 
+cdef void weight_grad_pixels(Sizes* z, const float* gy_n, Py_ssize_t p0, Py_ssize_t p1, float* g,
+                             float* gb_acc) noexcept nogil:
+    """g[p - p0, k] = G[n, k, p] for p0 <= p < p1 (pixel-major), and gb_acc[k] += Σ_p G[n, k, p] (eq. 3)."""
+    cdef int k
+    transpose(gy_n + p0, z.P, z.K, p1 - p0, g, z.K, NULL)
+    for k in range(z.K):
+        gb_acc[k] += sum_run(gy_n + k * z.P + p0, p1 - p0)
+
+
+cdef void weight_grad_product(Sizes* z, Correlation* c, const float* a, const Py_ssize_t* pix,
+                              Py_ssize_t npix, const float* g, const Py_ssize_t* aoff, const Py_ssize_t* boff,
+                              float* acc) noexcept nogil:
+    """Eq. (2) over npix pixels: acc[grp·ncolg + boff[s] + i, k] += Σ_p a[pix[p] + grp·Cg + aoff[s] + i]
+    · g[p, grp·Kg + k], for each group and segment."""
+    cdef int grp
+    cdef Py_ssize_t s
+    for grp in range(z.groups):
+        for s in range(c.nseg):
+            cnnframe_mk_sgemm_steps(c.T, z.Kg, npix, a + grp * z.Cg + aoff[s], pix, g + grp * z.Kg, z.K,
+                                    acc + (grp * z.ncolg + boff[s]) * z.Kg, z.Kg, 1)
+
+
 cdef _weight_grad_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1] gy,
                            float[:, :, :, ::1] gw, float[::1] gb, Sizes* z, int nthreads):
     """gW (eq. 2) and gb (eq. 3) reading the input in place, any stride: for each kernel segment s,
@@ -928,40 +950,69 @@ cdef _weight_grad_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1
     c.items_per_image = (z.P + c.per_item - 1) // c.per_item
     cdef Py_ssize_t nitems = <Py_ssize_t>z.N * c.items_per_image, taps = <Py_ssize_t>z.kh * z.kw
     cdef int nspans = grad_spans(nitems, z.K * z.ncolg)
+    # Spans of whole images when there are enough: each thread then turns its images channels-last
+    # into its own buffer (which stays in L2), small images several at a time so that each product
+    # sums over enough pixels; otherwise the whole batch is turned first.
+    cdef bint by_image = z.N >= nspans
+    cdef Py_ssize_t per_call = 1  # images per product (by_image)
+    if by_image and 2 * z.P <= IMPLICIT_PIXELS:
+        per_call = IMPLICIT_PIXELS // z.P
+        c.per_item = per_call * z.P
     bufs, release = SCRATCH.get(
         np.float32,
-        [(z.N * z.img,), (nthreads, c.per_item * z.K), (nspans, z.ncolg * z.groups, z.Kg), (nspans, z.K),
-         (2 * taps,), (2 * taps,), (2 * z.P,)],
+        [(nthreads * per_call if by_image else z.N, z.img), (nthreads, c.per_item * z.K),
+         (nspans, z.ncolg * z.groups, z.Kg), (nspans, z.K), (2 * taps,), (2 * taps,), (2 * per_call * z.P,)],
     )
-    cdef float[::1] xh = bufs[0]
-    cdef float[:, ::1] gbuf = bufs[1], gb_acc = bufs[3]
+    cdef float[:, ::1] xh = bufs[0], gbuf = bufs[1], gb_acc = bufs[3]
     cdef float[:, :, ::1] gw_acc = bufs[2]
     cdef Py_ssize_t[::1] aoff = bufs[4].view(np.intp), boff = bufs[5].view(np.intp), pix = bufs[6].view(np.intp)
-    cdef Py_ssize_t item, n, p0, p1, s
-    cdef int k, v, grp
+    cdef Py_ssize_t item, n, n0, n1, p0, p1, s, j, cnt
+    cdef int k, v, t, grp
     cdef float* g
+    cdef float* a
     cdef const float* gp
     try:
         np.asarray(gw_acc).fill(0)
         np.asarray(gb_acc).fill(0)
-        fill_channels_last(x, z.ph, z.pw, &xh[0], z.img, nthreads)
+        if not by_image:
+            fill_channels_last(x, z.ph, z.pw, &xh[0, 0], z.img, nthreads)
         segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], &pix[0])
+        for j in range(1, per_call):  # image j of a product sits j·img further on
+            for item in range(z.P):
+                pix[j * z.P + item] = pix[item] + j * z.img
         for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
-            g = &gbuf[threadid(), 0]
-            for item in range(nitems * v // nspans, nitems * (v + 1) // nspans):
-                n = item // c.items_per_image
-                p0 = (item - n * c.items_per_image) * c.per_item
-                p1 = p0 + c.per_item if p0 + c.per_item < z.P else z.P
-                gp = &gy[n, 0, 0, 0] + p0
-                transpose(gp, z.P, z.K, p1 - p0, g, z.K, NULL)  # g[p, k] = G[n, k, p0 + p]
-                for k in range(z.K):
-                    gb_acc[v, k] += sum_run(gp + k * z.P, p1 - p0)
-                for grp in range(z.groups):
-                    for s in range(c.nseg):
-                        # gwᵀ_grp[boff[s] : + T] (T × Kg) += Xh runs (T × pixels) · g_grp (pixels × Kg)
-                        cnnframe_mk_sgemm_steps(c.T, z.Kg, p1 - p0, &xh[0] + n * z.img + grp * z.Cg + aoff[s],
-                                                &pix[0] + p0, g + grp * z.Kg, z.K,
-                                                &gw_acc[v, grp * z.ncolg + boff[s], 0], z.Kg, 1)
+            t = threadid()
+            g = &gbuf[t, 0]
+            if by_image and per_call > 1:
+                n0 = z.N * v // nspans
+                n1 = z.N * (v + 1) // nspans
+                a = &xh[t * per_call, 0]
+                while n0 < n1:
+                    cnt = per_call if n0 + per_call < n1 else n1 - n0
+                    for j in range(cnt):
+                        to_channels_last(&x[n0 + j, 0, 0, 0], z.C, z.H, z.W, z.ph, z.pw, a + j * z.img)
+                        weight_grad_pixels(z, &gy[n0 + j, 0, 0, 0], 0, z.P, g + j * z.P * z.K, &gb_acc[v, 0])
+                    weight_grad_product(z, &c, a, &pix[0], cnt * z.P, g, &aoff[0], &boff[0], &gw_acc[v, 0, 0])
+                    n0 = n0 + cnt
+            else:
+                if by_image:
+                    n0 = (z.N * v // nspans) * c.items_per_image
+                    n1 = (z.N * (v + 1) // nspans) * c.items_per_image
+                else:
+                    n0 = nitems * v // nspans
+                    n1 = nitems * (v + 1) // nspans
+                for item in range(n0, n1):
+                    n = item // c.items_per_image
+                    p0 = (item - n * c.items_per_image) * c.per_item
+                    p1 = p0 + c.per_item if p0 + c.per_item < z.P else z.P
+                    if by_image:
+                        a = &xh[t, 0]
+                        if p0 == 0:
+                            to_channels_last(&x[n, 0, 0, 0], z.C, z.H, z.W, z.ph, z.pw, a)
+                    else:
+                        a = &xh[n, 0]
+                    weight_grad_pixels(z, &gy[n, 0, 0, 0], p0, p1, g, &gb_acc[v, 0])
+                    weight_grad_product(z, &c, a, &pix[0] + p0, p1 - p0, g, &aoff[0], &boff[0], &gw_acc[v, 0, 0])
         weights_t_to_grad(gw_acc, z, gw)
         np.add(np.asarray(gb), np.asarray(gb_acc).sum(axis=0), out=np.asarray(gb))
     finally:
