@@ -386,12 +386,34 @@ cdef void reorder_weights_t(const floating* w, Sizes* z, bint rotate, floating* 
                             dst += 1
 
 
-cdef void weights_t_to_grad(floating[:, :, ::1] acc, Sizes* z, floating[:, :, :, ::1] gw):
+cdef void weights_t_to_grad(floating[:, :, ::1] acc, Sizes* z, floating[:, :, :, ::1] gw,
+                            int nthreads) noexcept nogil:
     """gw[grp·Kg + k, c, m, l] += Σ_span acc[span, grp·ncolg + (m·kw + l)·Cg + c, k]: the per-span
-    accumulators (one (ncolg × Kg) block per group) summed in span order."""
-    tot = np.asarray(acc).sum(axis=0).reshape(z.groups, z.kh, z.kw, z.Cg, z.Kg)
-    tot = tot.transpose(0, 4, 3, 1, 2).reshape(z.K, z.Cg, z.kh, z.kw)
-    np.add(np.asarray(gw), tot, out=np.asarray(gw))
+    accumulators (one (ncolg × Kg) block per group) summed in span order, rows in parallel."""
+    cdef Py_ssize_t r, taps = <Py_ssize_t>z.kh * z.kw, rows = z.groups * z.ncolg
+    cdef int v, k, grp, c, t, nspans = acc.shape[0]
+    cdef floating tot
+    for r in prange(rows, nogil=True, schedule='static', num_threads=nthreads):
+        grp = <int>(r // z.ncolg)
+        t = <int>((r - grp * z.ncolg) // z.Cg)
+        c = <int>(r - grp * z.ncolg - t * z.Cg)
+        for k in range(z.Kg):
+            tot = acc[0, r, k]
+            for v in range(1, nspans):
+                tot = tot + acc[v, r, k]
+            gw[grp * z.Kg + k, c, t // z.kw, t % z.kw] += tot
+
+
+cdef void span_sums(floating[:, ::1] acc, floating[::1] out) noexcept nogil:
+    """out[k] += Σ_span acc[span, k], spans in order."""
+    cdef Py_ssize_t k
+    cdef int v
+    cdef floating tot
+    for k in range(acc.shape[1]):
+        tot = acc[0, k]
+        for v in range(1, acc.shape[0]):
+            tot = tot + acc[v, k]
+        out[k] += tot
 
 
 # -- Forward ------------------------------------------------------------------------------------------
@@ -515,14 +537,14 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
     cdef floating[:, ::1] dxh, col_buf, g_buf, gb_acc
     cdef floating[:, :, ::1] gw_acc
     try:
-        for buf in bufs[2], bufs[5], bufs[6]:
+        for buf in bufs[2], bufs[6]:
             buf.fill(0)
         xh, wr, dxh, col_buf, g_buf, gw_acc, gb_acc = bufs
         _backward(x, w, gy, gx, gb, &z, need_dx, dw_done, nthreads, by_image, R, xh, wr, dxh,
                   col_buf, g_buf, gw_acc, gb_acc)
         if not dw_done:
-            weights_t_to_grad(gw_acc, &z, gw)
-            np.add(np.asarray(gb), bufs[6].sum(axis=0), out=np.asarray(gb))
+            weights_t_to_grad(gw_acc, &z, gw, nthreads)
+            span_sums(gb_acc, gb)
     finally:
         release()
 
@@ -545,6 +567,8 @@ cdef void _backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
         col = &col_buf[threadid(), 0]
         g = &g_buf[threadid(), 0]
+        if not dw_done:
+            memset(&gw_acc[v, 0, 0], 0, gw_acc.shape[1] * gw_acc.shape[2] * sizeof(floating))
         if by_image:
             r0 = (z.N * v // nspans) * z.P
             r1 = (z.N * (v + 1) // nspans) * z.P
@@ -972,8 +996,7 @@ cdef _weight_grad_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1
     cdef float* a
     cdef const float* gp
     try:
-        np.asarray(gw_acc).fill(0)
-        np.asarray(gb_acc).fill(0)
+        bufs[3].fill(0)
         if not by_image:
             fill_channels_last(x, z.ph, z.pw, &xh[0, 0], z.img, nthreads)
         segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], &pix[0])
@@ -983,6 +1006,7 @@ cdef _weight_grad_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1
         for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
             t = threadid()
             g = &gbuf[t, 0]
+            memset(&gw_acc[v, 0, 0], 0, gw_acc.shape[1] * gw_acc.shape[2] * sizeof(float))
             if by_image and per_call > 1:
                 n0 = z.N * v // nspans
                 n1 = z.N * (v + 1) // nspans
@@ -1013,7 +1037,7 @@ cdef _weight_grad_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1
                         a = &xh[n, 0]
                     weight_grad_pixels(z, &gy[n, 0, 0, 0], p0, p1, g, &gb_acc[v, 0])
                     weight_grad_product(z, &c, a, &pix[0] + p0, p1 - p0, g, &aoff[0], &boff[0], &gw_acc[v, 0, 0])
-        weights_t_to_grad(gw_acc, z, gw)
-        np.add(np.asarray(gb), np.asarray(gb_acc).sum(axis=0), out=np.asarray(gb))
+        weights_t_to_grad(gw_acc, z, gw, nthreads)
+        span_sums(gb_acc, gb)
     finally:
         release()
