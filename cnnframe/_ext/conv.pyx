@@ -78,6 +78,10 @@ cdef extern from "simd.h":
     void* memset(void* dst, int c, size_t n) noexcept nogil
 
 cdef extern from "depthwise.h":
+    void cnnframe_dw_forward(const float* xh, int Wp, int C, const float* wd, int kh, int kw, int sh, int sw,
+                             int dh, int dw, int Ho, int Wo, const float* b, float* y) noexcept nogil
+    void cnnframe_dw_weight_grad(const float* xh, int Wp, int C, int kh, int kw, int sh, int sw, int dh, int dw,
+                                 int Ho, int Wo, const float* g, int g_row, float* gw) noexcept nogil
     void cnnframe_dw_forward_f(const float* xh, int Wp, int C, const float* wd, int kh, int kw,
                                int sh, int sw, int dh, int dw, int Ho, int Wo, const float* b,
                                float* y) noexcept nogil
@@ -637,12 +641,13 @@ cdef void _backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
 
 # -- Depthwise (groups = C = K) ----------------------------------------------------------------------
 
-cdef void depthwise_weights(const floating* w, Sizes* z, floating* wd) noexcept nogil:
-    """wd[(m·kw + l)·C + c] = w[c, 0, m, l]: taps outer, channels contiguous."""
+cdef void depthwise_weights(const floating* w, Sizes* z, bint rotate, floating* wd) noexcept nogil:
+    """wd[(m·kw + l)·C + c] = w[c, 0, m, l]: taps outer, channels contiguous; with ``rotate`` the
+    180°-rotated kernel of eq. (4), w[c, 0, kh-1-m, kw-1-l]."""
     cdef int c, t, taps = z.kh * z.kw
     for c in range(z.C):
         for t in range(taps):
-            wd[<Py_ssize_t>t * z.C + c] = w[<Py_ssize_t>c * taps + t]
+            wd[<Py_ssize_t>t * z.C + c] = w[<Py_ssize_t>c * taps + (taps - 1 - t if rotate else t)]
 
 
 cdef _depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
@@ -656,17 +661,62 @@ cdef _depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     cdef floating[::1] wd = bufs[2]
     cdef int n, t
     try:
-        depthwise_weights(&w[0, 0, 0, 0], z, &wd[0])
+        depthwise_weights(&w[0, 0, 0, 0], z, False, &wd[0])
         for n in prange(z.N, nogil=True, schedule='static', num_threads=nthreads):
             t = threadid()
             to_channels_last(&x[n, 0, 0, 0], z.C, z.H, z.W, z.ph, z.pw, &xh[t, 0])
             if floating is float:
-                cnnframe_dw_forward_f(&xh[t, 0], z.Wp, z.C, &wd[0], z.kh, z.kw, z.sh, z.sw, z.dh, z.dw,
-                                      z.Ho, z.Wo, &b[0], &out[t, 0])
+                cnnframe_dw_forward(&xh[t, 0], z.Wp, z.C, &wd[0], z.kh, z.kw, z.sh, z.sw, z.dh, z.dw,
+                                    z.Ho, z.Wo, &b[0], &out[t, 0])
             else:
                 cnnframe_dw_forward_d(&xh[t, 0], z.Wp, z.C, &wd[0], z.kh, z.kw, z.sh, z.sw, z.dh, z.dw,
                                       z.Ho, z.Wo, &b[0], &out[t, 0])
             transpose(&out[t, 0], z.C, z.P, z.C, &y[n, 0, 0, 0], z.P, NULL)
+    finally:
+        release()
+
+
+cdef _depthwise_backward_correlate(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
+                                   const float[:, :, :, ::1] gy, float[:, :, :, ::1] gx,
+                                   float[:, :, :, ::1] gw, float[::1] gb, Sizes* z, int nthreads):
+    """Eq. (5) with Cg = Kg = 1, stride 1: image by image, G turned channels-last with the zero
+    padding d(k-1) - p of eq. (4); then gW correlates X with G (eq. 2) and gX is eq. (4) itself, a
+    depthwise correlation of padded G with the rotated kernel (the forward loops)."""
+    cdef bint need_dx = gx is not None
+    cdef int nspans = SPANS if SPANS < z.N else z.N
+    cdef int pgh = z.dh * (z.kh - 1) - z.ph, pgw = z.dw * (z.kw - 1) - z.pw
+    cdef int Hg = z.Ho + 2 * pgh, Wg = z.Wo + 2 * pgw
+    cdef Py_ssize_t taps = <Py_ssize_t>z.kh * z.kw, gimg = <Py_ssize_t>Hg * Wg * z.C
+    bufs, release = SCRATCH.get(
+        np.float32,
+        [(nthreads, z.img), (nthreads, gimg), (nthreads, <Py_ssize_t>z.H * z.W * z.C if need_dx else 0),
+         (taps * z.C,), (nspans, taps * z.C), (nspans, z.C), (z.C,)],
+    )
+    cdef float[:, ::1] xh = bufs[0], gh = bufs[1], out = bufs[2], acc = bufs[4], bacc = bufs[5]
+    cdef float[::1] wrot = bufs[3], zero = bufs[6]
+    cdef int v, n, t, c
+    try:
+        bufs[4].fill(0)
+        bufs[5].fill(0)
+        bufs[6].fill(0)
+        depthwise_weights(&w[0, 0, 0, 0], z, True, &wrot[0])
+        for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
+            t = threadid()
+            for n in range(z.N * v // nspans, z.N * (v + 1) // nspans):
+                to_channels_last(&x[n, 0, 0, 0], z.C, z.H, z.W, z.ph, z.pw, &xh[t, 0])
+                to_channels_last(&gy[n, 0, 0, 0], z.C, z.Ho, z.Wo, pgh, pgw, &gh[t, 0])
+                for c in range(z.C):
+                    bacc[v, c] += sum_run(&gy[n, c, 0, 0], z.P)  # eq. (3)
+                cnnframe_dw_weight_grad(&xh[t, 0], z.Wp, z.C, z.kh, z.kw, 1, 1, z.dh, z.dw, z.Ho, z.Wo,
+                                        &gh[t, 0] + (<Py_ssize_t>pgh * Wg + pgw) * z.C, Wg, &acc[v, 0])
+                if need_dx:
+                    cnnframe_dw_forward(&gh[t, 0], Wg, z.C, &wrot[0], z.kh, z.kw, 1, 1, z.dh, z.dw, z.H, z.W,
+                                        &zero[0], &out[t, 0])
+                    transpose(&out[t, 0], z.C, <Py_ssize_t>z.H * z.W, z.C, &gx[n, 0, 0, 0], <Py_ssize_t>z.H * z.W, NULL)
+        # Spans summed in a fixed order; acc[v, (m·kw + l)·C + c] → gw[c, 0, m, l].
+        tot = np.asarray(acc).sum(axis=0).reshape(z.kh, z.kw, z.C).transpose(2, 0, 1)
+        np.add(np.asarray(gw)[:, 0], tot, out=np.asarray(gw)[:, 0])
+        np.add(np.asarray(gb), np.asarray(bacc).sum(axis=0), out=np.asarray(gb))
     finally:
         release()
 
@@ -678,6 +728,10 @@ cdef _depthwise_backward(const floating[:, :, :, ::1] x, const floating[:, :, :,
     cdef bint need_dx = gx is not None
     cdef int nspans = SPANS if SPANS < z.N else z.N
     cdef Py_ssize_t taps = <Py_ssize_t>z.kh * z.kw
+    if floating is float:
+        if z.sh == 1 and z.sw == 1 and z.dh * (z.kh - 1) >= z.ph and z.dw * (z.kw - 1) >= z.pw:
+            _depthwise_backward_correlate(x, w, gy, gx, gw, gb, z, nthreads)
+            return
     bufs, release = SCRATCH.get(
         np.float32 if floating is float else np.float64,
         [(nthreads, z.img), (nthreads, z.img if need_dx else 0), (nthreads, z.P * z.C),
@@ -690,7 +744,7 @@ cdef _depthwise_backward(const floating[:, :, :, ::1] x, const floating[:, :, :,
     try:
         bufs[4].fill(0)
         bufs[5].fill(0)
-        depthwise_weights(&w[0, 0, 0, 0], z, &wd[0])
+        depthwise_weights(&w[0, 0, 0, 0], z, False, &wd[0])
         for v in prange(nspans, nogil=True, schedule='static', num_threads=nthreads):
             t = threadid()
             for n in range(z.N * v // nspans, z.N * (v + 1) // nspans):
