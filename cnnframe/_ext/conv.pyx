@@ -534,7 +534,7 @@ def backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
     cdef Py_ssize_t R = chunk_rows(z.ncol)
     bufs, release = SCRATCH.get(
         np.float32 if floating is float else np.float64,
-        [(z.N * z.img,), (z.K * z.ncolg,), (ncopies, z.N * z.img if need_dx else 0),
+        [(0 if dw_done else z.N * z.img,), (z.K * z.ncolg,), (ncopies, z.N * z.img if need_dx else 0),
          (nthreads, R * z.ncol), (nthreads, R * z.K), (nspans, z.ncolg * z.groups, z.Kg), (nspans, z.K)],
     )
     cdef floating[::1] xh, wr
