@@ -25,9 +25,11 @@ kernel, minus the products with the zeros that (4) inserts between strided outpu
 ``cnnframe.ops.conv2d_input_grad_full`` computes (4) literally and the tests check both agree.
 
 The products run on the AVX-512 micro-kernel of microkernel.h (float32, when the CPU has it) or
-on single-threaded BLAS.  Float32 stride-1 layers skip the im2col copy and read the receptive
-fields in place (the "implicit im2col" section); depthwise layers (g = C = K) have their own
-loops along the channels (depthwise.h).
+on single-threaded BLAS.  On the micro-kernel, float32 layers skip the im2col copy and read the
+receptive fields in place for Y and gW, and compute gX as eq. (4) itself when the stride is 1 (the
+"implicit im2col" section); depthwise layers (g = C = K) have their own loops along the channels
+(depthwise.h).  So the explicit im2col below serves float64, CPUs without AVX-512, and gX of
+strided float32 layers.
 
 Parallel plan: the N·Ho·Wo pixel rows are cut into SPANS contiguous spans (a fixed number, not
 the thread count); threads take spans, and walk each span in chunks sized to stay in L2 (im2col of
