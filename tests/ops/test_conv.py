@@ -460,3 +460,28 @@ def test_read_only_and_memory_mapped_inputs(tmp_path, dtype, grp):
         )
         for a, b_ in zip(got, want):
             assert np.array_equal(a, b_)
+
+
+def test_nan_image_does_not_leak_into_the_next_ones(kernel_path):
+    """With 8+ images each thread reuses one buffer per image: a NaN image must not poison the
+    images that follow it (padding and dropped columns are rewritten), and its own NaNs propagate."""
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((9, 16, 6, 5)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    g = rng.standard_normal((9, 16, 6, 5)).astype(np.float32)
+    x[0, 3, 2, 2] = np.nan
+    g[4, 5, 0, 0] = np.nan
+    with cnnframe.num_threads(2):
+        y = ops.conv2d_forward(x, w, None, 1, 1)
+        dx, dw, db = ops.conv2d_backward(x, w, g, 1, 1)
+    assert np.isnan(y[0]).any() and np.isfinite(y[1:]).all()
+    assert np.isnan(dx[4]).any() and np.isfinite(np.delete(dx, 4, 0)).all()
+    # dW[k, c] sums G[n, k] · X[n, c]: NaN exactly where k = 5 (NaN gradient) or c = 3 (NaN input)
+    assert np.isnan(dw[5]).all() and np.isnan(dw[:, 3]).all()
+    assert np.isfinite(np.delete(np.delete(dw, 5, 0), 3, 1)).all()
+    assert np.isnan(db[5]) and np.isfinite(np.delete(db, 5)).all()
+    clean = np.delete(np.arange(9), [0, 4])
+    y_ref = ref.conv2d_forward_ref(x[clean], w, None, 1, 1)
+    assert rel_err(y[clean], y_ref) < 1e-5
+    dx_ref = ref.conv2d_input_grad_ref(g[clean], w, x[clean].shape, 1, 1)
+    assert rel_err(dx[clean], dx_ref) < 1e-5
