@@ -367,29 +367,29 @@ cdef void reorder_weights(const floating* w, Sizes* z, floating* wr) noexcept no
                 wr[(k * taps + t) * z.Cg + c] = w[(k * z.Cg + c) * taps + t]
 
 
-cdef void reorder_weights_t(const floating* w, Sizes* z, bint rotate, floating* wt) noexcept nogil:
+cdef void reorder_weights_t(const floating* w, Sizes* z, bint rotate, floating* wt,
+                            int nthreads) noexcept nogil:
     """wt[grp][(m·kw + l)·Cg + c, k] = w[grp·Kg + k, c, m, l]: one (ncolg × Kg) block per group,
     written in order (k fastest).  With ``rotate``, the 180°-rotated kernel of eq. (4) with input
     and output channels swapped: wt[grp][(m·kw + l)·Kg + k, c] = w[grp·Kg + k, c, kh-1-m, kw-1-l],
-    one (kh·kw·Kg × Cg) block per group."""
-    cdef int grp, k, c, m, l
-    cdef Py_ssize_t taps = <Py_ssize_t>z.kh * z.kw, src
-    cdef floating* dst = wt
-    for grp in range(z.groups):
-        for m in range(z.kh):
-            for l in range(z.kw):
-                if rotate:
-                    for k in range(z.Kg):
-                        src = (grp * z.Kg + k) * z.Cg * taps + (z.kh - 1 - m) * z.kw + (z.kw - 1 - l)
-                        for c in range(z.Cg):
-                            dst[0] = w[src + c * taps]
-                            dst += 1
-                else:
-                    for c in range(z.Cg):
-                        src = (<Py_ssize_t>grp * z.Kg * z.Cg + c) * taps + m * z.kw + l
-                        for k in range(z.Kg):
-                            dst[0] = w[src + k * z.Cg * taps]
-                            dst += 1
+    one (kh·kw·Kg × Cg) block per group.  Taps in parallel."""
+    cdef Py_ssize_t taps = <Py_ssize_t>z.kh * z.kw, item, src
+    cdef int grp, t, k, c
+    cdef floating* dst
+    for item in prange(z.groups * taps, nogil=True, schedule='static', num_threads=nthreads):
+        grp = <int>(item // taps)
+        t = <int>(item - grp * taps)
+        dst = wt + item * z.Cg * z.Kg  # block (grp, t): Cg·Kg values either way
+        if rotate:
+            for k in range(z.Kg):
+                src = (grp * z.Kg + k) * z.Cg * taps + (taps - 1 - t)
+                for c in range(z.Cg):
+                    dst[k * z.Cg + c] = w[src + c * taps]
+        else:
+            for c in range(z.Cg):
+                src = (<Py_ssize_t>grp * z.Kg * z.Cg + c) * taps + t
+                for k in range(z.Kg):
+                    dst[c * z.Kg + k] = w[src + k * z.Cg * taps]
 
 
 cdef void weights_t_to_grad(floating[:, :, ::1] acc, Sizes* z, floating[:, :, :, ::1] gw,
@@ -460,7 +460,7 @@ cdef void _forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     fill_channels_last(x, z.ph, z.pw, &xh[0], z.img, nthreads)
     cdef bint mk = floating is float and USE_MK
     if mk:
-        reorder_weights_t(&w[0, 0, 0, 0], z, False, &wr[0])  # (ncolg × Kg) blocks for the micro-kernel
+        reorder_weights_t(&w[0, 0, 0, 0], z, False, &wr[0], nthreads)  # (ncolg × Kg) blocks for the micro-kernel
     else:
         reorder_weights(&w[0, 0, 0, 0], z, &wr[0])
     cdef int v, grp, nspans = SPANS if SPANS < z.rows else <int>z.rows
@@ -951,7 +951,7 @@ cdef _forward_implicit(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
     cdef Py_ssize_t[::1] aoff = bufs[3].view(np.intp), boff = bufs[4].view(np.intp), rowoff = bufs[5].view(np.intp)
     try:
         bufs[0][:, z.img:] = 0  # read by dropped columns only, but must be finite
-        reorder_weights_t(&w[0, 0, 0, 0], z, False, &wt[0])
+        reorder_weights_t(&w[0, 0, 0, 0], z, False, &wt[0], nthreads)
         segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], &rowoff[0])
         with nogil:
             implicit_conv(&c, &x[0, 0, 0, 0], z.H, z.W, z.ph, z.pw, &xh[0, 0], stride, &wt[0], &b[0],
@@ -983,7 +983,7 @@ cdef _input_grad_implicit(const float[:, :, :, ::1] w, const float[:, :, :, ::1]
     try:
         bufs[0][:, gimg:] = 0
         bufs[3].fill(0)
-        reorder_weights_t(&w[0, 0, 0, 0], z, True, &wrt[0])
+        reorder_weights_t(&w[0, 0, 0, 0], z, True, &wrt[0], nthreads)
         segments(z.kh, z.kw, z.dh, z.dw, &c, &aoff[0], &boff[0], &rowoff[0])
         with nogil:
             implicit_conv(&c, &gy[0, 0, 0, 0], z.Ho, z.Wo, pgh, pgw, &gh[0, 0], stride, &wrt[0], &zero[0],
