@@ -118,7 +118,7 @@ def _use_microkernel(bint on):
     return bool(old)
 
 
-# When the implicit-im2col path runs (float32, stride 1, micro-kernel); see the section at the end.
+# When the implicit-im2col path runs (float32 on the micro-kernel); see the section at the end.
 cdef bint USE_IMPLICIT = 1
 cdef int IMPLICIT_MAX_WASTE_PCT = 8    # uniform rows up to this many extra columns, listed beyond
 cdef int IMPLICIT_DX_MIN_CHANNELS = 16  # gx's outputs are the C input channels
