@@ -122,6 +122,8 @@ def _use_microkernel(bint on):
 cdef bint USE_IMPLICIT = 1
 cdef int IMPLICIT_MAX_WASTE_PCT = 8    # uniform rows up to this many extra columns, listed beyond
 cdef int IMPLICIT_DX_MIN_CHANNELS = 16  # gx's outputs are the C input channels
+# Output pixels per micro-kernel call: enough rows for long products, few enough to stay in L2.
+cdef Py_ssize_t IMPLICIT_PIXELS = 512
 
 
 def _implicit_policy(on=None, max_waste_pct=None, dx_min_channels=None):
@@ -797,9 +799,6 @@ cdef extern from "microkernel.h":
     void cnnframe_mk_sgemm_steps(Py_ssize_t M, Py_ssize_t N, Py_ssize_t T, const float* A,
                                  const Py_ssize_t* toff, const float* B, Py_ssize_t ldb, float* C,
                                  Py_ssize_t ldc, int accumulate) noexcept nogil
-
-# Output pixels per micro-kernel call: enough rows for long products, few enough to stay in L2.
-cdef Py_ssize_t IMPLICIT_PIXELS = 512
 
 
 cdef struct Correlation:
