@@ -219,6 +219,8 @@ def main(argv=None):
     if "torch" not in backends:
         print("PyTorch is not importable: comparing with NumPy only (pip install torch to compare).")
     for threads in args.threads:
+        # The machine's peak: the best of a probe now and one after the table (another process
+        # holding a core during one probe would make it look smaller than it is).
         peak, kind = fma_peak(threads)
         workers = [Worker(b, threads, args.dtype) for b in backends]
         workers = [w for w in workers if w.ok]
@@ -261,6 +263,10 @@ def main(argv=None):
             if shape.tag == "cifar":
                 for n in best:
                     totals[n] += best[n]
+        peak_after, _ = fma_peak(threads)
+        if peak_after > peak * 1.05:
+            print(f"(FMA peak measured again after the table: {peak_after:.0f} GFLOP/s; %pk above used "
+                  f"{peak:.0f}, so it reads {peak / peak_after:.2f}x too high)")
         if "torch" in names and totals.get("cnnframe"):
             print(f"{'CIFAR-size model, all conv layers':<30}{'cnnframe':>17}{totals['cnnframe'] * 1e3:>8.2f} ms"
                   f"{'torch':>17}{totals['torch'] * 1e3:>8.2f} ms{totals['torch'] / totals['cnnframe']:>30.2f}x",
