@@ -15,8 +15,8 @@ from cnnframe.layers._util import (
     positive_int,
     uniform,
 )
-from cnnframe.ops._checks import pair
 from cnnframe.layers.base import Layer
+from cnnframe.ops._checks import pair
 from cnnframe.registry import register_layer
 
 
@@ -33,7 +33,7 @@ class Conv2D(Layer):
 
     Backward (``ops.conv2d_backward``): dW by eq. (2) (input correlated with G), db by eq. (3)
     (G summed over n, i, j), dX by eq. (4) (full convolution of G with the 180°-rotated kernel,
-    computed in its col2im form).  Set ``need_input_grad = False`` on a first layer to skip dX
+    computed as written or in its col2im form, see ``ops.conv2d_backward``).  Set ``need_input_grad = False`` on a first layer to skip dX
     (``backward`` then returns None).
 
     ``kernel_size``, ``stride``, ``padding``, ``dilation``: an int or an (h, w) pair, normalised
