@@ -1,12 +1,14 @@
 """Convolution speed: cnnframe vs plain NumPy im2col vs PyTorch CPU (when importable).
 
     python benchmarks/bench_conv.py [--threads 1 2] [--dtype float32] [--rounds 7] [--quick]
-                                    [--only cifar] [--no-numpy]
+                                    [--only cifar] [--no-numpy] [--clock thread]
 
 Each backend runs in its own worker process (thread pools of torch, OpenBLAS and libgomp in one
 process fight and give meaningless numbers).  The workers stay alive and take turns: for every
 shape, each round times every backend once, one after the other, and the best round counts.  On a
 shared, noisy machine this keeps the comparison side by side: a slow spell hits all backends alike.
+With ``--clock thread`` (1 thread only) each call is timed in CPU time of the calling thread, which
+the time other processes take the core away does not count in.
 
 GFLOP/s count 2·N·K·Ho·Wo·(C/g)·kh·kw per forward and twice that per backward (dW and dX), or
 once for a first layer that needs no dX (marked "noDX": every backend then skips it).  "%pk" is
@@ -125,25 +127,26 @@ def make_backend(name, threads):
     raise ValueError(name)
 
 
-def best_time(fn, min_time):
+def best_time(fn, min_time, clock=time.perf_counter):
     """Best per-call time over a few short batches (each batch lasts about min_time seconds)."""
     fn()
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
-    once = max(time.perf_counter() - t0, 1e-7)
+    once = max(clock() - t0, 1e-7)
     reps = max(1, int(min_time / once))
     best = float("inf")
     for _ in range(3):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(reps):
             fn()
-        best = min(best, (time.perf_counter() - t0) / reps)
+        best = min(best, (clock() - t0) / reps)
     return best
 
 
-def serve(backend, threads, dtype):
+def serve(backend, threads, dtype, clock_name):
     """Worker loop: read a JSON request per line, answer with the best forward/backward times."""
     setup = make_backend(backend, threads)
+    clock = time.thread_time if clock_name == "thread" else time.perf_counter
     cache = {}
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
@@ -164,15 +167,16 @@ def serve(backend, threads, dtype):
             print(json.dumps(None), flush=True)
             continue
         try:
-            answer = {"fwd": best_time(fns[0], req["min_time"]), "bwd": best_time(fns[1], req["min_time"])}
+            answer = {"fwd": best_time(fns[0], req["min_time"], clock), "bwd": best_time(fns[1], req["min_time"], clock)}
         except (TypeError, ValueError):  # a backend that lacks this kind of layer
             answer = None
         print(json.dumps(answer), flush=True)
 
 
 class Worker:
-    def __init__(self, backend, threads, dtype):
-        cmd = [sys.executable, os.path.abspath(__file__), "--serve", backend, "--threads", str(threads), "--dtype", dtype]
+    def __init__(self, backend, threads, dtype, clock):
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve", backend, "--threads", str(threads), "--dtype", dtype,
+               "--clock", clock]
         # Fixed thread counts: the other backends' idle workers still spin for a moment after their
         # turn, which cnnframe's dynamic threads would otherwise take for a busy machine.
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), CNNFRAME_DYNAMIC_THREADS="0")
@@ -207,10 +211,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="3 rounds of shorter batches (noisier)")
     ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy baseline")
     ap.add_argument("--only", choices=["cifar", "grouped"], help="only the shapes with this tag")
+    ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                    help="thread: CPU time of the calling thread, for 1-thread runs on a machine other "
+                         "processes keep busy (each backend computes in its calling thread then)")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.threads[0], args.dtype)
+        serve(args.serve, args.threads[0], args.dtype, args.clock)
         return 0
     rounds, min_time = (3, 0.02) if args.quick else (args.rounds, args.min_time)
     shapes = [s for s in SHAPES if args.only is None or s.tag == args.only]
@@ -221,12 +228,16 @@ def main(argv=None):
     for threads in args.threads:
         # The machine's peak: the best of a probe now and one after the table (another process
         # holding a core during one probe would make it look smaller than it is).
+        if args.clock == "thread" and threads != 1:
+            print(f"\n--clock thread measures one thread's CPU time: skipping {threads} threads")
+            continue
         peak, kind = fma_peak(threads)
-        workers = [Worker(b, threads, args.dtype) for b in backends]
+        workers = [Worker(b, threads, args.dtype, args.clock) for b in backends]
         workers = [w for w in workers if w.ok]
         names = [w.name for w in workers]
-        print(f"\n{args.dtype}, {threads} thread(s): milliseconds (GFLOP/s), best of {rounds} alternating rounds; "
-              f"float32 FMA peak {peak:.0f} GFLOP/s ({kind})")
+        clock = "wall-clock" if args.clock == "wall" else "thread CPU time"
+        print(f"\n{args.dtype}, {threads} thread(s): milliseconds (GFLOP/s) of {clock}, best of {rounds} alternating "
+              f"rounds; float32 FMA peak {peak:.0f} GFLOP/s ({kind})")
         head = f"{'N,Cin,H,W,Cout,k,s,p':<30}" + "".join(f"{n + ' fwd':>17}{n + ' bwd':>17}" for n in names)
         head += f"{'%pk':>6}{'spread':>8}"
         if "torch" in names:
