@@ -10,16 +10,11 @@ import os
 import sys
 
 from cnnframe.commands import evaluate, export, gradcheck, info, predict, report, train, validate
-from cnnframe.commands.common import INTERRUPTED, USAGE_ERROR
-from cnnframe.errors import ConfigError, DataError, MemoryLimitError, UserError
+from cnnframe.commands.common import INTERRUPTED, USAGE_ERROR, USER_ERRORS
+from cnnframe.errors import DataError, JobStopped
 
 #: every command, in the order ``--help`` lists them (a new command: one module, one entry here)
 COMMANDS = (train, validate, evaluate, predict, export, report, gradcheck, info)
-
-
-def _user_errors():
-    return (UserError, ConfigError, DataError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-            PermissionError, ValueError, KeyError, MemoryLimitError)
 
 
 def _message(e):
@@ -56,7 +51,6 @@ def main(argv=None):
         parser.error("--stop-after must be >= 1")
     if getattr(args, "batch", 1) < 1:
         parser.error("--batch must be >= 1")
-    errors = _user_errors()
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
@@ -66,10 +60,12 @@ def main(argv=None):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except JobStopped as e:  # another process of a data-parallel job failed and said why
+        return e.code
     except KeyboardInterrupt:
         print("cnnframe: interrupted", file=sys.stderr)
         return INTERRUPTED
-    except errors as e:
+    except USER_ERRORS as e:
         if os.environ.get("CNNFRAME_DEBUG"):
             raise
         print(f"cnnframe: error: {_message(e)}", file=sys.stderr)

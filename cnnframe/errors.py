@@ -56,3 +56,12 @@ class UntrustedTypeError(KeyError):
 
 class MemoryLimitError(MemoryError):
     """A model (or a layer of it) would need more memory than the limit allows; nothing was allocated."""
+
+
+class JobStopped(Exception):
+    """This process of a data-parallel job stops with exit status ``code`` because another process
+    failed and reported why (so the message appears once); the command line exits silently with ``code``."""
+
+    def __init__(self, code):
+        super().__init__(f"stopped with exit status {code}: another process of the job failed")
+        self.code = int(code)

@@ -16,7 +16,14 @@ Run directory ``<run_dir>/<name>-<YYYYmmdd-HHMMSS>/``:
 
 Ctrl-C and a non-finite loss both write ``last.npz`` with the state of the last *completed* epoch
 (the interrupted epoch is discarded), so ``--resume`` continues exactly.
+
+Data-parallel (``group``, docs/distributed.md): every process draws the same batch order and
+augmentation for the global batch and computes its own samples of it (``cnnframe.shards``); gradients,
+BatchNorm statistics and the batch loss are summed over the processes in a fixed order before they are
+used.  The root process alone has a run directory (so it alone writes files and prints), validates
+and tests, and sends the others its training state when ``fit`` starts and its metrics each epoch.
 """
+import contextlib
 import csv
 import io as _io
 import math
@@ -28,14 +35,15 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 from tqdm import tqdm
 
-from cnnframe import checkpoint, parallel
+from cnnframe import checkpoint, distributed, parallel
 from cnnframe import io as cio
 from cnnframe.config import Setup, dump_config, load, resolve
 from cnnframe.config.model_section import layer_errors
 from cnnframe.data import batches, random_shift
-from cnnframe.errors import CheckpointError
+from cnnframe.errors import CheckpointError, ConfigError
 from cnnframe.optim.schedules import Constant
 from cnnframe.seeds import derive_seed
+from cnnframe.shards import ChunkError, check_chunks, plan_shard, tree_sum, use_shard
 from cnnframe.version import __version__
 
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
@@ -102,13 +110,22 @@ class Trainer:
     declared shapes raises ValueError naming it).  ``run_dir`` (optional) is the directory to write
     checkpoints and metrics into; ``config``, when the run comes from YAML, is the resolved config saved
     with it.
+
+    Data-parallel: ``group`` is the ``cnnframe.distributed`` group of processes training together (default:
+    this one alone); ``batch_size`` is the global batch.  ``batch_chunks`` (default: the number of
+    processes) cuts each batch into that many fixed sample ranges whose sums are added in a fixed order,
+    so runs on any number of processes that is a power of two dividing it give bit-identical results.
     """
 
     def __init__(self, model, loss, optimizer, data, *, schedule=None, epochs=10, batch_size=64, seed=0, shift=0,
                  early_stopping=None, checkpoint=None, test_checkpoint="last", run_dir=None, config=None,
-                 threads=None, quiet=False, initialize=True, out=None):
+                 threads=None, quiet=False, initialize=True, out=None, group=None, batch_chunks=None):
         if threads is not None:
             parallel.set_num_threads(threads)
+        self.threads = threads
+        self.group = group if group is not None else distributed.SINGLE
+        self.batch_chunks = check_chunks(batch_chunks, self.group.size, len(data.train[1]), int(batch_size))
+        self._flat_grads = None  # the gradients' one buffer while several processes train (fit)
         self.model, self.loss, self.optimizer, self.data = model, loss, optimizer, data
         self.epochs, self.batch_size, self.seed, self.shift = int(epochs), int(batch_size), int(seed), int(shift)
         self.schedule = schedule if schedule is not None else Constant(optimizer.lr, self.epochs)
@@ -136,33 +153,36 @@ class Trainer:
 
     # -- construction from a resolved config -----------------------------------------------------
     @classmethod
-    def from_config(cls, cfg, run_root=None, quiet=False, out=None, create_run_dir=True):
+    def from_config(cls, cfg, run_root=None, quiet=False, out=None, create_run_dir=True, group=None):
         """A trainer for a config: a ``Setup`` (``cnnframe.config.load(path)``, used as built) or a
-        resolved config dict (resolved and built here).  Loads the data; makes the run directory."""
+        resolved config dict (resolved and built here).  Loads the data; makes the run directory (on the
+        root process of ``group`` only)."""
         setup = cfg if isinstance(cfg, Setup) else resolve(cfg)
         cfg = setup.config
         tr = cfg["trainer"]
         if tr["threads"] is not None:
             parallel.set_num_threads(tr["threads"])
         data = setup.load_data()
-        with layer_errors():
+        with layer_errors(), _chunk_errors():
             trainer = cls(setup.model, setup.loss, setup.optimizer, data, schedule=setup.schedule,
                           epochs=tr["epochs"], batch_size=tr["batch_size"], seed=tr["seed"],
                           shift=cfg["data"]["augment"]["shift"], early_stopping=tr["early_stopping"],
                           checkpoint=tr["checkpoint"], test_checkpoint=tr["test_checkpoint"], config=cfg,
-                          quiet=quiet, out=out)
-        if create_run_dir:  # only once everything is built, so a failure leaves no empty run directory
+                          quiet=quiet, out=out, threads=tr["threads"], group=group,
+                          batch_chunks=tr["batch_chunks"])
+        if create_run_dir and trainer.group.is_root:  # once everything is built: a failure leaves no empty run directory
             trainer.run_dir = make_run_dir(run_root or tr["run_dir"], tr["name"])
         return trainer
 
     @classmethod
-    def resume(cls, run_dir, cfg=None, quiet=False, out=None, plugins=(), overrides=()):
+    def resume(cls, run_dir, cfg=None, quiet=False, out=None, plugins=(), overrides=(), group=None):
         """Continue the run in ``run_dir`` from its ``last.npz``.
 
         The config is ``cfg`` (a ``Setup`` or a config dict you give), else the run's ``config.yaml`` with
         ``overrides`` (``--set``), which is a stored file: its ``plugins`` are not imported, and its types
         resolve from the registry and ``plugins`` (the files and modules you name) only.  The checkpoints are read as
-        arrays into the model the config builds; nothing is built from them.
+        arrays into the model the config builds; nothing is built from them.  With several processes
+        (``group``) only the root calls this; ``fit`` sends the others the state it read.
         """
         last = os.path.join(run_dir, "last.npz")
         if not os.path.isdir(run_dir):
@@ -175,7 +195,7 @@ class Trainer:
                        parameter_bytes=saved.build_budget)
         elif not isinstance(cfg, Setup):
             cfg = resolve(cfg, plugins=plugins)
-        trainer = cls.from_config(cfg, quiet=quiet, out=out, create_run_dir=False)
+        trainer = cls.from_config(cfg, quiet=quiet, out=out, create_run_dir=False, group=group)
         trainer.run_dir = run_dir
         best_path = os.path.join(run_dir, "best.npz")
         if trainer.keep_best and os.path.exists(best_path):
@@ -212,7 +232,8 @@ class Trainer:
                 "early_stopping": snap["early_stopping"], "best": snap["best"],
                 "data": {"name": self.data.name, "offset": self.data.offset, "scale": self.data.scale,
                          "num_classes": self.data.num_classes, "input_shape": list(self.data.input_shape)},
-                "threads": parallel.get_num_threads(), "cnnframe_version": __version__, "config": self.config}
+                "threads": parallel.get_num_threads(), "processes": self.group.size,
+                "cnnframe_version": __version__, "config": self.config}
 
     def _save(self, name, snap):
         """Write the model (which must hold ``snap``'s state) and ``snap`` to ``<run_dir>/<name>.npz``."""
@@ -238,20 +259,28 @@ class Trainer:
             for i, idx in enumerate(parts):
                 lr = self.schedule.lr_at(epoch + i / steps)
                 self.optimizer.lr = lr
+                # the whole global batch: every process makes the same draws, then keeps its own samples
                 xb = random_shift(X[idx], self.shift, rng) if self.shift else X[idx]
                 yb = y[idx]
+                shard = self._shard(len(idx))
+                if shard is not None:
+                    xb, yb = xb[shard.start:shard.stop], yb[shard.start:shard.stop]
                 self.optimizer.zero_grad()
-                out = self.model.forward(xb)
-                loss = self.loss.forward(out, self._targets(yb))
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the loss became {loss} at epoch {epoch + 1}, step {i + 1}/{steps} (lr {lr:.4g}); "
-                        f"training stopped. Try a smaller optimizer.lr or optimizer.clip_norm"
-                    )
-                self.model.backward(self.loss.backward(), input_grad=False)
+                with use_shard(shard):
+                    out = self.model.forward(xb)
+                    loss_sum, hits, grad = self._loss_step(out, yb, shard)
+                    loss = loss_sum / len(idx)
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"the loss became {loss} at epoch {epoch + 1}, step {i + 1}/{steps} (lr {lr:.4g}); "
+                            f"training stopped. Try a smaller optimizer.lr or optimizer.clip_norm"
+                        )
+                    self.model.backward(grad, input_grad=False)
+                if self._flat_grads is not None:
+                    self._flat_grads.sum(self.group)
                 self.optimizer.step()
-                total_loss += loss * len(idx)
-                correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+                total_loss += loss_sum
+                correct += hits
                 seen += len(idx)
                 bar.update(1)
                 if i % 4 == 3 or i == steps - 1:
@@ -260,6 +289,28 @@ class Trainer:
         finally:
             bar.close()
         return total_loss / seen, correct / seen, lr0
+
+    def _shard(self, n):
+        """This process's part of a global batch of ``n`` (None: one process computing it as one batch)."""
+        return plan_shard(n, self.batch_chunks, self.group.rank, self.group.size,
+                          self.group.sum if self.group.size > 1 else None)
+
+    def _loss_step(self, out, yb, shard):
+        """(Σ loss over the global batch, correct predictions in it, dL/dout for this process's samples).
+
+        With a shard the loss runs per chunk (a mean over the chunk), its gradient scaled by
+        chunk/global samples, and the sums over chunks and processes are added in a fixed order."""
+        if shard is None:
+            loss = self.loss.forward(out, self._targets(yb))
+            return loss * len(yb), int(np.count_nonzero(out.argmax(axis=1) == yb)), self.loss.backward()
+        sums, grads = [], []
+        for a, b in shard.bounds:
+            loss = self.loss.forward(out[a:b], self._targets(yb[a:b]))
+            g = self.loss.backward()
+            grads.append(g * g.dtype.type((b - a) / shard.total))
+            sums.append(np.array([loss * (b - a), np.count_nonzero(out[a:b].argmax(axis=1) == yb[a:b])], np.float64))
+        total = self.group.sum(tree_sum(sums))
+        return float(total[0]), int(total[1]), grads[0] if len(grads) == 1 else np.concatenate(grads)
 
     def evaluate(self, X, y, batch_size=500):
         """Eval-mode pass → {"loss", "acc", "pred", "probs"} (see ``evaluate_model``)."""
@@ -272,6 +323,7 @@ class Trainer:
         """
         if self.run_dir is not None:
             self._prepare_run_dir()
+        self.join()
         Xv, yv = self.data.val
         snap = self._snapshot()
         t_start = time.perf_counter()
@@ -287,7 +339,7 @@ class Trainer:
                 e = self.epoch
                 t0 = time.perf_counter()
                 tr_loss, tr_acc, lr = self.train_epoch(e)
-                val = self.evaluate(Xv, yv)
+                val = self.group.from_root(lambda: _metrics(self.evaluate(Xv, yv)))
                 row = {"epoch": e + 1, "lr": lr, "train_loss": tr_loss, "train_acc": tr_acc,
                        "val_loss": val["loss"], "val_acc": val["acc"], "seconds": time.perf_counter() - t0}
                 self.epoch = e + 1
@@ -322,6 +374,24 @@ class Trainer:
         elapsed = time.perf_counter() - t_start
         return self._finish(elapsed)
 
+    def join(self):
+        """With several processes (once; ``fit`` calls it): the threads per process (``trainer.threads``, else
+        ``CNNFRAME_NUM_THREADS``, else the node's cores shared by its processes); the root's training state
+        on every process (the same initial or resumed weights, optimizer state, epoch, counters, history);
+        one flat gradient buffer."""
+        if self.group.size == 1 or self._flat_grads is not None:
+            return
+        if self.threads is None and not os.environ.get("CNNFRAME_NUM_THREADS", "").strip():
+            parallel.set_num_threads(self.group.threads_per_process())
+        state = self.group.from_root(lambda: {**self._snapshot(), "history": self.history})
+        if not self.group.is_root:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optim"])
+            self.epoch, self.history = state["epoch"], state["history"]
+            self.early_stopping.load_state_dict(state["early_stopping"])
+            self.best.load_state_dict(state["best"])
+        self._flat_grads = distributed.FlatGradients(self.optimizer.params)
+
     def _abort(self, snap, status):
         self.model.load_state_dict(snap["model"])
         self.optimizer.load_state_dict(snap["optim"])
@@ -334,7 +404,7 @@ class Trainer:
     def _finish(self, elapsed):
         test = None
         if self.status in ("completed", "early_stopped"):
-            test = self.test()
+            test = self.group.from_root(self.test)
         summary = self._summary(test, elapsed)
         if self.run_dir is not None:
             self._write_summary(summary)
@@ -367,6 +437,7 @@ class Trainer:
                 "final": last, "test": test,
                 "train_seconds": sum(r["seconds"] for r in self.history),
                 "wall_seconds_this_session": elapsed, "threads": parallel.get_num_threads(), "seed": self.seed,
+                "processes": self.group.size,
                 "data": {"name": self.data.name, "train": int(len(self.data.train[1])),
                          "val": int(len(self.data.val[1])), "test": int(len(self.data.test[1]))},
                 "cnnframe_version": __version__}
@@ -433,6 +504,19 @@ def test_report(model, loss, X, y, num_classes, split="test", checkpoint="last",
 
 
 # -- module helpers -------------------------------------------------------------------------------------
+def _metrics(res):
+    """The loss and accuracy of an ``evaluate_model`` result (what other processes are sent)."""
+    return {"loss": res["loss"], "acc": res["acc"]}
+
+
+@contextlib.contextmanager
+def _chunk_errors():
+    try:
+        yield
+    except ChunkError as e:
+        raise ConfigError(str(e), key="trainer.batch_chunks") from None
+
+
 def _copy_state(state):
     return {k: np.array(v, copy=True) for k, v in state.items()}
 

@@ -3,13 +3,23 @@ trained model (a checkpoint, or the right one in a run directory) and the code i
 import os
 
 from cnnframe import checkpoint, config, parallel
-from cnnframe.errors import ConfigError, UserError
+from cnnframe.errors import ConfigError, DataError, MemoryLimitError, UserError
 from cnnframe.losses import SoftmaxCrossEntropy
 from cnnframe.model import load_checkpoint
 from cnnframe.plugins import Plugins
 
 USAGE_ERROR = 2
 INTERRUPTED = 130
+#: what the command line reports as one line with exit status 2 (the user's input is at fault)
+USER_ERRORS = (UserError, ConfigError, DataError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+               PermissionError, ValueError, KeyError, MemoryLimitError)
+
+
+def exit_code(error):
+    """The exit status the command line gives an exception: 130 for Ctrl-C, 2 for a user error, else 1."""
+    if isinstance(error, KeyboardInterrupt):
+        return INTERRUPTED
+    return USAGE_ERROR if isinstance(error, USER_ERRORS) else 1
 
 
 def add_set(p):

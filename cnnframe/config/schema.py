@@ -60,6 +60,9 @@ TRAINER_FIELDS = {
     "test_checkpoint": Field(str, "last", choices=("last", "best"), doc="model whose test metrics are reported"),
     "memory_limit": Field(float, 8.0, gt=0.0, nullable=True,
                           doc="GiB the model's estimated memory at the batch size may reach; null = no limit"),
+    "batch_chunks": Field(int, None, ge=1, nullable=True,
+                          doc="data-parallel: fixed sample ranges of each batch whose sums are added in a fixed "
+                              "order; null = the number of processes"),
 }
 EARLY_STOPPING_FIELDS = {
     "patience": Field(int, None, ge=1, nullable=True, doc="epochs without improvement before stopping; null = off"),

@@ -5,6 +5,7 @@ from cnnframe.checks import check_int, check_number
 from cnnframe.layers._util import check_grad, check_input, check_per_sample, check_size
 from cnnframe.layers.base import Layer
 from cnnframe.registry import register_layer
+from cnnframe.shards import batch_total, map_chunks, sum_over_processes, tree_sum
 
 
 class _BatchNorm(Layer):
@@ -20,6 +21,8 @@ class _BatchNorm(Layer):
       training:   dx = γ/√(σ² + eps) · (G − mean(G) − x̂ · mean(G·x̂))   (means over the m values);
       evaluation: dx = γ/√(running_var + eps) · G.
     ``num_features`` may be omitted (inferred by ``build``).  γ, β have no weight decay.
+    In data-parallel training the m values are those of the global batch: the per-channel sums are added
+    over the processes (``cnnframe.shards.sum_over_processes``) before normalising and before dx.
     """
 
     _ndim = None  # input ndim, batch axis included
@@ -68,6 +71,8 @@ class _BatchNorm(Layer):
 
     # Work on a (N, C, L) view (L = H·W, or 1 for features): per-channel sums are then einsum
     # reductions, several times faster than NumPy's strided mean over axes (0, 2, 3) on small images.
+    # In data-parallel training the sums are per chunk of the global batch, added in a fixed order and
+    # over the processes (cnnframe.shards): the statistics are those of the global batch.
     def forward(self, x):
         x = check_input(self, x, ndim=self._ndim, layout=self._layout)
         if self.num_features is not None:
@@ -75,16 +80,17 @@ class _BatchNorm(Layer):
         self._ensure_built(x)
         n, c = x.shape[:2]
         x3 = x.reshape(n, c, -1)
-        m = n * x3.shape[2]
+        m = batch_total(n) * x3.shape[2]
         if self.training:
             if m < 2:
                 raise ValueError(
                     f"{type(self).__name__}: training needs more than one value per feature to compute batch "
                     f"statistics, got input shape {x.shape}; use a larger batch or call eval()"
                 )
-            mean = np.einsum("ncl->c", x3) / m
+            mean = _batch_sums(lambda a, b: np.einsum("ncl->c", x3[a:b]), n) / m
             xhat = x3 - mean[:, None]
-            var = np.einsum("ncl,ncl->c", xhat, xhat) / m  # biased: normalise with the batch's own spread
+            # biased: normalise with the batch's own spread
+            var = _batch_sums(lambda a, b: np.einsum("ncl,ncl->c", xhat[a:b], xhat[a:b]), n) / m
             inv_std = 1.0 / np.sqrt(var + self.dtype.type(self.eps))
             xhat *= inv_std[:, None]
             mom = self.momentum
@@ -104,14 +110,19 @@ class _BatchNorm(Layer):
         xhat, inv_std, training, shape = self._cache if self._cache is not None else (None, None, None, None)
         g = check_grad(self, grad_out, shape)
         g3 = g.reshape(xhat.shape)
-        sum_g = np.einsum("ncl->c", g3)
-        sum_gx = np.einsum("ncl,ncl->c", g3, xhat)
-        self._params["weight"].grad += sum_gx
-        self._params["bias"].grad += sum_g
+        n, c = xhat.shape[:2]
+        # [Σ G, Σ G·x̂] per channel over this process's samples: the parameter gradients (summed over
+        # processes with the others), and, summed over the processes here, what dx needs.
+        sums = tree_sum(map_chunks(lambda a, b: np.concatenate(
+            [np.einsum("ncl->c", g3[a:b]), np.einsum("ncl,ncl->c", g3[a:b], xhat[a:b])]), n))
+        self._params["weight"].grad += sums[c:]
+        self._params["bias"].grad += sums[:c]
         scale = (self._params["weight"].data * inv_std)[:, None]
         if not training:
             return (g3 * scale).reshape(shape)
-        m = xhat.shape[0] * xhat.shape[2]
+        sum_over_processes(sums)
+        sum_g, sum_gx = sums[:c], sums[c:]
+        m = batch_total(n) * xhat.shape[2]
         dx = xhat * (-sum_gx / m)[:, None]  # γ/σ · (G − mean(G) − x̂·mean(G·x̂))
         dx += g3
         dx -= (sum_g / m)[:, None]
@@ -125,6 +136,12 @@ class _BatchNorm(Layer):
             "eps": self.eps,
             "momentum": self.momentum,
         }
+
+
+def _batch_sums(partial, n):
+    """Σ over the global batch of ``partial(a, b)`` (per-channel sums over samples [a, b) of this process's
+    batch): chunk sums in tree order, then over the processes -- the statistics hook (cnnframe.shards)."""
+    return sum_over_processes(tree_sum(map_chunks(partial, n)))
 
 
 @register_layer("batchnorm1d")
