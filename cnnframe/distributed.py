@@ -83,6 +83,10 @@ class Group:
         """``a`` (1-D, contiguous, modified in place) summed over the processes in a fixed order; returns ``a``."""
         return a
 
+    def gather(self, a):
+        """Every process's array ``a`` (same shape everywhere), stacked in rank order: (P, *a.shape)."""
+        return a[None]
+
     def bcast(self, obj):
         """The root's ``obj`` on every process."""
         return obj
@@ -145,6 +149,11 @@ class MPIGroup(Group):
 
     def _mpi_type(self, a):
         return self._mpi.DOUBLE if a.dtype == np.float64 else self._mpi.FLOAT
+
+    def gather(self, a):
+        out = np.empty((self.size, *a.shape), dtype=a.dtype)
+        self.comm.Allgather(np.ascontiguousarray(a), out)
+        return out
 
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0)

@@ -9,14 +9,19 @@ over the batch on its length), and add per-chunk partial sums with ``tree_sum``:
 
     tree_sum([s]) = s,   tree_sum(s[0:m]) = tree_sum(s[0:⌊m/2⌋]) + tree_sum(s[⌊m/2⌋:m]).
 
-A process's sum over its k = C/P chunks is then a node of the tree over all C chunks whenever P is a
-power of two (or P = C), and the cross-process sum (``Shard.reduce``, the same tree over the P partial
-sums) completes the very additions one process makes over all C chunks: the result is bit-identical for
-P = 1, 2, 4, ... dividing C.  Outside a step (or with one chunk and one process) there is no shard and
-every layer computes as it always has.
+Two kinds of sums cross the processes:
+- parameter gradients (the trainer, one buffer): each process's tree sum over its k = C/P chunks is a
+  node of the tree over all C chunks whenever P is a power of two (or P = C), and the same tree over
+  the P partial sums completes the very additions one process makes over all C chunks: bit-identical
+  for P = 1, 2, 4, ... dividing C;
+- per-channel statistics (BatchNorm) and the batch loss, small: ``gather_chunks`` gives every process
+  every chunk's partial sums, which it adds itself in chunk order: the same for any P dividing C.
+Outside a step (or with one chunk and one process) there is no shard and every layer computes as it
+always has.
 
-Layers use ``chunks(n)``, ``map_chunks``, ``tree_sum``, ``batch_total(n)``, ``sum_over_processes`` and
-``global_rows(n)``; nothing here knows about MPI (``cnnframe.distributed`` supplies ``reduce``).
+Layers use ``chunks(n)``, ``map_chunks``, ``tree_sum``, ``batch_total(n)``, ``chunk_sizes(n)``,
+``gather_chunks`` and ``global_rows(n)``; nothing here knows about MPI (``cnnframe.distributed`` supplies
+``Shard.gather``).
 """
 import contextlib
 import contextvars
@@ -24,20 +29,20 @@ import contextvars
 import numpy as np
 
 __all__ = ["Shard", "ChunkError", "check_chunks", "plan_shard", "use_shard", "current_shard", "chunks", "map_chunks",
-           "concat", "tree_sum", "batch_total", "sum_over_processes", "global_rows"]
+           "concat", "tree_sum", "batch_total", "chunk_sizes", "gather_chunks", "global_rows"]
 
 
 class Shard:
-    """Samples [start, stop) of a global batch of ``total``, computed in ``bounds`` (chunk ranges relative
-    to ``start``).  ``reduce(a)`` sums a 1-D float array over the processes in place, in a fixed order
-    (``tree_sum`` over ranks); None in a single process."""
+    """Samples [start, stop) of a global batch of ``total`` cut into ``num_chunks`` chunks, this process's
+    in ``bounds`` (ranges relative to ``start``).  ``gather(a)`` stacks every process's array ``a`` in
+    rank order, shape (P, *a.shape); None in a single process."""
 
-    __slots__ = ("total", "start", "stop", "bounds", "reduce")
+    __slots__ = ("total", "num_chunks", "start", "stop", "bounds", "gather")
 
-    def __init__(self, total, start, stop, bounds, reduce=None):
-        self.total, self.start, self.stop = int(total), int(start), int(stop)
+    def __init__(self, total, num_chunks, start, stop, bounds, gather=None):
+        self.total, self.num_chunks, self.start, self.stop = int(total), int(num_chunks), int(start), int(stop)
         self.bounds = tuple((int(a), int(b)) for a, b in bounds)
-        self.reduce = reduce
+        self.gather = gather
 
     @property
     def size(self):
@@ -69,7 +74,7 @@ def check_chunks(chunks, processes, samples=None, batch_size=None):
     return chunks
 
 
-def plan_shard(total, num_chunks, rank=0, size=1, reduce=None):
+def plan_shard(total, num_chunks, rank=0, size=1, gather=None):
     """The ``Shard`` of process ``rank`` of ``size`` for a global batch of ``total`` samples cut into
     ``num_chunks`` chunks (a multiple of ``size``, at most ``total``), or None when there is nothing to
     split (one process, one chunk)."""
@@ -81,7 +86,8 @@ def plan_shard(total, num_chunks, rank=0, size=1, reduce=None):
     k = num_chunks // size
     edges = [total * j // num_chunks for j in range(rank * k, (rank + 1) * k + 1)]
     start = edges[0]
-    return Shard(total, start, edges[-1], [(a - start, b - start) for a, b in zip(edges[:-1], edges[1:])], reduce)
+    return Shard(total, num_chunks, start, edges[-1], [(a - start, b - start) for a, b in zip(edges[:-1], edges[1:])],
+                 gather)
 
 
 _SHARD = contextvars.ContextVar("cnnframe_shard", default=None)
@@ -137,13 +143,26 @@ def batch_total(n):
     return n if shard is None else shard.total
 
 
-def sum_over_processes(a):
-    """``a`` (a 1-D float array of this process's sums, modified in place) summed over the processes;
-    ``a`` itself in a single process.  The per-channel statistics hook of BatchNorm."""
+def chunk_sizes(n):
+    """Samples in each chunk of the global batch, in chunk order (every process's chunks, not only
+    this one's): [n] for a batch of ``n`` outside a shard."""
     shard = _SHARD.get()
-    if shard is not None and shard.reduce is not None:
-        shard.reduce(a)
-    return a
+    if shard is None:
+        return [n]
+    chunks(n)  # checks n
+    t, c = shard.total, shard.num_chunks
+    return [t * (j + 1) // c - t * j // c for j in range(c)]
+
+
+def gather_chunks(rows):
+    """Every chunk's row of partial sums, in chunk order: ``rows`` (k, w) are this process's k chunks';
+    returns (C, w) with every process's (``rows`` itself in a single process).  The statistics hook:
+    BatchNorm and the trainer's batch loss add the rows in a fixed order, so the same on any process
+    and for any number of processes dividing C."""
+    shard = _SHARD.get()
+    if shard is None or shard.gather is None:
+        return rows
+    return shard.gather(np.ascontiguousarray(rows)).reshape(shard.num_chunks, *rows.shape[1:])
 
 
 def global_rows(n):

@@ -43,7 +43,7 @@ from cnnframe.data import batches, random_shift
 from cnnframe.errors import CheckpointError, ConfigError
 from cnnframe.optim.schedules import Constant
 from cnnframe.seeds import derive_seed
-from cnnframe.shards import ChunkError, check_chunks, plan_shard, tree_sum, use_shard
+from cnnframe.shards import ChunkError, check_chunks, concat, gather_chunks, plan_shard, tree_sum, use_shard
 from cnnframe.version import __version__
 
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
@@ -293,24 +293,24 @@ class Trainer:
     def _shard(self, n):
         """This process's part of a global batch of ``n`` (None: one process computing it as one batch)."""
         return plan_shard(n, self.batch_chunks, self.group.rank, self.group.size,
-                          self.group.sum if self.group.size > 1 else None)
+                          self.group.gather if self.group.size > 1 else None)
 
     def _loss_step(self, out, yb, shard):
         """(Σ loss over the global batch, correct predictions in it, dL/dout for this process's samples).
 
         With a shard the loss runs per chunk (a mean over the chunk), its gradient scaled by
-        chunk/global samples, and the sums over chunks and processes are added in a fixed order."""
+        chunk/global samples, and every chunk's sums are added in chunk order on every process."""
         if shard is None:
             loss = self.loss.forward(out, self._targets(yb))
             return loss * len(yb), int(np.count_nonzero(out.argmax(axis=1) == yb)), self.loss.backward()
-        sums, grads = [], []
+        rows, grads = [], []
         for a, b in shard.bounds:
             loss = self.loss.forward(out[a:b], self._targets(yb[a:b]))
             g = self.loss.backward()
             grads.append(g * g.dtype.type((b - a) / shard.total))
-            sums.append(np.array([loss * (b - a), np.count_nonzero(out[a:b].argmax(axis=1) == yb[a:b])], np.float64))
-        total = self.group.sum(tree_sum(sums))
-        return float(total[0]), int(total[1]), grads[0] if len(grads) == 1 else np.concatenate(grads)
+            rows.append([loss * (b - a), np.count_nonzero(out[a:b].argmax(axis=1) == yb[a:b])])
+        total = tree_sum(list(gather_chunks(np.array(rows, dtype=np.float64))))
+        return float(total[0]), int(total[1]), concat(grads)
 
     def evaluate(self, X, y, batch_size=500):
         """Eval-mode pass → {"loss", "acc", "pred", "probs"} (see ``evaluate_model``)."""

@@ -362,6 +362,7 @@ def test_sums_over_processes_are_ordered_and_the_same_by_either_path(tmp_path):
                 g.gather_bytes = limit
                 got = g.sum(data[g.rank].astype(dt))
                 assert np.array_equal(got, expect), (dt, limit)
+        assert np.array_equal(g.gather(np.full(2, g.rank)), [[0, 0], [1, 1], [2, 2]])
         assert g.size == 3 and g.from_root(lambda: g.rank) == 0
         print("ok")
         """))

@@ -48,10 +48,14 @@ def test_check_chunks_defaults_to_the_processes_and_names_the_problem():
 
 
 def test_chunks_outside_and_inside_a_shard():
-    assert shards.chunks(7) == ((0, 7),)
-    with use_shard(plan_shard(10, 4, 1, 2)):
+    assert shards.chunks(7) == ((0, 7),) and shards.chunk_sizes(7) == [7]
+    rows = np.arange(4.0).reshape(2, 2)
+    assert shards.gather_chunks(rows) is rows
+    with use_shard(plan_shard(10, 4, 1, 2, gather=lambda a: np.stack([a + 10, a]))):
         assert shards.chunks(5) == ((0, 2), (2, 5))
         assert shards.batch_total(5) == 10 and shards.global_rows(5) == (10, 5, 10)
+        assert shards.chunk_sizes(5) == [2, 3, 2, 3]
+        assert np.array_equal(shards.gather_chunks(rows), [[10, 11], [12, 13], [0, 1], [2, 3]])
         with pytest.raises(ValueError, match="got a batch of 4 samples"):
             shards.chunks(4)
     assert shards.current_shard() is None
@@ -76,27 +80,27 @@ def test_tree_sum_of_process_sums_is_the_tree_sum_of_all_chunks():
 
 # -- layers under a shard ---------------------------------------------------------------------------------------
 class ThreadProcesses:
-    """``size`` threads standing in for processes; ``reducer(rank)`` sums an array over them by tree_sum."""
+    """``size`` threads standing in for processes; ``gatherer(rank)`` stacks an array of every one."""
 
     def __init__(self, size):
         self.size, self.slots = size, [None] * size
         self.barrier = threading.Barrier(size, timeout=30)
 
-    def reducer(self, rank):
-        def reduce(a):
+    def gatherer(self, rank):
+        def gather(a):
             self.slots[rank] = a.copy()
             self.barrier.wait()
-            total = tree_sum(list(self.slots))
+            every = np.stack(self.slots)
             self.barrier.wait()
-            a[...] = total
-        return reduce
+            return every
+        return gather
 
     def run(self, fn):
         results, errors = [None] * self.size, []
 
         def body(rank):
             try:
-                results[rank] = fn(rank, self.reducer(rank))
+                results[rank] = fn(rank, self.gatherer(rank))
             except BaseException as e:  # pragma: no cover -- surfaced below
                 errors.append(e)
                 self.barrier.abort()
@@ -133,8 +137,8 @@ def test_batchnorm_over_processes_equals_one_process_with_the_same_chunks(cls, s
 
     y1, dx1, grads1, bufs1 = _batchnorm_step(fresh(), x, g, plan_shard(12, 4, 0, 1))
 
-    def process(rank, reduce):
-        s = plan_shard(12, 4, rank, 2, reduce)
+    def process(rank, gather):
+        s = plan_shard(12, 4, rank, 2, gather)
         return _batchnorm_step(fresh(), x[s.start:s.stop], g[s.start:s.stop], s)
 
     (ya, dxa, ga, ba), (yb, dxb, gb, bb) = ThreadProcesses(2).run(process)
