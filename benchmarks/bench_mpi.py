@@ -19,10 +19,12 @@ pool, 128, 128, each with BatchNorm and ReLU; global average pool; dense 10) on 
 
 Scaling efficiency = T(1 process x 1 thread) / (2 x T(2 processes x 1 thread)); the threads-vs-processes
 ratio = T(1 x 2) / T(2 x 1) (above 1: two processes beat two threads on the same two cores).
-``MPIR_CVAR_POLLS_BEFORE_YIELD=1`` (MPICH yields the core while polling) is timed as a variant.
+cnnframe sets ``MPIR_CVAR_POLLS_BEFORE_YIELD=1`` (a waiting rank yields its core after every poll);
+MPICH's own default, 1000 polls before yielding, is timed as the variant "spin".
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -75,7 +77,7 @@ trainer:
 SETUPS = (
     ("1 x 2 threads", 1, 2, {}),
     ("2 x 1 thread", 2, 1, {}),
-    ("2 x 1, yield", 2, 1, {"MPIR_CVAR_POLLS_BEFORE_YIELD": "1"}),
+    ("2 x 1, spin", 2, 1, {"MPIR_CVAR_POLLS_BEFORE_YIELD": "1000"}),
     ("1 x 1 thread", 1, 1, {}),
 )
 
@@ -103,28 +105,33 @@ def worker(config_path, threads, epochs):
     trainer = Trainer.from_config(setup, quiet=True, create_run_dir=False, group=group)
     trainer.join()
     grad_size = sum(p.grad.size for p in trainer.optimizer.params.values())
-    spent = {"gradients": 0.0, "statistics": 0.0}
-    if group.size > 1:
-        plain_sum = group.sum
+    spent = {"gradients": 0.0, "statistics": 0.0, "exchanges": 0, "statistics_bytes": 0}
+    if group.size > 1:  # time the gradient sums (group.sum) and the statistics and loss exchanges (group.gather)
+        plain_sum, plain_gather = group.sum, group.gather
 
-        def timed_sum(a):
-            t = time.perf_counter()
-            plain_sum(a)
-            spent["gradients" if a.size == grad_size else "statistics"] += time.perf_counter() - t
-            return a
+        def timed(fn, key):
+            def call(a):
+                t = time.perf_counter()
+                out = fn(a)
+                spent[key] += time.perf_counter() - t
+                spent["exchanges"] += 1
+                if key == "statistics":
+                    spent["statistics_bytes"] += a.nbytes
+                return out
+            return call
 
-        group.sum = timed_sum
+        group.sum, group.gather = timed(plain_sum, "gradients"), timed(plain_gather, "statistics")
     trainer.train_epoch(0)  # warm-up
     rows = []
     for e in range(1, epochs + 1):
-        spent.update(gradients=0.0, statistics=0.0)
+        spent.update(gradients=0.0, statistics=0.0, exchanges=0, statistics_bytes=0)
         t = time.perf_counter()
         trainer.train_epoch(e)
         rows.append({"seconds": time.perf_counter() - t, **spent})
     result = {"epochs": rows, "gradient_values": int(grad_size), "dtype": setup.config["trainer"]["dtype"],
               "steps": -(-len(trainer.data.train[1]) // trainer.batch_size)}
     if group.size > 1:
-        group.sum = plain_sum
+        group.sum, group.gather = plain_sum, plain_gather
         flat = next(iter(trainer._flat_grads.buffers.values())).copy()
         result["sum_gradients_ms"] = _median_ms(group, flat)
         result["sum_64_values_us"] = 1000 * _median_ms(group, np.ones(64, flat.dtype))
@@ -161,7 +168,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--from-json", metavar="PATH", help="report the raw results of an earlier run (runs nothing)")
+    ap.add_argument("--step-ms", type=float, help="the scaling estimate's compute per step of 64 samples "
+                                                  "(default: the best 1 x 2 threads epoch measured)")
     args = ap.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            for model, results in json.load(f).items():
+                report(model, os.path.join(ROOT, "configs", "digits.yaml") if model == "digits" else model, results,
+                       args.step_ms)
+        return
     raw = {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
@@ -171,17 +187,17 @@ def main():
                 for name, procs, threads, env in SETUPS if r % 2 == 0 else SETUPS[::-1]:
                     results[name].append(run(path, procs, threads, env, args.epochs))
             raw[model] = results
-            report(model, path, results)
+            report(model, path, results, args.step_ms)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(raw, f, indent=1)
 
 
-def report(model, path, results):
+def report(model, path, results, step_ms=None):
     epochs = {name: [e for res in runs for e in res["epochs"]] for name, runs in results.items()}
     best = {name: min(e["seconds"] for e in rows) for name, rows in epochs.items()}
     first = results["2 x 1 thread"][0]
-    print(f"\n{model} ({os.path.relpath(path, ROOT) if path.startswith(ROOT) else 'cifar-size model, random data'}): "
+    print(f"\n{model} ({os.path.relpath(path, ROOT) if path.startswith(ROOT) else 'cifar-size model'}): "
           f"{first['steps']} steps per epoch, gradient {first['gradient_values']:,} values ({first['dtype']})")
     print(f"{'setup':16s} {'best epoch':>11s} {'median':>8s} {'spread':>7s}   in sums per epoch (share of the best epoch)")
     for name, rows in epochs.items():
@@ -200,8 +216,42 @@ def report(model, path, results):
           f"per step {1000 * best['2 x 1 thread'] / first['steps']:.2f} ms")
     print(f"scaling efficiency T(1x1) / (2 T(2x1)) = {best['1 x 1 thread'] / (2 * best['2 x 1 thread']):.2f}; "
           f"threads vs processes T(1x2) / T(2x1) = {best['1 x 2 threads'] / best['2 x 1 thread']:.2f}; "
-          f"yield T(2x1) / T(2x1, yield) = {best['2 x 1 thread'] / best['2 x 1, yield']:.2f}")
+          f"yielding T(2x1, spin) / T(2x1) = {best['2 x 1, spin'] / best['2 x 1 thread']:.2f}")
+    e = two[0]["epochs"][0]
+    estimate(step_ms / 1000 if step_ms else best["1 x 2 threads"] / first["steps"], first["gradient_values"] * (4 if first["dtype"] == "float32" else 8),
+             e["exchanges"] / first["steps"], e["statistics_bytes"] / max(1, e["exchanges"] - first["steps"]))
 
+
+#: link speed (Gb/s) and the latency of one message: TCP over Ethernet, RDMA (InfiniBand, RoCE)
+LINKS = ((10, 25e-6), (25, 25e-6), (100, 3e-6))
+
+
+def estimate(step, grad_bytes, exchanges, row_bytes, machines=(8, 32, 128), batches=(64, 256), faster=(1, 16)):
+    """Projected efficiency on N machines, each computing ``b`` samples per step as fast as this one
+    (``step`` seconds per 64 samples) or ``faster`` times faster (a node with 16x the cores).
+
+    The gradient sum costs 2(N-1)/N·bytes/bandwidth + 2(N-1)·latency (the slice exchange and gather
+    of ``MPIGroup.sum``, like a ring allreduce); each other exchange ⌈log2 N⌉·latency +
+    (N-1)·row/bandwidth (a recursive-doubling allgather).  Without overlap a step is compute + every
+    exchange; with gradient bucketing the gradient sum hides behind the backward pass (2/3 of the
+    compute): forward + max(backward, gradient sum) + statistics."""
+    print(f"estimate: {1000 * step:.1f} ms per step of 64 samples on this machine, gradient {grad_bytes / 1e6:.2f} MB, "
+          f"{exchanges:.0f} exchanges per step (1 gradient sum + statistics/loss of {row_bytes:.0f} bytes per process)")
+    print(f"{'speed':>5s} {'machines':>8s} {'batch/machine':>13s} " + " ".join(f"{f'{g} Gb/s':>24s}" for g, _ in LINKS))
+    print(f"{'':5s} {'':8s} {'':13s} " + " ".join(f"{'sum ms  eff  overlapped':>24s}" for _ in LINKS))
+    for speed in faster:
+        for b in batches:
+            compute = step * b / 64 / speed
+            for n in machines:
+                cells = []
+                for gbps, latency in LINKS:
+                    bandwidth = gbps * 1e9 / 8
+                    grad = 2 * (n - 1) / n * grad_bytes / bandwidth + 2 * (n - 1) * latency
+                    stats = (exchanges - 1) * (math.ceil(math.log2(n)) * latency + (n - 1) * row_bytes / bandwidth)
+                    plain = compute / (compute + grad + stats)
+                    overlapped = compute / (compute / 3 + max(2 * compute / 3, grad) + stats)
+                    cells.append(f"{1000 * (grad + stats):8.2f} {100 * plain:4.0f}% {100 * overlapped:9.0f}%")
+                print(f"{f'{speed}x':>5s} {n:8d} {b:13d} " + " ".join(f"{c:>24s}" for c in cells))
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":

@@ -48,6 +48,9 @@ LAUNCH_VARIABLES = (
 #: a rank whose Ctrl-C found the root busy waits this long for the root to save, then ends the job
 INTERRUPT_GRACE = 5.0
 
+#: MPICH polls this many times before yielding the core while a rank waits (MPICH's default: 1000)
+POLLS_BEFORE_YIELD = 1
+
 # Sums of at most this many bytes per rank, and every sum over two ranks, gather every partial sum on every
 # rank (one collective); larger ones over more ranks exchange 1/P slices first, as a ring allreduce does.
 _GATHER_BYTES = 1 << 18
@@ -198,10 +201,16 @@ def group_from_environment(environ=None):
 
     Without mpi4py under a launcher: UserError naming ``pip install "cnnframe[mpi]"`` on rank 0 and
     JobStopped(2) on the others (one copy of the message, every process exits 2, no collective)."""
+    global _WORLD
     launch = detect_launch(environ)
     if launch is None:
         return SINGLE
+    if _WORLD is not None:
+        return _WORLD
     rank, size = launch
+    # A rank waiting in a collective polls; MPICH yields the core only every 1000 polls by default, and a
+    # spinning rank then slows the processes and threads that share its core (docs/distributed.md).
+    os.environ.setdefault("MPIR_CVAR_POLLS_BEFORE_YIELD", str(POLLS_BEFORE_YIELD))
     try:
         import mpi4py
 
@@ -216,7 +225,11 @@ def group_from_environment(environ=None):
     if group.size == 1:
         return SINGLE
     _abort_on_uncaught(group)
+    _WORLD = group
     return group
+
+
+_WORLD = None  # the MPIGroup of COMM_WORLD, once made
 
 
 def _abort_on_uncaught(group):

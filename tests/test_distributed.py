@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
 from cnnframe import checkpoint, cli, distributed
 from cnnframe.commands.common import exit_code
@@ -229,10 +230,14 @@ def test_resume_with_another_number_of_processes_continues_exactly(reference, tm
         _assert_bit_identical(run_dir, reference)
 
 
-def test_commands_use_a_run_trained_on_two_processes(two_processes, capsys):
+def test_commands_use_a_run_trained_on_two_processes(two_processes, tmp_path, capsys):
     assert cli.main(["evaluate", two_processes]) == 0
     acc = _summary(two_processes)["test"]["acc"]
     assert f"accuracy {100 * acc:.2f}%" in capsys.readouterr().out
+    np.save(tmp_path / "x.npy", load_digits().images[:5])
+    assert cli.main(["predict", two_processes, "--input", str(tmp_path / "x.npy"), "--output",
+                     str(tmp_path / "p.csv")]) == 0
+    assert len((tmp_path / "p.csv").read_text().strip().splitlines()) == 6  # header + 5 samples
     res = _run(2, "validate", os.path.join(two_processes, "config.yaml"))
     assert res.returncode == 0, res.stderr
     assert res.stdout.count(": OK") == 1 and "data-parallel: 2 processes (MPI), each batch in 2 chunks" in res.stdout

@@ -53,7 +53,8 @@ TRAINER_FIELDS = {
     "epochs": Field(int, 10, ge=1),
     "batch_size": Field(int, 64, ge=1),
     "seed": Field(int, 0, ge=0),
-    "threads": Field(int, None, ge=1, nullable=True, doc="OpenMP threads; null = CNNFRAME_NUM_THREADS or all cores"),
+    "threads": Field(int, None, ge=1, nullable=True, doc="OpenMP threads; null = CNNFRAME_NUM_THREADS or all cores "
+                                                         "(under mpiexec: the node's cores / its processes)"),
     "dtype": Field(str, "float32", choices=("float32", "float64")),
     "run_dir": Field(str, "runs", doc="directory that holds the run directories"),
     "name": Field(str, None, nullable=True, doc="run name; null = the config file's name"),
