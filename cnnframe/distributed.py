@@ -33,7 +33,7 @@ from cnnframe.errors import JobStopped, UserError
 from cnnframe.shards import tree_sum
 
 __all__ = ["Group", "MPIGroup", "SINGLE", "detect_launch", "group_from_environment", "FlatGradients",
-           "agreement", "abort_on_failure", "stop_interrupted", "MPI_EXTRA"]
+           "agreement", "abort_on_failure", "end_job", "stop_interrupted", "MPI_EXTRA"]
 
 MPI_EXTRA = 'pip install "cnnframe[mpi]"'
 
@@ -50,6 +50,8 @@ INTERRUPT_GRACE = 5.0
 
 #: MPICH polls this many times before yielding the core while a rank waits (MPICH's default: 1000)
 POLLS_BEFORE_YIELD = 1
+
+_FORWARD_SECONDS = 0.2
 
 # Sums of at most this many bytes per rank, and every sum over two ranks, gather every partial sum on every
 # rank (one collective); larger ones over more ranks exchange 1/P slices first, as a ring allreduce does.
@@ -170,6 +172,7 @@ class MPIGroup(Group):
     def abort(self, code):
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(_FORWARD_SECONDS)  # MPI_Abort tears the job down at once: let the launcher pass on what we printed
         self.comm.Abort(int(code))
 
     def threads_per_process(self):
@@ -296,32 +299,34 @@ def agreement(group, exit_code):
 
 
 @contextlib.contextmanager
-def abort_on_failure(group, exit_code, together=()):
+def abort_on_failure(group, exit_code):
     """Within the block, an exception on one process ends the whole job: it is reported (rank, message,
-    and the traceback of an unexpected error) and ``MPI_Abort`` is called with its status.  Exceptions of
-    the ``together`` types are raised by every process at the same point (the trainer makes sure of it)
-    and propagate.  In a single process this is just the block."""
+    and the traceback of an unexpected error) and ``MPI_Abort`` is called with its status.  (What every
+    process raises at the same point, such as a non-finite loss, is caught inside the block.)  In a
+    single process this is just the block."""
     try:
         yield
-    except together:
-        raise
     except BaseException as e:
         if group.size == 1 or isinstance(e, (SystemExit, JobStopped)):
             raise
         code = exit_code(e)
-        if code not in (0, 2, 130):
-            traceback.print_exc(file=sys.stderr)
         if not isinstance(e, KeyboardInterrupt):
             print(f"cnnframe: error on process {group.rank} of {group.size}: {e}; ending the job", file=sys.stderr)
+        if code not in (0, 2, 130):
+            traceback.print_exc(file=sys.stderr)
         group.abort(code)
+
+
+def end_job(group, code):
+    """``code`` for a single process to exit with; with several, a failure only this one saw: end the job."""
+    if group.size > 1:
+        group.abort(code)
+    return code
 
 
 def stop_interrupted(group, code):
     """After Ctrl-C: the root (which has saved the last completed epoch) ends the job now; another rank
     gives the root ``INTERRUPT_GRACE`` seconds to do so (it may be saving) and then ends it itself."""
-    if group.size == 1:
-        return code
-    if not group.is_root:
+    if group.size > 1 and not group.is_root:
         time.sleep(INTERRUPT_GRACE)
-    group.abort(code)
-    return code
+    return end_job(group, code)

@@ -1,24 +1,51 @@
 """What several commands share: exit codes, the ``--set`` and ``--plugin`` options, and finding a
 trained model (a checkpoint, or the right one in a run directory) and the code it may use."""
 import os
+import sys
 
 from cnnframe import checkpoint, config, parallel
-from cnnframe.errors import ConfigError, DataError, MemoryLimitError, UserError
+from cnnframe.errors import ConfigError, DataError, MemoryLimitError, UserError, WriteError
 from cnnframe.losses import SoftmaxCrossEntropy
 from cnnframe.model import load_checkpoint
 from cnnframe.plugins import Plugins
+from cnnframe.trainer import TrainingWriteFailed
 
+# Exit status (docs/cli.md): 1 is training's divergence and a failed check, said by the commands themselves.
 USAGE_ERROR = 2
-INTERRUPTED = 130
+WRITE_FAILED = 74  # sysexits.h EX_IOERR: a full or failing disk; what was written before is intact
+INTERRUPTED = 130  # 128 + SIGINT
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away
+
+
+def output_closed(message=None):
+    """Stop writing to a standard output whose reader went away (``... | head``): send stdout to the null
+    device, so nothing fails again at exit, say ``message`` on stderr if it can, and return BROKEN_PIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    if message:
+        try:
+            print(f"cnnframe: {message}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):  # stderr went too (``2>&1 | head``)
+            pass
+    return BROKEN_PIPE
 #: what the command line reports as one line with exit status 2 (the user's input is at fault)
 USER_ERRORS = (UserError, ConfigError, DataError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
                PermissionError, ValueError, KeyError, MemoryLimitError)
 
 
 def exit_code(error):
-    """The exit status the command line gives an exception: 130 for Ctrl-C, 2 for a user error, else 1."""
+    """The exit status the command line gives an exception (docs/cli.md): 130 for Ctrl-C, 74 for a file
+    that could not be written, 141 for a closed standard output, 2 for a user error, else 1."""
     if isinstance(error, KeyboardInterrupt):
         return INTERRUPTED
+    if isinstance(error, (WriteError, TrainingWriteFailed)):
+        return WRITE_FAILED
+    if isinstance(error, BrokenPipeError):
+        return BROKEN_PIPE
     return USAGE_ERROR if isinstance(error, USER_ERRORS) else 1
 
 
