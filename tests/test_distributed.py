@@ -106,6 +106,9 @@ def test_abort_on_failure_ends_the_job_with_the_status(capsys):
     with pytest.raises(KeyError):  # one process: just the exception
         with abort_on_failure(FakeGroup(0, [0]), exit_code):
             raise KeyError("alone")
+    root = FakeGroup(0, [0, 0])  # a failure only the root saw (its disk, its stdout): it ends the job
+    assert distributed.end_job(root, 74) == 74 and root.aborted == 74
+    assert distributed.end_job(distributed.SINGLE, 74) == 74  # one process just exits with it
 
 
 def test_flat_gradients_share_one_buffer():
