@@ -51,9 +51,10 @@ def run(args):
         if args.resume and group.size > 1:
             stored = group.bcast(trainer.config if group.is_root else None)
             with distributed.agreement(group, exit_code):
-                if not group.is_root:
-                    trainer = Trainer.from_config(config.resolve(stored, plugins=plugins, safe=not args.config),
-                                                  quiet=True, out=out, create_run_dir=False, group=group)
+                if not group.is_root:  # trusted as the root trusted it: the user's CONFIG, or a stored file
+                    base = os.path.dirname(os.path.abspath(args.config)) if args.config else "."
+                    setup = config.resolve(stored, base_dir=base, plugins=plugins, safe=not args.config)
+                    trainer = Trainer.from_config(setup, quiet=True, out=out, create_run_dir=False, group=group)
     except JobStopped:
         if trainer is not None and trainer.rundir is not None:
             trainer.rundir.release()
