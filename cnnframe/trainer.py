@@ -152,10 +152,10 @@ class Trainer:
         self.keep_best = bool(ck.get("best", True))
         self.best = Monitor(ck.get("monitor", "val_loss"))
         self.test_checkpoint = test_checkpoint
-        self.run_dir = run_dir
+        self.run_dir = run_dir if self.group.is_root else None  # the root alone writes (and prints)
         self.rundir = None  # the RunDir while this trainer holds the run directory (cnnframe/rundir.py)
         self.config = config
-        self.quiet = quiet
+        self.quiet = quiet or not self.group.is_root
         self.out = out if out is not None else sys.stdout
         self.epoch = 0  # completed epochs
         self.history = []
