@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from cnnframe import ops
+from cnnframe import ops, shards
 from cnnframe.checks import check_int, pair
 from cnnframe.layers._util import (
     check_grad,
@@ -135,8 +135,10 @@ class Conv2D(Layer):
             self.build(x.shape[1:])
         w = self._params["weight"].data
         b = self._params["bias"].data if self.use_bias else None
-        try:
-            y = ops.conv2d_forward(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        try:  # chunk by chunk in data-parallel training (cnnframe.shards); one call otherwise
+            y = shards.concat(shards.map_chunks(
+                lambda i, j: ops.conv2d_forward(x[i:j], w, b, self.stride, self.padding, self.dilation, self.groups),
+                len(x)))
         except ValueError as e:
             raise ValueError(f"Conv2D: {e}") from None
         self._x = x
@@ -146,14 +148,13 @@ class Conv2D(Layer):
     def backward(self, grad_out):
         g = check_grad(self, grad_out, self._y_shape)
         w = self._params["weight"]
-        dx, dw, db = ops.conv2d_backward(
-            self._x, w.data, g, self.stride, self.padding, self.dilation, self.groups,
-            need_input_grad=self.need_input_grad,
-        )
-        w.grad += dw
+        parts = shards.map_chunks(lambda i, j: ops.conv2d_backward(
+            self._x[i:j], w.data, g[i:j], self.stride, self.padding, self.dilation, self.groups,
+            need_input_grad=self.need_input_grad), len(g))
+        w.grad += shards.tree_sum([dw for _, dw, _ in parts])
         if self.use_bias:
-            self._params["bias"].grad += db
-        return dx
+            self._params["bias"].grad += shards.tree_sum([db for _, _, db in parts])
+        return shards.concat([dx for dx, _, _ in parts]) if self.need_input_grad else None
 
     def get_config(self):
         return {
