@@ -9,12 +9,12 @@ import argparse
 import os
 import sys
 
-from cnnframe.commands import evaluate, gradcheck, info, predict, train, validate
+from cnnframe.commands import evaluate, gradcheck, info, predict, profile, train, validate
 from cnnframe.commands.common import INTERRUPTED, USAGE_ERROR
 from cnnframe.errors import ConfigError, DataError, UserError
 
 #: every command, in the order ``--help`` lists them (a new command: one module, one entry here)
-COMMANDS = (train, validate, evaluate, predict, gradcheck, info)
+COMMANDS = (train, validate, evaluate, predict, gradcheck, profile, info)
 
 
 def _user_errors():
