@@ -15,6 +15,7 @@ from collections import OrderedDict
 import numpy as np
 
 from cnnframe.io import atomic_save_npz
+from cnnframe.layers.fusion import fused_pairs
 
 __all__ = ["Sequential", "load_checkpoint", "load", "CHECKPOINT_FORMAT"]
 
@@ -82,6 +83,7 @@ class Sequential:
         self.input_shape = None
         self.shapes = None
         self.training = True
+        self._fused = frozenset()  # layers the last forward ran fused with their successor
         if seed is not None:
             self.initialize(seed)
             self.reseed(seed)
@@ -138,8 +140,15 @@ class Sequential:
             raise ValueError(
                 f"Sequential: expected input of shape (N, {', '.join(map(str, self.input_shape))}), got {x.shape}"
             )
-        for layer in self.layers:
-            x = layer.forward(x)
+        layers, i = self.layers, 0
+        self._fused = fused = fused_pairs(layers)
+        while i < len(layers):
+            if i in fused:  # e.g. BatchNorm then ReLU: one pass for both
+                x = layers[i].forward_fused(x, layers[i + 1])
+                i += 2
+            else:
+                x = layers[i].forward(x)
+                i += 1
         return x
 
     __call__ = forward
@@ -157,13 +166,19 @@ class Sequential:
             first.need_input_grad = False
         try:
             g = grad_out
-            for i in range(len(self.layers) - 1, -1, -1):
+            i = len(self.layers) - 1
+            while i >= 0:
                 if g is None:
                     raise RuntimeError(
                         f"Sequential: layer {i + 1} ({type(self.layers[i + 1]).__name__}) returned no input "
                         "gradient, but earlier layers need one (need_input_grad=False only suits the first layer)"
                     )
-                g = self.layers[i].backward(g)
+                if i - 1 in self._fused:
+                    g = self.layers[i - 1].backward_fused(g, self.layers[i])
+                    i -= 2
+                else:
+                    g = self.layers[i].backward(g)
+                    i -= 1
         finally:
             if skip:
                 first.need_input_grad = old

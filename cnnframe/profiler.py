@@ -3,7 +3,8 @@
 A step here is what ``Trainer.train_epoch`` does for one batch: gather the batch (and shift it when
 augmentation is on), zero the gradients, run each layer forward, the loss forward and backward, each
 layer backward in reverse order (the first layer skips its input gradient when it can), and the
-optimizer step.  Each piece is timed on its own with ``time.perf_counter`` around the call, after
+optimizer step.  Layer pairs that ``Sequential`` runs as one pass (a BatchNorm and the ReLU after it)
+are timed as one: the first layer's row has their time, the second says it is fused.  Each piece is timed on its own with ``time.perf_counter`` around the call, after
 ``warmup`` untimed steps, and averaged over ``batches`` steps.  Convolutions also get their
 arithmetic rate: a forward pass is 2·N·K·Ho·Wo·C·kh·kw floating-point operations (math.md eq. (1)),
 the weight gradient (eq. (2)) and the input gradient (eq. (4)) as many again each.
@@ -22,6 +23,7 @@ from cnnframe import parallel
 from cnnframe.data import batches as batch_indices
 from cnnframe.data import random_shift
 from cnnframe.layers.conv import Conv2D
+from cnnframe.layers.fusion import fused_pairs
 
 __all__ = ["Profile", "Row", "profile_training", "profile_config", "conv_flops"]
 
@@ -36,6 +38,7 @@ class Row:
         self.backward_s = 0.0
         self.other_s = 0.0  # stages that are neither forward nor backward: data, optimizer
         self.is_conv = False
+        self.fused_into = None  # index of the layer that runs this one in its own passes
 
     @property
     def total_s(self):
@@ -88,6 +91,9 @@ class Profile:
         lines = []
         for r in self.rows:
             rates = self._rates(r)
+            if r.fused_into is not None:
+                lines.append((str(r.index), r.name, _shape(r.shape), "-", "-", "-", f"(fused into {r.fused_into})", ""))
+                continue
             lines.append((
                 "" if r.index is None else str(r.index), r.name, "" if r.shape is None else _shape(r.shape),
                 _num(self.ms(r, "forward")) if r.forward_s else "-",
@@ -162,6 +168,9 @@ def profile_training(model, loss, optimizer, X, y, *, batch_size=64, batches=20,
     loss_row, opt_row = Row("loss"), Row("optimizer")
     rows += [loss_row, opt_row]
     data_row, layer_rows = rows[0], rows[1:1 + len(layers)]
+    fused = fused_pairs(layers)
+    for i in fused:
+        layer_rows[i + 1].fused_into = i
     rng = np.random.default_rng(seed)
     plan = []
     model.train()
@@ -179,12 +188,16 @@ def profile_training(model, loss, optimizer, X, y, *, batch_size=64, batches=20,
         if timed:
             data_row.other_s += t1 - t0
             opt_row.other_s += t2 - t1
-        out = xb
-        for layer, row in zip(layers, layer_rows):
+        out, i = xb, 0
+        while i < len(layers):  # as Sequential.forward
             t0 = _clock()
-            out = layer.forward(out)
+            if i in fused:
+                out = layers[i].forward_fused(out, layers[i + 1])
+            else:
+                out = layers[i].forward(out)
             if timed:
-                row.forward_s += _clock() - t0
+                layer_rows[i].forward_s += _clock() - t0
+            i += 2 if i in fused else 1
         t0 = _clock()
         loss.forward(out, yb)
         t1 = _clock()
@@ -196,11 +209,17 @@ def profile_training(model, loss, optimizer, X, y, *, batch_size=64, batches=20,
         if skip_dx:
             old, first.need_input_grad = first.need_input_grad, False
         try:
-            for layer, row in zip(reversed(layers), reversed(layer_rows)):
+            i = len(layers) - 1
+            while i >= 0:  # as Sequential.backward
                 t0 = _clock()
-                g = layer.backward(g)
+                first_of_pair = i - 1 if i - 1 in fused else i
+                if first_of_pair != i:
+                    g = layers[first_of_pair].backward_fused(g, layers[i])
+                else:
+                    g = layers[i].backward(g)
                 if timed:
-                    row.backward_s += _clock() - t0
+                    layer_rows[first_of_pair].backward_s += _clock() - t0
+                i = first_of_pair - 1
         finally:
             if skip_dx:
                 first.need_input_grad = old

@@ -4,6 +4,7 @@ import pytest
 
 import cnnframe
 from cnnframe.config import resolve_text
+from cnnframe.data import batches
 from cnnframe.layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from cnnframe.profiler import conv_flops, profile_config, profile_training
 
@@ -40,14 +41,33 @@ def test_rows_per_layer_and_shares_add_up():
     assert names == ["data", "Conv2D", "BatchNorm2D", "ReLU", "MaxPool2D", "Flatten", "Dense", "loss", "optimizer"]
     assert [r.index for r in prof.rows[1:7]] == list(range(6))
     assert sum(prof.share(r) for r in prof.rows) == pytest.approx(1.0)
-    assert all(r.total_s > 0 for r in prof.rows)
+    relu = prof.rows[3]
+    assert relu.fused_into == 1 and relu.total_s == 0  # Sequential runs BatchNorm + ReLU as one pass
+    assert all(r.total_s > 0 for r in prof.rows if r is not relu)
     assert opt.step_count == 4  # warm-up steps train too
     table = prof.table()
     for name in names:
         assert name in table
     assert "100.0%" in table and "GFLOP/s" in table and "batch 8, mean of 3 steps" in table
+    assert "(fused into 1)" in table
     d = prof.as_dict()
     assert len(d["rows"]) == len(names) and d["rows"][1]["gflops"][0] > 0 and d["rows"][2]["gflops"] is None
+
+
+def test_profiled_steps_train_exactly_as_sequential():
+    """The profiler runs the same calls as Sequential.forward/backward: the weights end up bit-identical."""
+    model, X, y = small_model()
+    twin, _, _ = small_model()
+    loss = cnnframe.SoftmaxCrossEntropy()
+    opt, twin_opt = (cnnframe.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (model, twin))
+    profile_training(model, loss, opt, X, y, batch_size=8, batches=2, warmup=1, seed=5)
+    for idx in list(batches(len(y), 8, np.random.default_rng(5)))[:3]:
+        twin_opt.zero_grad()
+        loss.forward(twin.forward(X[idx]), y[idx])
+        twin.backward(loss.backward(), input_grad=False)
+        twin_opt.step()
+    for (name, a), b in zip(model.parameters().items(), twin.parameters().values()):
+        assert np.array_equal(a.data, b.data), name
 
 
 def test_conv_flops_follow_the_output_shape():

@@ -100,6 +100,12 @@ class Layer:
     def __call__(self, x):
         return self.forward(x)
 
+    def fuses(self, next_layer):
+        """True when this layer can also run ``next_layer`` in its own passes; ``Sequential`` then calls
+        ``forward_fused(x, next_layer)`` and ``backward_fused(grad_out, next_layer)`` instead of the two
+        layers' methods (see ``cnnframe/layers/fusion.py``).  Default: never."""
+        return False
+
     def _ensure_built(self, x):
         """Build from the first batch when input sizes were omitted."""
         if not self.built:

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from cnnframe import ops
 from cnnframe.layers._util import (
     check_grad,
     check_input,
@@ -24,7 +25,9 @@ class Dense(Layer):
     """y = x Wᵀ + b (PyTorch's ``Linear``).
 
     x: (N, in_features) → y: (N, out_features); weight: (out_features, in_features); bias: (out_features,).
-    Backward, with G = dL/dy (N, out):  dW += Gᵀ x,  db += Σ_n G[n],  dx = G W.
+    Backward, with G = dL/dy (N, out):  dW += Gᵀ x,  db += Σ_n G[n],  dx = G W (``ops.dense_forward``
+    and ``ops.dense_backward``).  As a first layer, ``need_input_grad = False`` skips dx (``backward``
+    then returns None).
 
     ``in_features`` may be omitted and is then inferred by ``build``.  It and everything after it are
     keyword-only so that PyTorch's positional order ``Linear(in, out)`` cannot be misread.
@@ -39,6 +42,7 @@ class Dense(Layer):
         self.use_bias = bool(bias)
         self.seed = config_seed(seed)
         self._rng = make_rng(seed, "Dense")
+        self.need_input_grad = True
         self._x = None
         if self.in_features is not None:
             self.build((self.in_features,))
@@ -81,19 +85,15 @@ class Dense(Layer):
         self._ensure_built(x)
         check_size(self, x, 1, self.in_features, "features")
         self._x = x
-        y = x @ self._params["weight"].data.T
-        if self.use_bias:
-            y += self._params["bias"].data
-        return y
+        b = self._params["bias"].data if self.use_bias else None
+        return ops.dense_forward(x, self._params["weight"].data, b)
 
     def backward(self, grad_out):
         x = self._x
         g = check_grad(self, grad_out, None if x is None else (x.shape[0], self.out_features))
         w = self._params["weight"]
-        w.grad += g.T @ x
-        if self.use_bias:
-            self._params["bias"].grad += g.sum(axis=0)
-        return g @ w.data
+        db = self._params["bias"].grad if self.use_bias else None
+        return ops.dense_backward(x, w.data, g, w.grad, db, need_input_grad=self.need_input_grad)
 
     def get_config(self):
         return {

@@ -3,7 +3,9 @@ import numbers
 
 import numpy as np
 
+from cnnframe import ops
 from cnnframe.layers._util import check_grad, check_input, check_per_sample, check_size, positive_int
+from cnnframe.layers.activations import ReLU
 from cnnframe.layers.base import Layer
 from cnnframe.registry import register_layer
 
@@ -20,6 +22,9 @@ class _BatchNorm(Layer):
     Backward with G = dL/dy:  dγ += Σ G·x̂,  dβ += Σ G;
       training:   dx = γ/√(σ² + eps) · (G − mean(G) − x̂ · mean(G·x̂))   (means over the m values);
       evaluation: dx = γ/√(running_var + eps) · G.
+    Computed by ``ops.batch_norm_forward``/``ops.batch_norm_backward`` (one pass over a channel for
+    its statistics, one for the output); the layer keeps its input and the statistics, not x̂.
+    Followed by a ReLU in a ``Sequential``, the two run as one pass each way (``fuses``).
     ``num_features`` may be omitted (inferred by ``build``).  γ, β have no weight decay.
     """
 
@@ -71,57 +76,65 @@ class _BatchNorm(Layer):
             self._allocate(shape[0])
         super().build(shape)
 
-    # Work on a (N, C, L) view (L = H·W, or 1 for features): per-channel sums are then einsum
-    # reductions, several times faster than NumPy's strided mean over axes (0, 2, 3) on small images.
     def forward(self, x):
+        return self._forward(x, relu=None)
+
+    def backward(self, grad_out):
+        return self._backward(grad_out, relu=False)
+
+    # -- BatchNorm then ReLU in one pass ---------------------------------------------------------
+    def fuses(self, next_layer):
+        """True for a ReLU: ``Sequential`` then runs the pair as one pass (``forward_fused``/``backward_fused``)."""
+        return type(next_layer) is ReLU
+
+    def forward_fused(self, x, relu):
+        """``relu.forward(self.forward(x))`` in one pass: z = max(γ·x̂ + β, 0) is written once, never y.
+        Both layers keep what their own backward needs, so either may also run alone afterwards."""
+        return self._forward(x, relu=relu)
+
+    def backward_fused(self, grad_out, relu):
+        """``self.backward(relu.backward(grad_out))`` in one pass: the ReLU's mask [y > 0] is recomputed
+        from x, so neither y nor the ReLU's output is read."""
+        if self._cache is None or not self._cache[4]:
+            raise RuntimeError(f"{type(self).__name__}: backward_fused() needs a forward_fused() first")
+        return self._backward(check_grad(relu, grad_out, self._cache[0].shape), relu=True)
+
+    def _forward(self, x, relu):
         x = check_input(self, x, ndim=self._ndim, layout=self._layout)
         if self.num_features is not None:
             check_size(self, x, 1, self.num_features, "features/channels")
         self._ensure_built(x)
-        n, c = x.shape[:2]
-        x3 = x.reshape(n, c, -1)
-        m = n * x3.shape[2]
+        gamma, beta = self._params["weight"].data, self._params["bias"].data
+        fused = relu is not None
         if self.training:
+            m = x.size // x.shape[1]
             if m < 2:
                 raise ValueError(
                     f"{type(self).__name__}: training needs more than one value per feature to compute batch "
                     f"statistics, got input shape {x.shape}; use a larger batch or call eval()"
                 )
-            mean = np.einsum("ncl->c", x3) / m
-            xhat = x3 - mean[:, None]
-            var = np.einsum("ncl,ncl->c", xhat, xhat) / m  # biased: normalise with the batch's own spread
-            inv_std = 1.0 / np.sqrt(var + self.dtype.type(self.eps))
-            xhat *= inv_std[:, None]
+            y, mean, var, inv_std = ops.batch_norm_forward(x, gamma, beta, self.eps, relu=fused)
             mom = self.momentum
             rm, rv = self._buffers["running_mean"], self._buffers["running_var"]
             rm[...] = (1 - mom) * rm + mom * mean
             rv[...] = (1 - mom) * rv + mom * var * (m / (m - 1))  # unbiased, as PyTorch
         else:
             inv_std = 1.0 / np.sqrt(self._buffers["running_var"] + self.dtype.type(self.eps))
-            xhat = x3 - self._buffers["running_mean"][:, None]
-            xhat *= inv_std[:, None]
-        self._cache = (xhat, inv_std, self.training, x.shape)
-        y = xhat * self._params["weight"].data[:, None]
-        y += self._params["bias"].data[:, None]
-        return y.reshape(x.shape)
+            mean = self._buffers["running_mean"].copy()  # backward needs the statistics of this pass
+            y, _, _, _ = ops.batch_norm_forward(x, gamma, beta, self.eps, mean=mean, inv_std=inv_std, relu=fused)
+        self._cache = (x, mean, inv_std, self.training, fused)
+        if fused:
+            relu.keep_output(y)
+        return y
 
-    def backward(self, grad_out):
-        xhat, inv_std, training, shape = self._cache if self._cache is not None else (None, None, None, None)
-        g = check_grad(self, grad_out, shape)
-        g3 = g.reshape(xhat.shape)
-        sum_g = np.einsum("ncl->c", g3)
-        sum_gx = np.einsum("ncl,ncl->c", g3, xhat)
-        self._params["weight"].grad += sum_gx
-        self._params["bias"].grad += sum_g
-        scale = (self._params["weight"].data * inv_std)[:, None]
-        if not training:
-            return (g3 * scale).reshape(shape)
-        m = xhat.shape[0] * xhat.shape[2]
-        dx = xhat * (-sum_gx / m)[:, None]  # γ/σ · (G − mean(G) − x̂·mean(G·x̂))
-        dx += g3
-        dx -= (sum_g / m)[:, None]
-        dx *= scale
-        return dx.reshape(shape)
+    def _backward(self, grad_out, relu):
+        x, mean, inv_std, training, _ = self._cache if self._cache is not None else (None,) * 5
+        g = check_grad(self, grad_out, None if x is None else x.shape)
+        w, b = self._params["weight"], self._params["bias"]
+        dx, dgamma, dbeta = ops.batch_norm_backward(g, x, mean, inv_std, w.data, b.data, training, relu=relu)
+        w.grad += dgamma
+        b.grad += dbeta
+        return dx
 
     def get_config(self):
         return {

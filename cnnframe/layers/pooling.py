@@ -1,6 +1,4 @@
 """Max, average and global average pooling over NCHW batches."""
-import numpy as np
-
 from cnnframe import ops
 from cnnframe.layers._util import check_grad, check_input, check_per_sample, pair, pair_config
 from cnnframe.layers.base import Layer
@@ -12,7 +10,8 @@ class _Pool2D(Layer):
     docs/math.md, Pooling).
 
     Ho = ⌊(H + 2p − kh)/s⌋ + 1 (same for Wo); ``stride`` defaults to ``kernel_size``; padding may be at
-    most half the kernel, as in PyTorch, so every window holds at least one real input.
+    most half the kernel, as in PyTorch, so every window holds at least one real input.  The window
+    is normalised to (h, w) pairs once, here; the ops check the input against it on every call.
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, dtype="float32"):
@@ -42,8 +41,14 @@ class _Pool2D(Layer):
     def _check(self, x):
         x = check_input(self, x, ndim=4, layout="(N, C, H, W)")
         self._ensure_built(x)
-        self.output_shape(x.shape[1:])
         return x
+
+    def _pool(self, op, *args):
+        """Run a pooling op with this layer's (already normalised) window; its errors name the layer."""
+        try:
+            return op(*args, self.kernel_size, self.stride, self.padding)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}: {e}") from None
 
     def get_config(self):
         return {
@@ -69,7 +74,7 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x):
         x = self._check(x)
-        y, self._argmax = ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        y, self._argmax = self._pool(ops.max_pool2d_forward, x)
         self._in_shape, self._y_shape = x.shape, y.shape
         return y
 
@@ -89,21 +94,21 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, x):
         x = self._check(x)
-        y = ops.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        y = self._pool(ops.avg_pool2d_forward, x)
         self._in_shape, self._y_shape = x.shape, y.shape
         return y
 
     def backward(self, grad_out):
         g = check_grad(self, grad_out, self._y_shape)
-        return ops.avg_pool2d_backward(g, self._in_shape, self.kernel_size, self.stride, self.padding)
+        return self._pool(ops.avg_pool2d_backward, g, self._in_shape)
 
 
 @register_layer("globalavgpool2d")
 class GlobalAvgPool2D(Layer):
     """y[n,c] = (1/(H·W)) Σ_h Σ_w x[n,c,h,w]: (N, C, H, W) → (N, C), ready for Dense without Flatten.
 
-    Backward: dx[n,c,h,w] = G[n,c] / (H·W) (docs/math.md, Pooling: global average pool).  Plain NumPy
-    (a reduction over contiguous planes), so any H × W works, including sizes that vary between batches.
+    Backward: dx[n,c,h,w] = G[n,c] / (H·W) (docs/math.md, Pooling: global average pool).  Any H × W
+    works, including sizes that vary between batches.
     """
 
     def __init__(self, dtype="float32"):
@@ -121,11 +126,9 @@ class GlobalAvgPool2D(Layer):
         x = check_input(self, x, ndim=4, layout="(N, C, H, W)")
         self._ensure_built(x)
         self._in_shape = x.shape
-        return x.mean(axis=(2, 3))
+        return ops.global_avg_pool2d_forward(x)
 
     def backward(self, grad_out):
         shape = self._in_shape
         g = check_grad(self, grad_out, None if shape is None else shape[:2])
-        dx = np.empty(shape, dtype=self.dtype)
-        dx[...] = (g / (shape[2] * shape[3]))[:, :, None, None]
-        return dx
+        return ops.global_avg_pool2d_backward(g, shape)

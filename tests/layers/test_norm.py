@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import cnnframe
-from cnnframe.gradcheck import check_layer
-from cnnframe.layers import BatchNorm1D, BatchNorm2D
+from cnnframe.gradcheck import check_layer, check_model
+from cnnframe.layers import BatchNorm1D, BatchNorm2D, ReLU
 
 
 def _set_affine(layer, rng):
@@ -117,3 +117,73 @@ def test_errors():
         BatchNorm1D(eps=0)
     with pytest.raises(ValueError, match=r"per-sample input shape \(C, H, W\)"):
         BatchNorm2D().output_shape((4,))
+
+
+# -- BatchNorm then ReLU in one pass ------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("cls, shape", [(BatchNorm2D, (4, 3, 5, 6)), (BatchNorm1D, (6, 7))])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_pair_is_bit_identical_to_the_two_layers(cls, shape, dtype, mode):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    pairs = [(cls(dtype=dtype), ReLU(dtype=dtype)) for _ in range(2)]
+    for bn, _ in pairs:
+        bn.build(shape[1:])
+        _set_affine(bn, np.random.default_rng(4))
+        bn.buffers()["running_var"][...] = 2.0
+        getattr(bn, mode)()
+    (bn1, relu1), (bn2, relu2) = pairs
+    z1 = bn1.forward_fused(x, relu1)
+    z2 = relu2.forward(bn2.forward(x))
+    assert np.array_equal(z1, z2) and (z1 >= 0).all()
+    d1 = bn1.backward_fused(g, relu1)
+    d2 = bn2.backward(relu2.backward(g))
+    assert np.array_equal(d1, d2)
+    for name in ("weight", "bias"):
+        assert np.array_equal(bn1.parameters()[name].grad, bn2.parameters()[name].grad)
+    for name in ("running_mean", "running_var"):
+        assert np.array_equal(bn1.buffers()[name], bn2.buffers()[name])
+    # after a fused forward each layer still runs its own backward alone
+    assert np.array_equal(bn1.backward(relu1.backward(g)), d2)
+
+
+def test_sequential_fuses_batchnorm_and_relu(monkeypatch):
+    model = cnnframe.Sequential([BatchNorm2D(), ReLU(), BatchNorm2D(), cnnframe.layers.Flatten()],
+                                input_shape=(2, 3, 3))
+
+    def unused(self, x):
+        raise AssertionError("ReLU.forward must not run: the BatchNorm before it computes its output")
+
+    monkeypatch.setattr(ReLU, "forward", unused)
+    x = np.random.default_rng(0).standard_normal((4, 2, 3, 3)).astype(np.float32)
+    y = model.forward(x)
+    assert y.shape == (4, 18) and np.isfinite(model.backward(np.ones_like(y))).all()
+
+
+def test_backward_fused_needs_a_fused_forward():
+    bn, relu = BatchNorm2D(), ReLU()
+    x = np.random.default_rng(0).standard_normal((2, 3, 2, 2)).astype(np.float32)
+    bn.forward(x)
+    with pytest.raises(RuntimeError, match="forward_fused"):
+        bn.backward_fused(np.ones_like(x), relu)
+    bn.forward_fused(x, relu)
+    with pytest.raises(ValueError, match="ReLU: grad_out has shape"):
+        bn.backward_fused(np.ones((2, 3, 2, 1), np.float32), relu)
+    assert bn.fuses(relu) and not bn.fuses(cnnframe.layers.LeakyReLU()) and not relu.fuses(bn)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_model_with_fused_pairs_passes_the_float64_gradient_check(mode):
+    model = cnnframe.Sequential([cnnframe.layers.Conv2D(3, 3, padding=1), BatchNorm2D(), ReLU(),
+                                 cnnframe.layers.Flatten(), BatchNorm1D(), ReLU(), cnnframe.layers.Dense(4)],
+                                input_shape=(2, 4, 4), seed=1)
+    for layer in model.layers:
+        if isinstance(layer, (BatchNorm1D, BatchNorm2D)):
+            _set_affine(layer, np.random.default_rng(5))
+            layer.buffers()["running_var"][...] = 1.5
+    getattr(model, mode)()
+    x = np.random.default_rng(6).standard_normal((5, 2, 4, 4))
+    with cnnframe.num_threads(1):
+        report = check_model(model, cnnframe.SoftmaxCrossEntropy(), x, np.array([0, 1, 2, 3, 0]))
+    assert report.passed, str(report)
