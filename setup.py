@@ -89,11 +89,11 @@ class BuildExt(build_ext):
 
 
 # Kernel modules built with -fno-trapping-math (see BuildExt).
-ELEMENTWISE = ("pool", "norm", "activation")
+ELEMENTWISE = ("pool", "norm", "activation", "optim")
 
 
 def _extensions():
-    names = ["_openmp", "conv", "pool", "norm", "activation", "dense", "loss", "augment"]
+    names = ["_openmp", "conv", "pool", "norm", "activation", "dense", "loss", "optim", "augment"]
     exts = [
         Extension(
             f"cnnframe._ext.{name}",

@@ -16,6 +16,7 @@ try:
     import cnnframe._ext.dense  # noqa: F401
     import cnnframe._ext.loss  # noqa: F401
     import cnnframe._ext.norm  # noqa: F401
+    import cnnframe._ext.optim  # noqa: F401
     import cnnframe._ext.pool  # noqa: F401
 except ModuleNotFoundError as e:
     if not (e.name or "").startswith("cnnframe._ext."):

@@ -14,6 +14,7 @@ from cnnframe.ops.pool import (
 )
 from cnnframe.ops.loss import softmax_cross_entropy
 from cnnframe.ops.norm import batch_norm_backward, batch_norm_forward
+from cnnframe.ops.optim import adam_step, sgd_step, sum_squares
 
 __all__ = [
     "conv2d_forward",
@@ -32,6 +33,9 @@ __all__ = [
     "dense_forward",
     "dense_backward",
     "softmax_cross_entropy",
+    "sgd_step",
+    "adam_step",
+    "sum_squares",
     "shift_images",
     "relu_forward",
     "relu_backward",
