@@ -15,7 +15,7 @@ from collections import OrderedDict
 import numpy as np
 
 from cnnframe.io import atomic_save_npz
-from cnnframe.layers.fusion import fused_pairs
+from cnnframe.layers.fusion import fusion_plan
 
 __all__ = ["Sequential", "load_checkpoint", "load", "CHECKPOINT_FORMAT"]
 
@@ -83,7 +83,7 @@ class Sequential:
         self.input_shape = None
         self.shapes = None
         self.training = True
-        self._fused = frozenset()  # layers the last forward ran fused with their successor
+        self._plan = []  # how the last forward grouped the layers: [(i, number of layers i ran with it)]
         if seed is not None:
             self.initialize(seed)
             self.reseed(seed)
@@ -140,15 +140,11 @@ class Sequential:
             raise ValueError(
                 f"Sequential: expected input of shape (N, {', '.join(map(str, self.input_shape))}), got {x.shape}"
             )
-        layers, i = self.layers, 0
-        self._fused = fused = fused_pairs(layers)
-        while i < len(layers):
-            if i in fused:  # e.g. BatchNorm then ReLU: one pass for both
-                x = layers[i].forward_fused(x, layers[i + 1])
-                i += 2
-            else:
-                x = layers[i].forward(x)
-                i += 1
+        layers = self.layers
+        self._plan = fusion_plan(layers)
+        for i, k in self._plan:
+            # k > 0: e.g. BatchNorm then ReLU (then max pooling), one pass for all of them
+            x = layers[i].forward_fused(x, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].forward(x)
         return x
 
     __call__ = forward
@@ -166,19 +162,16 @@ class Sequential:
             first.need_input_grad = False
         try:
             g = grad_out
-            i = len(self.layers) - 1
-            while i >= 0:
+            layers, after = self.layers, len(self.layers)
+            plan = self._plan if sum(1 + k for _, k in self._plan) == len(layers) else fusion_plan(layers)
+            for i, k in reversed(plan):
                 if g is None:
                     raise RuntimeError(
-                        f"Sequential: layer {i + 1} ({type(self.layers[i + 1]).__name__}) returned no input "
+                        f"Sequential: layer {after} ({type(layers[after]).__name__}) returned no input "
                         "gradient, but earlier layers need one (need_input_grad=False only suits the first layer)"
                     )
-                if i - 1 in self._fused:
-                    g = self.layers[i - 1].backward_fused(g, self.layers[i])
-                    i -= 2
-                else:
-                    g = self.layers[i].backward(g)
-                    i -= 1
+                g = layers[i].backward_fused(g, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].backward(g)
+                after = i
         finally:
             if skip:
                 first.need_input_grad = old

@@ -3,8 +3,8 @@
 A step here is what ``Trainer.train_epoch`` does for one batch: gather the batch (and shift it when
 augmentation is on), zero the gradients, run each layer forward, the loss forward and backward, each
 layer backward in reverse order (the first layer skips its input gradient when it can), and the
-optimizer step.  Layer pairs that ``Sequential`` runs as one pass (a BatchNorm and the ReLU after it)
-are timed as one: the first layer's row has their time, the second says it is fused.  Each piece is timed on its own with ``time.perf_counter`` around the call, after
+optimizer step.  Layers that ``Sequential`` runs as one pass (a BatchNorm with the ReLU and the max
+pooling after it) are timed as one: the first layer's row has their time, the others say they are fused.  Each piece is timed on its own with ``time.perf_counter`` around the call, after
 ``warmup`` untimed steps, and averaged over ``batches`` steps.  Convolutions also get their
 arithmetic rate: a forward pass is 2·N·K·Ho·Wo·C·kh·kw floating-point operations (math.md eq. (1)),
 the weight gradient (eq. (2)) and the input gradient (eq. (4)) as many again each.
@@ -23,7 +23,7 @@ from cnnframe import parallel
 from cnnframe.data import batches as batch_indices
 from cnnframe.data import random_shift
 from cnnframe.layers.conv import Conv2D
-from cnnframe.layers.fusion import fused_pairs
+from cnnframe.layers.fusion import fusion_plan
 
 __all__ = ["Profile", "Row", "profile_training", "profile_config", "conv_flops"]
 
@@ -168,9 +168,10 @@ def profile_training(model, loss, optimizer, X, y, *, batch_size=64, batches=20,
     loss_row, opt_row = Row("loss"), Row("optimizer")
     rows += [loss_row, opt_row]
     data_row, layer_rows = rows[0], rows[1:1 + len(layers)]
-    fused = fused_pairs(layers)
-    for i in fused:
-        layer_rows[i + 1].fused_into = i
+    groups = fusion_plan(layers)
+    for i, k in groups:
+        for j in range(i + 1, i + 1 + k):
+            layer_rows[j].fused_into = i
     rng = np.random.default_rng(seed)
     plan = []
     model.train()
@@ -188,16 +189,12 @@ def profile_training(model, loss, optimizer, X, y, *, batch_size=64, batches=20,
         if timed:
             data_row.other_s += t1 - t0
             opt_row.other_s += t2 - t1
-        out, i = xb, 0
-        while i < len(layers):  # as Sequential.forward
+        out = xb
+        for i, k in groups:  # as Sequential.forward
             t0 = _clock()
-            if i in fused:
-                out = layers[i].forward_fused(out, layers[i + 1])
-            else:
-                out = layers[i].forward(out)
+            out = layers[i].forward_fused(out, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].forward(out)
             if timed:
                 layer_rows[i].forward_s += _clock() - t0
-            i += 2 if i in fused else 1
         t0 = _clock()
         loss.forward(out, yb)
         t1 = _clock()
@@ -209,17 +206,11 @@ def profile_training(model, loss, optimizer, X, y, *, batch_size=64, batches=20,
         if skip_dx:
             old, first.need_input_grad = first.need_input_grad, False
         try:
-            i = len(layers) - 1
-            while i >= 0:  # as Sequential.backward
+            for i, k in reversed(groups):  # as Sequential.backward
                 t0 = _clock()
-                first_of_pair = i - 1 if i - 1 in fused else i
-                if first_of_pair != i:
-                    g = layers[first_of_pair].backward_fused(g, layers[i])
-                else:
-                    g = layers[i].backward(g)
+                g = layers[i].backward_fused(g, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].backward(g)
                 if timed:
-                    layer_rows[first_of_pair].backward_s += _clock() - t0
-                i = first_of_pair - 1
+                    layer_rows[i].backward_s += _clock() - t0
         finally:
             if skip_dx:
                 first.need_input_grad = old

@@ -41,9 +41,9 @@ def test_rows_per_layer_and_shares_add_up():
     assert names == ["data", "Conv2D", "BatchNorm2D", "ReLU", "MaxPool2D", "Flatten", "Dense", "loss", "optimizer"]
     assert [r.index for r in prof.rows[1:7]] == list(range(6))
     assert sum(prof.share(r) for r in prof.rows) == pytest.approx(1.0)
-    relu = prof.rows[3]
-    assert relu.fused_into == 1 and relu.total_s == 0  # Sequential runs BatchNorm + ReLU as one pass
-    assert all(r.total_s > 0 for r in prof.rows if r is not relu)
+    fused = prof.rows[3:5]  # Sequential runs BatchNorm, ReLU and the 2x2 max pooling as one pass
+    assert [r.fused_into for r in fused] == [1, 1] and all(r.total_s == 0 for r in fused)
+    assert all(r.total_s > 0 for r in prof.rows if r not in fused)
     assert opt.step_count == 4  # warm-up steps train too
     table = prof.table()
     for name in names:

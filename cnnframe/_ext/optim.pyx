@@ -8,6 +8,8 @@ the lanes of lanes.h and then the runs in order, the same for any thread count. 
 """
 from cython.parallel cimport prange
 
+from cnnframe._ext.lanes cimport cnnframe_lanes_total, cnnframe_lanes_zero, cnnframe_sqdev_d, cnnframe_sqdev_f
+
 ctypedef fused floating:
     float
     double
@@ -23,12 +25,6 @@ cdef extern from "optim.h" nogil:
     void cnnframe_adam_d(double* w, const double* grad, double* m, double* v, Py_ssize_t n, double lr_t,
                          double b1, double b2, double one_b1, double one_b2, double c2, double eps, double scale,
                          double wd, int scaled, int decay) noexcept
-
-cdef extern from "lanes.h" nogil:
-    void cnnframe_lanes_zero(double* acc) noexcept
-    double cnnframe_lanes_total(const double* acc) noexcept
-    void cnnframe_sqdev_f(const float* x, Py_ssize_t n, float c, double* acc) noexcept
-    void cnnframe_sqdev_d(const double* x, Py_ssize_t n, double c, double* acc) noexcept
 
 cdef enum:
     RUN = 16384

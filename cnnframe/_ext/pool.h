@@ -14,7 +14,7 @@
    instead of branches (a branch on the comparison mispredicts half the time on real data). */
 #define CNNFRAME_TAKE(v, best) (((v) > (best)) | (((v) != (v)) & ((best) == (best))))
 #define CNNFRAME_MAX2X2(NAME, T)                                                          \
-static void NAME(const T *xp, int W, int Ho, int Wo, T *yp, int *ap) {              \
+static inline void NAME(const T *xp, int W, int Ho, int Wo, T *yp, int *ap) {              \
     for (int i = 0; i < Ho; ++i) {                                                        \
         for (int j = 0; j < Wo; ++j) {                                                    \
             int idx = 2 * i * W + 2 * j, bi = idx;                     \
@@ -40,7 +40,7 @@ CNNFRAME_MAX2X2(cnnframe_max2x2_d, double)
 static inline __m128 cnnframe_take4(__m128 v, __m128 best) {
     return _mm_or_ps(_mm_cmpgt_ps(v, best), _mm_and_ps(_mm_cmpunord_ps(v, v), _mm_cmpord_ps(best, best)));
 }
-static void cnnframe_max2x2_f(const float *xp, int W, int Ho, int Wo, float *yp, int *ap) {
+static inline void cnnframe_max2x2_f(const float *xp, int W, int Ho, int Wo, float *yp, int *ap) {
     const __m128i lanes = _mm_set_epi32(6, 4, 2, 0);
     for (int i = 0; i < Ho; ++i) {
         const float *r0 = xp + (long long)(2 * i) * W, *r1 = r0 + W;
@@ -86,7 +86,7 @@ CNNFRAME_MAX2X2(cnnframe_max2x2_f, float)
 
 /* Any window, stride and padding: the window is clipped to the plane (padding never wins). */
 #define CNNFRAME_MAX_PLANE(NAME, T)                                                           \
-static void NAME(const T *xp, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw,   \
+static inline void NAME(const T *xp, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw,   \
                  int ph, int pw, T *yp, int *ap) {                                      \
     for (int i = 0; i < Ho; ++i) {                                                            \
         int r0 = i * sh - ph, r1 = r0 + kh;                                                   \
@@ -119,7 +119,7 @@ CNNFRAME_MAX_PLANE(cnnframe_max_plane_d, double)
    An index outside the plane is skipped and counted: the caller reports it (the indices may come
    from the user), and nothing is written out of bounds. */
 #define CNNFRAME_MAX_GRAD_PLANE(NAME, T)                                                      \
-static long long NAME(const T *gy, const int *ap, long long hw, long long howo, T *dx) {     \
+static inline long long NAME(const T *gy, const int *ap, long long hw, long long howo, T *dx) {     \
     long long bad = 0;                                                                        \
     memset(dx, 0, (size_t)hw * sizeof(T));                                                    \
     for (long long k = 0; k < howo; ++k) {                                                    \

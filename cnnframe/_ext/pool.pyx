@@ -11,25 +11,11 @@ thread that fills it, while it is in that core's cache.
 from cython.parallel cimport prange
 from libc.string cimport memset
 
+from cnnframe._ext.lanes cimport cnnframe_lanes_total, cnnframe_lanes_zero, cnnframe_sum_d, cnnframe_sum_f
+
 ctypedef fused floating:
     float
     double
-
-cdef extern from "pool.h" nogil:
-    void cnnframe_max2x2_f(const float* xp, int W, int Ho, int Wo, float* yp, int* ap) noexcept
-    void cnnframe_max2x2_d(const double* xp, int W, int Ho, int Wo, double* yp, int* ap) noexcept
-    void cnnframe_max_plane_f(const float* xp, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw,
-                              int ph, int pw, float* yp, int* ap) noexcept
-    void cnnframe_max_plane_d(const double* xp, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw,
-                              int ph, int pw, double* yp, int* ap) noexcept
-    long long cnnframe_max_grad_plane_f(const float* gy, const int* ap, long long hw, long long howo,
-                                        float* dx) noexcept
-    long long cnnframe_max_grad_plane_d(const double* gy, const int* ap, long long hw, long long howo,
-                                        double* dx) noexcept
-    void cnnframe_lanes_zero(double* acc) noexcept
-    double cnnframe_lanes_total(const double* acc) noexcept
-    void cnnframe_sum_f(const float* x, Py_ssize_t n, double* acc) noexcept
-    void cnnframe_sum_d(const double* x, Py_ssize_t n, double* acc) noexcept
 
 
 def max_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, int[:, :, :, ::1] arg,

@@ -51,7 +51,8 @@ class ReLU(_Activation):
 
     def keep_output(self, y):
         """Take ``y`` as the output of a forward pass another layer computed for this one (a BatchNorm
-        fused with it, see ``BatchNorm2D.fuses``), so that ``backward`` works as after ``forward``."""
+        fused with it, see ``BatchNorm2D.fuses``), so that ``backward`` works as after ``forward``; None
+        when that output was pooled at once and never formed (``backward`` then refuses to run)."""
         self._cache = y
 
 

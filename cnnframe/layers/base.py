@@ -100,11 +100,11 @@ class Layer:
     def __call__(self, x):
         return self.forward(x)
 
-    def fuses(self, next_layer):
-        """True when this layer can also run ``next_layer`` in its own passes; ``Sequential`` then calls
-        ``forward_fused(x, next_layer)`` and ``backward_fused(grad_out, next_layer)`` instead of the two
-        layers' methods (see ``cnnframe/layers/fusion.py``).  Default: never."""
-        return False
+    def fuses(self, following):
+        """How many of the layers that follow (a tuple) this layer can run in its own passes; ``Sequential``
+        then calls ``forward_fused(x, absorbed)`` and ``backward_fused(grad_out, absorbed)`` instead of
+        those layers' methods (see ``cnnframe/layers/fusion.py``).  Default: 0."""
+        return 0
 
     def _ensure_built(self, x):
         """Build from the first batch when input sizes were omitted."""

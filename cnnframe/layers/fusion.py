@@ -1,21 +1,20 @@
-"""Layer pairs that a container runs as one pass each way (e.g. BatchNorm then ReLU).
+"""Runs of layers that a container executes as one pass each way (BatchNorm, ReLU, max pooling).
 
-A layer that can also compute its successor's work declares it: ``fuses(next_layer)`` returns True,
-and ``forward_fused(x, next_layer)`` / ``backward_fused(grad_out, next_layer)`` stand for the two
-layers' ``forward``/``backward`` calls in a row, leaving both layers as their own calls would.
-Fusing saves writing and re-reading the intermediate array, which for elementwise layers on big
+A layer that can also do the work of the layers after it declares it: ``fuses(following)`` gets the
+tuple of the layers that follow and returns how many of them it runs itself (0: none).  Then
+``forward_fused(x, absorbed)`` and ``backward_fused(grad_out, absorbed)`` stand for the ``forward``
+and ``backward`` calls of the layer and the ``absorbed`` ones in a row, with the same results.
+Fusing saves writing and re-reading the intermediate arrays, which for elementwise layers on big
 activations costs as much as the arithmetic.
 """
 
 
-def fused_pairs(layers):
-    """Indices i at which ``layers[i]`` runs fused with ``layers[i + 1]``: left to right, never overlapping."""
-    pairs, i = [], 0
-    while i < len(layers) - 1:
+def fusion_plan(layers):
+    """[(i, k), ...] in order: layer i runs itself and the k layers after it (k = 0: alone)."""
+    plan, i = [], 0
+    while i < len(layers):
         fuses = getattr(layers[i], "fuses", None)  # layers need not derive from Layer
-        if fuses is not None and fuses(layers[i + 1]):
-            pairs.append(i)
-            i += 2
-        else:
-            i += 1
-    return frozenset(pairs)
+        k = int(fuses(tuple(layers[i + 1:]))) if fuses is not None and i + 1 < len(layers) else 0
+        plan.append((i, k))
+        i += 1 + k
+    return plan

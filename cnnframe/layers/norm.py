@@ -7,6 +7,7 @@ from cnnframe import ops
 from cnnframe.layers._util import check_grad, check_input, check_per_sample, check_size, positive_int
 from cnnframe.layers.activations import ReLU
 from cnnframe.layers.base import Layer
+from cnnframe.layers.pooling import MaxPool2D
 from cnnframe.registry import register_layer
 
 
@@ -24,7 +25,8 @@ class _BatchNorm(Layer):
       evaluation: dx = γ/√(running_var + eps) · G.
     Computed by ``ops.batch_norm_forward``/``ops.batch_norm_backward`` (one pass over a channel for
     its statistics, one for the output); the layer keeps its input and the statistics, not x̂.
-    Followed by a ReLU in a ``Sequential``, the two run as one pass each way (``fuses``).
+    Followed by a ReLU in a ``Sequential``, the two run as one pass each way, and so does a max
+    pooling with non-overlapping windows after the ReLU (``fuses``).
     ``num_features`` may be omitted (inferred by ``build``).  γ, β have no weight decay.
     """
 
@@ -77,35 +79,45 @@ class _BatchNorm(Layer):
         super().build(shape)
 
     def forward(self, x):
-        return self._forward(x, relu=None)
+        return self._forward(x)
 
     def backward(self, grad_out):
-        return self._backward(grad_out, relu=False)
+        return self._backward(grad_out)
 
-    # -- BatchNorm then ReLU in one pass ---------------------------------------------------------
-    def fuses(self, next_layer):
-        """True for a ReLU: ``Sequential`` then runs the pair as one pass (``forward_fused``/``backward_fused``)."""
-        return type(next_layer) is ReLU
+    # -- BatchNorm then ReLU (then max pooling) in one pass --------------------------------------
+    def fuses(self, following):
+        """A ReLU next runs in this layer's passes (``Sequential`` calls ``forward_fused``/``backward_fused``),
+        and so does a MaxPool2D after it whose windows do not overlap (stride = kernel, no padding)."""
+        if not following or type(following[0]) is not ReLU:
+            return 0
+        if self._ndim == 4 and len(following) > 1 and type(following[1]) is MaxPool2D and following[1].tiles():
+            return 2
+        return 1
 
-    def forward_fused(self, x, relu):
-        """``relu.forward(self.forward(x))`` in one pass: z = max(γ·x̂ + β, 0) is written once, never y.
-        Both layers keep what their own backward needs, so either may also run alone afterwards."""
-        return self._forward(x, relu=relu)
+    def forward_fused(self, x, absorbed):
+        """The forward passes of this layer and ``absorbed`` (a ReLU, maybe then a MaxPool2D) in one pass
+        over x: z = max(γ·x̂ + β, 0) is written once -- or, pooled, never: only the pooled output and the
+        positions of its maxima.  Each layer keeps what its own backward needs, except a ReLU whose output
+        was pooled at once (its own backward then has nothing to work on)."""
+        return self._forward(x, relu=absorbed[0], pool=absorbed[1] if len(absorbed) > 1 else None)
 
-    def backward_fused(self, grad_out, relu):
-        """``self.backward(relu.backward(grad_out))`` in one pass: the ReLU's mask [y > 0] is recomputed
-        from x, so neither y nor the ReLU's output is read."""
-        if self._cache is None or not self._cache[4]:
-            raise RuntimeError(f"{type(self).__name__}: backward_fused() needs a forward_fused() first")
-        return self._backward(check_grad(relu, grad_out, self._cache[0].shape), relu=True)
+    def backward_fused(self, grad_out, absorbed):
+        """The backward passes of ``absorbed`` and this layer in one: the ReLU's mask [y > 0] is recomputed
+        from x, and a pooled gradient is scattered to its maxima one plane at a time, in cache."""
+        fused = self._cache[4] if self._cache is not None else 0
+        if fused != len(absorbed):
+            raise RuntimeError(f"{type(self).__name__}: backward_fused() needs forward_fused() with the same layers first")
+        if fused == 2:
+            return self._backward(check_grad(absorbed[1], grad_out, absorbed[1].output_size()), fused)
+        return self._backward(check_grad(absorbed[0], grad_out, self._cache[0].shape), fused)
 
-    def _forward(self, x, relu):
+    def _forward(self, x, relu=None, pool=None):
         x = check_input(self, x, ndim=self._ndim, layout=self._layout)
         if self.num_features is not None:
             check_size(self, x, 1, self.num_features, "features/channels")
         self._ensure_built(x)
         gamma, beta = self._params["weight"].data, self._params["bias"].data
-        fused = relu is not None
+        stats = {}
         if self.training:
             m = x.size // x.shape[1]
             if m < 2:
@@ -113,25 +125,40 @@ class _BatchNorm(Layer):
                     f"{type(self).__name__}: training needs more than one value per feature to compute batch "
                     f"statistics, got input shape {x.shape}; use a larger batch or call eval()"
                 )
-            y, mean, var, inv_std = ops.batch_norm_forward(x, gamma, beta, self.eps, relu=fused)
+        else:
+            stats = {"mean": self._buffers["running_mean"].copy(),  # backward needs this pass's statistics
+                     "inv_std": 1.0 / np.sqrt(self._buffers["running_var"] + self.dtype.type(self.eps))}
+        argmax = None
+        if pool is not None:
+            try:
+                y, argmax, mean, var, inv_std = ops.batch_norm_relu_maxpool_forward(
+                    x, gamma, beta, self.eps, pool.kernel_size, **stats)
+            except ValueError as e:
+                raise ValueError(f"{type(pool).__name__}: {e}") from None
+            pool.keep_result(argmax, x.shape, y.shape)
+            relu.keep_output(None)
+        else:
+            y, mean, var, inv_std = ops.batch_norm_forward(x, gamma, beta, self.eps, relu=relu is not None, **stats)
+            if relu is not None:
+                relu.keep_output(y)
+        if self.training:
             mom = self.momentum
             rm, rv = self._buffers["running_mean"], self._buffers["running_var"]
             rm[...] = (1 - mom) * rm + mom * mean
             rv[...] = (1 - mom) * rv + mom * var * (m / (m - 1))  # unbiased, as PyTorch
-        else:
-            inv_std = 1.0 / np.sqrt(self._buffers["running_var"] + self.dtype.type(self.eps))
-            mean = self._buffers["running_mean"].copy()  # backward needs the statistics of this pass
-            y, _, _, _ = ops.batch_norm_forward(x, gamma, beta, self.eps, mean=mean, inv_std=inv_std, relu=fused)
-        self._cache = (x, mean, inv_std, self.training, fused)
-        if fused:
-            relu.keep_output(y)
+        window = pool.kernel_size if pool is not None else None
+        self._cache = (x, mean, inv_std, self.training, (relu is not None) + (pool is not None), argmax, window)
         return y
 
-    def _backward(self, grad_out, relu):
-        x, mean, inv_std, training, _ = self._cache if self._cache is not None else (None,) * 5
-        g = check_grad(self, grad_out, None if x is None else x.shape)
+    def _backward(self, grad_out, fused=0):
+        x, mean, inv_std, training, _, argmax, window = self._cache if self._cache is not None else (None,) * 7
         w, b = self._params["weight"], self._params["bias"]
-        dx, dgamma, dbeta = ops.batch_norm_backward(g, x, mean, inv_std, w.data, b.data, training, relu=relu)
+        if fused == 2:
+            dx, dgamma, dbeta = ops.batch_norm_relu_maxpool_backward(grad_out, argmax, x, mean, inv_std, w.data,
+                                                                     b.data, window, training)
+        else:
+            g = check_grad(self, grad_out, None if x is None else x.shape)
+            dx, dgamma, dbeta = ops.batch_norm_backward(g, x, mean, inv_std, w.data, b.data, training, relu=fused == 1)
         w.grad += dgamma
         b.grad += dbeta
         return dx

@@ -72,6 +72,20 @@ class MaxPool2D(_Pool2D):
         super().__init__(kernel_size, stride, padding, dtype)
         self._argmax = None
 
+    def tiles(self):
+        """True when the windows tile the input (stride = kernel size, no padding): each input element
+        is in at most one window."""
+        return self.stride == self.kernel_size and self.padding == (0, 0)
+
+    def output_size(self):
+        """The (N, C, Ho, Wo) shape of the last forward's output (None before any)."""
+        return self._y_shape
+
+    def keep_result(self, argmax, input_shape, output_shape):
+        """Take the maxima positions of a forward pass another layer computed for this one (a BatchNorm
+        fused with it), so that ``backward`` works as after ``forward``."""
+        self._argmax, self._in_shape, self._y_shape = argmax, tuple(input_shape), tuple(output_shape)
+
     def forward(self, x):
         x = self._check(x)
         y, self._argmax = self._pool(ops.max_pool2d_forward, x)

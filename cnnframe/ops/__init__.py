@@ -13,7 +13,12 @@ from cnnframe.ops.pool import (
     pool2d_output_shape,
 )
 from cnnframe.ops.loss import softmax_cross_entropy
-from cnnframe.ops.norm import batch_norm_backward, batch_norm_forward
+from cnnframe.ops.norm import (
+    batch_norm_backward,
+    batch_norm_forward,
+    batch_norm_relu_maxpool_backward,
+    batch_norm_relu_maxpool_forward,
+)
 from cnnframe.ops.optim import adam_step, sgd_step, sum_squares
 
 __all__ = [
@@ -30,6 +35,8 @@ __all__ = [
     "pool2d_output_shape",
     "batch_norm_forward",
     "batch_norm_backward",
+    "batch_norm_relu_maxpool_forward",
+    "batch_norm_relu_maxpool_backward",
     "dense_forward",
     "dense_backward",
     "softmax_cross_entropy",

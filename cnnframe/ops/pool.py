@@ -41,11 +41,11 @@ def pool2d_output_shape(input_shape, kernel_size, stride=None, padding=0):
     return (n, c, ho, wo)
 
 
-def _params(x, kernel_size, stride, padding):
+def _params(input_shape, kernel_size, stride, padding):
     k = pair(kernel_size, "kernel_size", 1)
     s = pair(kernel_size if stride is None else stride, "stride", 1)
     p = pair(padding, "padding", 0)
-    return k, s, p, pool2d_output_shape(x.shape, k, s, p)
+    return k, s, p, pool2d_output_shape(input_shape, k, s, p)
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
@@ -54,7 +54,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
     ``argmax`` (int32, shape of Y) holds the flat index h·W + w into the input plane of each maximum.
     """
     x = float_array(x, "input", 4)
-    k, s, p, shape = _params(x, kernel_size, stride, padding)
+    k, s, p, shape = _params(x.shape, kernel_size, stride, padding)
     fits_int32("max pooling (one input plane)", x.shape[2] * x.shape[3])
     y = np.empty(shape, dtype=x.dtype)
     arg = np.empty(shape, dtype=np.int32)
@@ -87,7 +87,7 @@ def max_pool2d_backward(grad_out, argmax, input_shape):
 def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
     """Y[n,c,i,j] = (1 / (kh·kw)) Σ over the window of Xp (padded zeros count)."""
     x = float_array(x, "input", 4)
-    k, s, p, shape = _params(x, kernel_size, stride, padding)
+    k, s, p, shape = _params(x.shape, kernel_size, stride, padding)
     y = np.empty(shape, dtype=x.dtype)
     _pool.avg_forward(x, y, k[0], k[1], s[0], s[1], p[0], p[1], _threads(shape, k))
     return y

@@ -126,3 +126,73 @@ def test_bad_arguments(call, exc, words):
         call(x, np.ones(3, np.float32))
     for w in words:
         assert w in str(info.value)
+
+
+# -- BatchNorm, ReLU and max pooling in one pass ------------------------------------------------------------
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("k", [2, (3, 2), 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 7, 9), (3, 5, 2, 2)])
+def test_relu_maxpool_is_bit_identical_to_the_three_ops(shape, dtype, k, training):
+    x, _, gamma, beta = case(shape, dtype, sum(shape))
+    x[0, 0, 0, :2] = x[0, 0, 1, 0] = -50  # a window where the ReLU zeroes every value: ties at 0
+    stats = {} if training else {"mean": np.full(shape[1], 1.5, dtype), "inv_std": np.full(shape[1], 0.7, dtype)}
+    if np.ndim(k) == 0 and min(shape[2:]) < k or np.ndim(k) == 1 and (shape[2] < k[0] or shape[3] < k[1]):
+        return
+    y, arg, mean, var, inv = ops.batch_norm_relu_maxpool_forward(x, gamma, beta, 1e-5, k, **stats)
+    z, mean2, var2, inv2 = ops.batch_norm_forward(x, gamma, beta, 1e-5, relu=True, **stats)
+    y2, arg2 = ops.max_pool2d_forward(z, k)
+    assert np.array_equal(y, y2) and np.array_equal(arg, arg2) and np.array_equal(mean, mean2)
+    assert np.array_equal(inv, inv2) and (var is None) == (var2 is None) and (var is None or np.array_equal(var, var2))
+    g = np.random.default_rng(9).standard_normal(y.shape).astype(dtype)
+    dx, dgamma, dbeta = ops.batch_norm_relu_maxpool_backward(g, arg, x, mean, inv, gamma, beta, k, training)
+    dz = ops.max_pool2d_backward(g, arg2, x.shape)
+    dx2, dgamma2, dbeta2 = ops.batch_norm_backward(dz, x, mean, inv, gamma, beta, training, relu=True)
+    assert np.array_equal(dx, dx2) and np.array_equal(dgamma, dgamma2) and np.array_equal(dbeta, dbeta2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_maxpool_matches_the_loop_references(dtype):
+    x, _, gamma, beta = case((2, 3, 5, 6), dtype, 4)
+    y, arg, _, _, _ = ops.batch_norm_relu_maxpool_forward(x, gamma, beta, 1e-5, 2)
+    z_ref, _, _ = ref.batch_norm_forward_ref(x, gamma, beta, 1e-5, relu=True)
+    y_ref, _ = ref.max_pool2d_forward_ref(z_ref, 2)
+    np.testing.assert_allclose(y, y_ref, **tol(dtype))
+    g = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    _, _, _, _, inv = ops.batch_norm_relu_maxpool_forward(x, gamma, beta, 1e-5, 2)
+    _, mean, _, inv = ops.batch_norm_forward(x, gamma, beta, 1e-5)
+    dx, dgamma, dbeta = ops.batch_norm_relu_maxpool_backward(g, arg, x, mean, inv, gamma, beta, 2)
+    dz = np.zeros(x.shape)  # the pooled gradient at the maxima the reference pooling picks
+    dz.reshape(6, -1)[np.arange(6)[:, None], arg.reshape(6, -1)] = g.reshape(6, -1)
+    dx_ref, dgamma_ref, dbeta_ref = ref.batch_norm_backward_ref(x, dz, gamma, beta, 1e-5, relu=True)
+    np.testing.assert_allclose(dx, dx_ref, **tol(dtype))
+    np.testing.assert_allclose(dgamma, dgamma_ref, **tol(dtype))
+    np.testing.assert_allclose(dbeta, dbeta_ref, **tol(dtype))
+
+
+def test_relu_maxpool_threads_read_only_and_bad_indices(tmp_path):
+    x, _, gamma, beta = case((3, 5, 10, 12), np.float32, 5)
+    outs = []
+    for threads in (1, 2, 3):
+        with cnnframe.num_threads(threads):
+            y, arg, mean, var, inv = ops.batch_norm_relu_maxpool_forward(x, gamma, beta, 1e-5, 2)
+            outs.append((y, arg, mean, var) + ops.batch_norm_relu_maxpool_backward(np.ones_like(y), arg, x, mean, inv,
+                                                                                  gamma, beta, 2))
+    for other in outs[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(outs[0], other))
+    np.save(tmp_path / "x.npy", x)
+    xm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    arg.flags.writeable = False
+    y2, _, _, _, _ = ops.batch_norm_relu_maxpool_forward(xm, gamma, beta, 1e-5, 2)
+    dx2, _, _ = ops.batch_norm_relu_maxpool_backward(np.ones_like(y), arg, xm, mean, inv, gamma, beta, 2)
+    assert np.array_equal(y2, outs[0][0]) and np.array_equal(dx2, outs[0][4])
+    bad = arg.copy()
+    bad[1, 2, 3, 4] = 10 * 12
+    with pytest.raises(ValueError, match="1 indices outside the input plane of 120"):
+        ops.batch_norm_relu_maxpool_backward(np.ones_like(y), bad, x, mean, inv, gamma, beta, 2)
+    with pytest.raises(ValueError, match="argmax must be the int32"):
+        ops.batch_norm_relu_maxpool_backward(np.ones_like(y), arg.astype(np.int64), x, mean, inv, gamma, beta, 2)
+    with pytest.raises(ValueError, match="gives"):
+        ops.batch_norm_relu_maxpool_backward(np.ones_like(y), arg, x, mean, inv, gamma, beta, 3)
+    with pytest.raises(ValueError, match="output size"):
+        ops.batch_norm_relu_maxpool_forward(x, gamma, beta, 1e-5, 11)
