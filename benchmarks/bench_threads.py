@@ -45,19 +45,20 @@ def matmul_ms(np, a):
     return 1000 * best
 
 
-def worker(config, steps):
+def worker(config_path, steps):
     import numpy as np
 
     import cnnframe
-    from cnnframe.config import load_config
+    from cnnframe import config
     from cnnframe.trainer import Trainer
 
     cnnframe.set_num_threads(2)
     cnnframe.set_dynamic(False)
     a = np.random.default_rng(0).standard_normal((1500, 1500))
     before = matmul_ms(np, a)
-    cfg = load_config(config)
-    tr = Trainer.from_config(cfg, quiet=True, create_run_dir=False)
+    setup = config.load(config_path)
+    cfg = setup.config
+    tr = Trainer.from_config(setup, quiet=True, create_run_dir=False)
     X, y = tr.data.train
     model, loss, opt = tr.model, tr.loss, tr.optimizer
     bs = cfg["trainer"]["batch_size"]

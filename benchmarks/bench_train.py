@@ -70,10 +70,9 @@ def lr_curve(cfg):
 
 def prepare(config_path, out_path):
     """Resolve the config and save its training part, via cnnframe in a short-lived child process."""
-    code = ("import json, sys, numpy as np; from cnnframe.config import load_config, split_seed; "
-            "from cnnframe.data import load_splits; cfg = load_config(sys.argv[1]); "
-            "d = load_splits(cfg['data'], split_seed(cfg), cfg['trainer']['dtype']); "
-            "np.savez(sys.argv[2], X=d.train[0], y=d.train[1]); print(json.dumps(cfg))")
+    code = ("import json, sys, numpy as np; from cnnframe import config; setup = config.load(sys.argv[1]); "
+            "d = setup.load_data(); np.savez(sys.argv[2], X=d.train[0], y=d.train[1]); "
+            "print(json.dumps(setup.config))")
     r = subprocess.run([sys.executable, "-c", code, config_path, out_path], capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(r.stderr.strip())

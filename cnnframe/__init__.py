@@ -1,14 +1,26 @@
 """cnnframe: a small, fast, readable CNN training framework for the CPU."""
+import signal
 import sys
 
-__version__ = "0.1.0"
+from cnnframe.version import __version__
+
+# Run as a command (`python -m cnnframe`, the `cnnframe` script)?  Then a failure to load is one line.
+_COMMAND = sys.argv[:1] == ["-m"] or getattr(sys, "orig_argv", [])[1:3] == ["-m", "cnnframe"] \
+    or sys.argv[0].rsplit("/", 1)[-1] == "cnnframe"
+
+
+def _interrupted_while_loading(signum, frame):
+    print("cnnframe: interrupted", file=sys.stderr)
+    raise SystemExit(130)  # as Ctrl-C later on: exit status 130, no traceback
+
+
+if _COMMAND and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_while_loading)  # until the libraries below are loaded
 
 try:
     from cnnframe import _ext  # noqa: F401  (fails early, naming the build command, on an unbuilt tree)
 except ImportError as _e:
-    # Run as a command (`python -m cnnframe`, the `cnnframe` script): that one line, exit status 2.
-    if sys.argv[:1] == ["-m"] or getattr(sys, "orig_argv", [])[1:3] == ["-m", "cnnframe"] \
-            or sys.argv[0].rsplit("/", 1)[-1] == "cnnframe":
+    if _COMMAND:  # that one line, exit status 2
         print(str(_e), file=sys.stderr)
         raise SystemExit(2) from None
     raise
@@ -41,6 +53,7 @@ from cnnframe.layers import (  # noqa: E402
     AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
+    Concat,
     Conv2D,
     Dense,
     Dropout,
@@ -51,15 +64,21 @@ from cnnframe.layers import (  # noqa: E402
     MaxPool2D,
     Parameter,
     ReLU,
+    Residual,
     Sigmoid,
     Softmax,
     Tanh,
 )
 from cnnframe import gradcheck, layers, testing  # noqa: E402
 
-# -- YAML configs, data sets, the trainer --
-from cnnframe import data, datasets  # noqa: E402  (datasets registers "digits" and "npz")
+# -- YAML configs, plugins, data sets, the trainer --
+from cnnframe import checkpoint, config, data, datasets, plugins  # noqa: E402  (datasets registers "digits", "npz")
 from cnnframe.config import load_config  # noqa: E402
-from cnnframe.errors import ConfigError, DataError, UserError  # noqa: E402
-from cnnframe.data import load_dataset  # noqa: E402
+from cnnframe.errors import (CheckpointError, ConfigError, DataError, RunDirLocked, UntrustedTypeError,  # noqa: E402
+                             UserError, WriteError)
+from cnnframe.data import Preprocessing, load_dataset  # noqa: E402
 from cnnframe.trainer import Trainer  # noqa: E402
+from cnnframe.build_info import build_info  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:
+    signal.signal(signal.SIGINT, signal.default_int_handler)

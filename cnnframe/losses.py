@@ -1,13 +1,18 @@
 """Loss functions: ``loss.forward(pred, target)`` returns the mean loss as a float, then
 ``loss.backward()`` returns dL/dpred (same shape and dtype as ``pred``).
 
+A loss also declares how it meets class labels: ``targets(labels, num_classes, dtype)`` gives what
+``forward`` takes as targets (the labels themselves, or one-hot rows), and ``score_activation`` what
+turns a model's outputs into class scores (``"softmax"`` for cross-entropy, whose outputs are
+logits; None: the outputs as they are) -- what ``predict`` reports (``class_scores``) and what an
+ONNX export appends.
+
 Registered names: ``"softmax_cross_entropy"`` (alias ``"cross_entropy"``) and ``"mse"``.
 """
-import numbers
-
 import numpy as np
 
 from cnnframe import ops
+from cnnframe.checks import check_number
 from cnnframe.registry import register_loss
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "MSE", "softmax", "log_softmax"]
@@ -29,6 +34,8 @@ class Loss:
     """Base class: ``forward(pred, target) -> float`` (the mean), ``backward() -> dL/dpred``."""
 
     registered_name = None
+    #: "softmax" when class scores are the softmax of the model's outputs, None when they are the outputs
+    score_activation = None
 
     def forward(self, pred, target):
         raise NotImplementedError(f"{type(self).__name__} must implement forward(pred, target)")
@@ -38,6 +45,15 @@ class Loss:
 
     def __call__(self, pred, target):
         return self.forward(pred, target)
+
+    def targets(self, labels, num_classes, dtype):
+        """What ``forward`` takes as targets for integer class ``labels`` (N,): the labels themselves."""
+        return labels
+
+    def class_scores(self, outputs):
+        """The class scores ``predict`` reports for a batch of outputs (float64), by ``score_activation``."""
+        outputs = np.asarray(outputs, dtype=np.float64)
+        return softmax(outputs) if self.score_activation == "softmax" else outputs
 
     def get_config(self):
         return {"type": self.registered_name or type(self).__name__}
@@ -63,26 +79,21 @@ def _float_pred(pred, owner):
     return pred
 
 
-# Decorators run bottom-up: the canonical name is registered last so it becomes `registered_name`.
-@register_loss("softmax_cross_entropy")
-@register_loss("cross_entropy")
+@register_loss("softmax_cross_entropy", aliases=("cross_entropy",))
 class SoftmaxCrossEntropy(Loss):
     """Softmax cross-entropy on raw logits z (N, classes) with integer labels y (N,) (docs/math.md,
     Softmax cross-entropy).
 
     With label smoothing ε the target row is ``t = (1-ε)·onehot(y) + ε/classes`` (as in PyTorch):
     ``L = -1/N Σ_n Σ_c t[n,c] log softmax(z_n)[c]``,  ``dL/dz = (softmax(z) - t) / N``, both from one
-    pass over the logits (``ops.softmax_cross_entropy``).  After ``forward``, ``probabilities`` holds softmax(z).
+    pass over the logits (``ops.softmax_cross_entropy``).  After ``forward``, ``probabilities`` holds
+    softmax(z); class scores are softmax(z) too.
     """
 
+    score_activation = "softmax"
+
     def __init__(self, label_smoothing=0.0):
-        if (
-            isinstance(label_smoothing, bool)
-            or not isinstance(label_smoothing, numbers.Real)
-            or not 0.0 <= float(label_smoothing) < 1.0
-        ):
-            raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = check_number("label_smoothing", label_smoothing, "SoftmaxCrossEntropy", ge=0, lt=1)
         self.probabilities = None
         self._grad = None
 
@@ -108,6 +119,12 @@ class MSE(Loss):
 
     def __init__(self):
         self._grad = None
+
+    def targets(self, labels, num_classes, dtype):
+        """One-hot rows (N, num_classes) of ``dtype``: the outputs are regressed onto them."""
+        t = np.zeros((len(labels), num_classes), dtype=dtype)
+        t[np.arange(len(labels)), labels] = 1
+        return t
 
     def forward(self, pred, target):
         pred = _float_pred(pred, "MSE")

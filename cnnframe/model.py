@@ -1,68 +1,43 @@
-"""``Sequential``: a chain of layers with shape inference, a summary, seeding and one-file checkpoints.
+"""``Sequential``: a chain of layers with shape inference, a summary, seeding, a forward/backward
+self-check and one-file checkpoints (the file format is ``cnnframe/checkpoint.py``).
 
-A checkpoint is one ``.npz`` (written atomically, read with ``allow_pickle=False``) holding
-``param/<i>.<name>`` and ``buffer/<i>.<name>`` arrays, the caller's ``extra/<key>`` arrays, and three
-strings stored as 0-d unicode arrays: ``__format__`` (``CHECKPOINT_FORMAT``), and the JSON of
-``__config__`` (``Sequential.get_config()``) and ``__meta__`` (the caller's dict).
-``load_checkpoint`` rebuilds the model from the config alone.
+``load_checkpoint(path, plugins=[...])`` rebuilds a model from a checkpoint's stored config alone.
+The stored layer types resolve from the registry and the plugins named for the load, never from
+modules the file asks for (see ``cnnframe/plugins.py``).
 """
-import json
-import numbers
-import os
-import zipfile
 from collections import OrderedDict
 
 import numpy as np
 
-from cnnframe.io import atomic_save_npz
+from cnnframe import checkpoint
+from cnnframe.checks import check_int
+from cnnframe.data import Preprocessing, check_class_names, store_inputs, stored_class_names
+from cnnframe.errors import CheckpointError
+from cnnframe.export import export_onnx
+from cnnframe.io import atomic_write, json_text
+from cnnframe.layers.base import allocation_limit
+from cnnframe.layers.blocks import check_distinct
 from cnnframe.layers.fusion import fusion_plan
+from cnnframe.layers.spec import at, build_layer
+from cnnframe.locate import code_location, where
+from cnnframe.plugins import Plugins
+from cnnframe.seeds import derive_seed
 
-__all__ = ["Sequential", "load_checkpoint", "load", "CHECKPOINT_FORMAT"]
+__all__ = ["Sequential", "load_checkpoint", "load"]
 
-CHECKPOINT_FORMAT = "cnnframe-checkpoint/1"
-_FORMAT_KEY, _CONFIG_KEY, _META_KEY = "__format__", "__config__", "__meta__"
-_PARAM, _BUFFER, _EXTRA = "param/", "buffer/", "extra/"
-
-# Seeds handed to layer i are derived from (purpose, seed, i) so that initialisation and random
-# masks never share a stream and adding a layer does not change the seeds of the others.
+# Purposes of the seeds handed to layer i (seeds.derive_seed): initial weights and random masks never
+# share a stream.
 _INIT, _RESEED = 0, 1
-
-
-def _derived_seed(seed, index, purpose):
-    return int(np.random.SeedSequence([purpose, seed, index]).generate_state(1, np.uint64)[0])
-
-
-def _check_seed(seed, owner):
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"{owner}: seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
-def _message(e):
-    """An exception's message without the quotes KeyError adds."""
-    return e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-
-
-def _reraise_at(e, prefix):
-    """Re-raise ``e`` (same type when possible) with ``prefix`` prepended to its message."""
-    try:
-        new = type(e)(f"{prefix}: {_message(e)}")
-    except Exception:
-        raise e from None
-    new.__dict__.update(getattr(e, "__dict__", {}))
-    raise new from e
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"object of type {type(o).__name__} is not JSON-serializable")
 
 
 def _fmt_shape(shape):
     return "?" if shape is None else "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _located(e, index, shape, reason):
+    """Tag an exception about layer ``index`` at per-sample input ``shape`` (the config reports it by key)."""
+    e.layer_index, e.layer_input_shape, e.reason = index, shape, reason
+    return e
 
 
 class Sequential:
@@ -72,6 +47,10 @@ class Sequential:
     every layer has its parameters and ``shapes`` lists each layer's per-sample output shape.
     ``seed`` (optional) calls ``initialize(seed)`` and ``reseed(seed)``.
     Parameters and buffers are named ``"<layer index>.<name>"``, e.g. ``"0.weight"``.
+
+    ``preprocessing`` (a ``cnnframe.data.Preprocessing``, or None: not known) says what raw inputs go through
+    before ``forward``, and ``class_names`` names the outputs; the trainer sets both from its data, ``save``
+    stores them and ``load_checkpoint`` restores them, so ``predict`` and ONNX export know what the model expects.
     """
 
     def __init__(self, layers, input_shape=None, *, seed=None):
@@ -79,10 +58,13 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not all(callable(getattr(layer, m, None)) for m in ("forward", "backward", "output_shape")):
                 raise TypeError(f"Sequential: layers[{i}] is not a layer (got {type(layer).__name__})")
+        check_distinct([(f"layers[{i}]", layer) for i, layer in enumerate(layers)], "Sequential")
         self.layers = layers
         self.input_shape = None
         self.shapes = None
         self.training = True
+        self.preprocessing = None
+        self.class_names = None
         self._plan = []  # how the last forward grouped the layers: [(i, number of layers i ran with it)]
         if seed is not None:
             self.initialize(seed)
@@ -98,16 +80,34 @@ class Sequential:
             raise TypeError(f"Sequential: input_shape must be a sequence of ints, got {input_shape!r}") from None
         shapes = []
         for i, layer in enumerate(self.layers):
+            where_ = f"layer {i} ({type(layer).__name__}) with input shape {_fmt_shape(shape)}"
             try:
-                out = tuple(int(s) for s in layer.output_shape(shape))
-                if build and not getattr(layer, "built", True):
+                out = layer.output_shape(shape)
+                if build and not layer.built:
                     layer.build(shape)
             except Exception as e:
-                e.layer_index = i
-                _reraise_at(e, f"layer {i} ({type(layer).__name__}) with input shape {_fmt_shape(shape)}")
+                reason = (f"{e}{code_location(e, user_only=True)}" if isinstance(e, (TypeError, ValueError))
+                          else f"{type(e).__name__}: {e}{code_location(e)}")
+                at(_located(e, i, shape, reason), where_, key_prefix=f"layers[{i}]")
+            try:
+                out = tuple(int(s) for s in out)
+                ok = len(out) >= 1 and all(s >= 1 for s in out)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise _located(TypeError(f"{where_}: output_shape returned {out!r}; expected a tuple of positive "
+                                         f"ints ({where(type(layer))})"), i, shape, None)
             shapes.append(out)
             shape = out
         return shapes
+
+    def output_shapes(self, input_shape):
+        """Every layer's per-sample output shape for a per-sample input shape (pure: nothing is built).
+
+        A layer that rejects its input raises (same type) with ``"layer i (Type) with input shape ..."``
+        in front of its message and ``layer_index`` set; a layer whose ``output_shape`` returns something
+        other than a tuple of positive ints raises TypeError."""
+        return self._walk(input_shape, build=False)
 
     def output_shape(self, input_shape):
         """Per-sample output shape for a per-sample input shape (pure: nothing is built).
@@ -122,6 +122,11 @@ class Sequential:
         self.shapes = self._walk(input_shape, build=True)
         self.input_shape = tuple(int(s) for s in input_shape)
         return self
+
+    @property
+    def num_outputs(self):
+        """Values per sample the model gives (the classes of a classifier); the model must be built."""
+        return int(np.prod(self.shapes[-1] if self.layers else self.input_shape))
 
     @property
     def built(self):
@@ -152,11 +157,11 @@ class Sequential:
     def backward(self, grad_out, input_grad=True):
         """Run every layer's backward in reverse order; returns dL/dx (N, *input_shape).
 
-        ``input_grad=False`` lets a first layer that supports it (``need_input_grad``) skip computing
-        dL/dx, which training never uses; the return value is then None.
+        ``input_grad=False`` sets the first layer's ``need_input_grad`` to False for the call, so a
+        layer that supports it skips dL/dx, which training never uses; the return value is then None.
         """
         first = self.layers[0] if self.layers else None
-        skip = not input_grad and first is not None and hasattr(first, "need_input_grad")
+        skip = not input_grad and first is not None
         if skip:
             old = first.need_input_grad
             first.need_input_grad = False
@@ -238,18 +243,18 @@ class Sequential:
     def initialize(self, seed):
         """Re-draw every layer's parameters with ``reset_parameters(rng)``, layer i using a numpy Generator
         seeded from (seed, i): the same seed gives the same weights. Layers without that method are left as is."""
-        seed = _check_seed(seed, "Sequential.initialize")
+        seed = check_int("seed", seed, "Sequential.initialize", ge=0)
         for i, layer in enumerate(self.layers):
             reset = getattr(layer, "reset_parameters", None)
             if callable(reset):
-                reset(np.random.default_rng(_derived_seed(seed, i, _INIT)))
+                reset(np.random.default_rng(derive_seed(_INIT, seed, i)))
         return self
 
     def reseed(self, seed):
         """Reset every layer's random state (e.g. Dropout masks), giving layer i its own seed derived from (seed, i)."""
-        seed = _check_seed(seed, "Sequential.reseed")
+        seed = check_int("seed", seed, "Sequential.reseed", ge=0)
         for i, layer in enumerate(self.layers):
-            layer.reseed(_derived_seed(seed, i, _RESEED))
+            layer.reseed(derive_seed(_RESEED, seed, i))
         return self
 
     def num_parameters(self):
@@ -257,7 +262,8 @@ class Sequential:
 
     # -- description ---------------------------------------------------------------------------
     def summary(self):
-        """A table of each layer's index, type, per-sample output shape and parameter count, with totals."""
+        """A table of each layer's index, type, per-sample output shape and parameter count, with totals.
+        A block's children follow its row, indented and labelled by path (``layers.0: Conv2D``)."""
         if self.input_shape is not None:
             shapes = self.shapes
         else:
@@ -269,6 +275,13 @@ class Sequential:
             built = getattr(layer, "built", True) or bool(layer.parameters())
             count = sum(p.data.size for p in layer.parameters().values())
             rows.append((str(i), type(layer).__name__, _fmt_shape(shape), f"{count:,}" if built else "?"))
+            # a block's children, indented under it: "layers.0: Conv2D" (their parameters count in the block's row)
+            nested = getattr(layer, "summary_rows", None)
+            if callable(nested):
+                given = None if self.input_shape is None else (shapes[i - 1] if i else self.input_shape)
+                for depth, label, kind, out, n in nested(given):
+                    count = "?" if n is None else f"{n:,}"
+                    rows.append(("", "  " * depth + f"{label}: {kind}", _fmt_shape(out), count))
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         align = ("{:>%d}", "{:<%d}", "{:<%d}", "{:>%d}")
         fmt = "  ".join(a % w for a, w in zip(align, widths))
@@ -294,35 +307,23 @@ class Sequential:
         }
 
     @classmethod
-    def from_config(cls, config):
-        """Build from ``get_config()`` output: each layer dict's ``"type"`` is looked up in ``cnnframe.LAYERS``
-        (a registered name or ``"package.module:ClassName"``)."""
-        import cnnframe.layers  # noqa: F401  (registers the built-in layers)
-        from cnnframe.registry import LAYERS
-
+    def from_config(cls, config, plugins=()):
+        """Build from ``get_config()`` output.  Each layer's ``"type"`` is a registered name, or a
+        ``"package.module:ClassName"`` from a module in ``plugins`` (files or module names, imported
+        here; nothing else is imported: see ``cnnframe/plugins.py``)."""
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
             raise ValueError("Sequential.from_config: config must be a dict with a 'layers' list")
         extra = set(config) - {"input_shape", "layers"}
         if extra:
             raise ValueError(f"Sequential.from_config: unknown keys {sorted(extra)} (expected 'input_shape', 'layers')")
+        plugins = Plugins.of(plugins)
         layers = []
-        for i, lc in enumerate(config["layers"]):
-            where = f"Sequential.from_config: layers[{i}]"
-            if not isinstance(lc, dict) or "type" not in lc:
-                raise ValueError(f"{where}: each layer config must be a dict with a 'type' key, got {lc!r}")
+        for i, spec in enumerate(config["layers"]):
             try:
-                layer_cls = LAYERS.get(lc["type"])
-            except KeyError as e:
-                raise KeyError(f"{where}: {_message(e)}") from None
-            try:
-                make = getattr(layer_cls, "from_config", None)
-                if callable(make):
-                    layers.append(make(dict(lc)))
-                else:
-                    layers.append(layer_cls(**{k: v for k, v in lc.items() if k != "type"}))
+                layers.append(build_layer(spec, plugins))
             except Exception as e:
                 e.layer_index = i
-                _reraise_at(e, where)
+                at(e, f"Sequential.from_config: layers[{i}]", key_prefix=f"layers[{i}]")
         return cls(layers, input_shape=config.get("input_shape"))
 
     def __len__(self):
@@ -338,120 +339,115 @@ class Sequential:
         inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         return f"Sequential(input_shape={self.input_shape}){inner}"
 
+    # -- self-check ------------------------------------------------------------------------------
+    def check(self, input_shape=None, dtype=None):
+        """Run two zero samples forward and backward through each layer (eval mode; gradients cleared
+        after): a layer whose ``forward`` disagrees with its ``output_shape``, whose ``backward`` returns
+        the wrong shape, or that fails to run raises ValueError naming it (``layer_index`` set).
+        Builds the model for ``input_shape`` if needed."""
+        if input_shape is not None and not self.built:
+            self.build(input_shape)
+        if not self.built:
+            raise RuntimeError("Sequential.check: the model is not built; give input_shape")
+        dtype = dtype or getattr(self.layers[0], "dtype", np.float32)
+        was = self.training
+        self.eval()
+        x = np.zeros((2,) + self.input_shape, dtype=dtype)
+        shape = self.input_shape
+        try:
+            for i, layer in enumerate(self.layers):
+                name, declared = type(layer).__name__, tuple(self.shapes[i])
+                try:
+                    y = layer.forward(x)
+                    g = layer.backward(np.ones_like(y))
+                except Exception as e:
+                    reason = f"{type(e).__name__}: {e}{code_location(e)}"
+                    raise _located(ValueError(f"layer {i} ({name}) failed on a batch of shape {x.shape}: {reason}"),
+                                   i, shape, reason) from e
+                if tuple(y.shape[1:]) != declared:
+                    raise _located(ValueError(f"layer {i} ({name}): output_shape({shape}) declares {declared} but "
+                                              f"forward() returned samples of shape {tuple(y.shape[1:])} "
+                                              f"({where(type(layer))})"), i, shape, None)
+                if g is not None and tuple(np.shape(g)) != tuple(x.shape):
+                    raise _located(ValueError(f"layer {i} ({name}): backward() returned a gradient of shape "
+                                              f"{np.shape(g)} for an input of shape {x.shape} "
+                                              f"({where(type(layer))})"), i, shape, None)
+                x, shape = y, declared
+        finally:
+            self.zero_grad()
+            self.train(was)
+
     # -- checkpoints ---------------------------------------------------------------------------
-    def save(self, path, arrays=None, meta=None):
+    def save(self, path, arrays=None, meta=None, *, preprocessing=None, class_names=None):
         """Write the model (config, parameters, buffers), ``arrays`` (name → array, e.g. optimizer state)
-        and ``meta`` (a JSON-serialisable dict) to one ``.npz`` at ``path``, atomically."""
+        and ``meta`` (a JSON-serialisable dict) to one ``.npz`` at ``path``, atomically.
+
+        ``preprocessing`` (a ``Preprocessing`` or its dict; default ``self.preprocessing``) and ``class_names``
+        (default ``self.class_names``) are recorded in ``meta["data"]`` (``cnnframe.data.store_inputs``); a model
+        saved without preprocessing is fed inputs as they are, and ``predict`` says so."""
+        atomic_write(path, self.checkpoint_writer(arrays, meta, preprocessing=preprocessing, class_names=class_names))
+
+    def checkpoint_writer(self, arrays=None, meta=None, *, preprocessing=None, class_names=None):
+        """What ``save`` writes, as a function ``write(f)`` filling a binary file (a run directory stages
+        several files and commits them together).  Everything is checked here; the function writes the
+        arrays the model holds when it is called."""
         if self.input_shape is None:
             raise RuntimeError("Sequential.save: the model is not built; give input_shape or call build() first")
-        meta = {} if meta is None else meta
-        if not isinstance(meta, dict):
-            raise TypeError(f"Sequential.save: meta must be a dict, got {type(meta).__name__}")
-        entries = OrderedDict()
-        entries[_FORMAT_KEY] = np.array(CHECKPOINT_FORMAT)
-        entries[_CONFIG_KEY] = np.array(self._config_json())
-        try:
-            entries[_META_KEY] = np.array(json.dumps(meta, default=_json_default))
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"Sequential.save: meta is not JSON-serialisable: {e}") from None
-        for name, p in self.parameters().items():
-            entries[_PARAM + name] = p.data
-        for name, b in self.buffers().items():
-            entries[_BUFFER + name] = b
-        for key, value in (arrays or {}).items():
-            if not isinstance(key, str) or not key:
-                raise TypeError(f"Sequential.save: array names must be non-empty strings, got {key!r}")
-            entries[_EXTRA + key] = value
-        atomic_save_npz(path, entries)
-
-    def _config_json(self):
-        cfg = self.get_config()
-        try:
-            return json.dumps(cfg, default=_json_default)
-        except (TypeError, ValueError):
-            for i, lc in enumerate(cfg["layers"]):
-                try:
-                    json.dumps(lc, default=_json_default)
-                except (TypeError, ValueError) as e:
-                    raise TypeError(
-                        f"Sequential.save: layer {i} ({type(self.layers[i]).__name__}) get_config() is not "
-                        f"JSON-serialisable: {e}"
-                    ) from None
-            raise
+        pre = self.preprocessing if preprocessing is None else Preprocessing.of(preprocessing)
+        names = self.class_names if class_names is None else class_names
+        if names is not None:
+            names = check_class_names(names, self.num_outputs)
+        meta = store_inputs(meta, pre, names)
+        config = self.get_config()
+        for i, lc in enumerate(config["layers"]):
+            try:
+                json_text(lc)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"Sequential.save: layer {i} ({type(self.layers[i]).__name__}) get_config() is not "
+                                f"JSON-serialisable: {e}") from None
+        return checkpoint.writer(config, {k: p.data for k, p in self.parameters().items()}, self.buffers(),
+                                 arrays=arrays, meta=meta)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, plugins=()):
         """The model stored in checkpoint ``path`` (see ``load_checkpoint``)."""
-        return load_checkpoint(path)[0]
+        return load_checkpoint(path, plugins)[0]
+
+    def to_onnx(self, path, **options):
+        """Export to ONNX at ``path``; returns the ModelProto (``cnnframe.export.export_onnx`` lists the options)."""
+        return export_onnx(self, path, **options)
 
 
-def _read_npz(path):
-    """All entries of the npz at ``path`` as a dict, or a clear error."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"checkpoint {path!r} is a directory, not a file")
-    try:
-        obj = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path!r} is not a cnnframe checkpoint: cannot read it as an .npz file ({e})") from None
-    if not isinstance(obj, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path!r} is not a cnnframe checkpoint: it holds a single array, not an .npz archive")
-    try:
-        with obj:
-            return {k: obj[k] for k in obj.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path!r} is not a cnnframe checkpoint: a stored array is unreadable ({e})") from None
-
-
-def _str_entry(data, key, path):
-    try:
-        arr = data[key]
-    except KeyError:
-        raise ValueError(f"{path!r} is not a cnnframe checkpoint: it has no {key!r} entry") from None
-    if arr.shape != () or arr.dtype.kind != "U":
-        raise ValueError(f"{path!r}: entry {key!r} must be a string, got a {arr.dtype} array of shape {arr.shape}")
-    return str(arr)
-
-
-def _json_entry(data, key, path):
-    try:
-        return json.loads(_str_entry(data, key, path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path!r}: entry {key!r} is not valid JSON ({e})") from None
-
-
-def load_checkpoint(path):
+def load_checkpoint(path, plugins=()):
     """Load a checkpoint written by ``Sequential.save`` → ``(model, arrays, meta)``.
 
-    The model is rebuilt from the stored config (custom layer types must be registered or named as
-    ``"package.module:ClassName"``) and gets the stored parameters and buffers bit for bit; it is in
-    training mode (call ``.eval()`` for inference).  ``arrays`` are the caller's arrays, ``meta`` the dict.
+    The model is rebuilt from the stored config and gets the stored parameters and buffers bit for
+    bit, and the preprocessing and class names the checkpoint records (``model.preprocessing``,
+    ``model.class_names``: None when not recorded); it is in training mode (call ``.eval()`` for inference).  Layer types resolve from the
+    registry and from ``plugins`` (the ``.py`` files and modules that define your layers, imported
+    here): a checkpoint never makes cnnframe import a module you did not name.  Building may
+    allocate no more than the stored arrays need (with some slack), so a crafted config cannot
+    exhaust memory.  ``arrays`` are the caller's arrays, ``meta`` the dict.
     """
-    path = os.fspath(path)
-    data = _read_npz(path)
-    fmt = _str_entry(data, _FORMAT_KEY, path)
-    if fmt != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path!r}: unsupported checkpoint format {fmt!r} (this cnnframe reads {CHECKPOINT_FORMAT!r})")
-    config = _json_entry(data, _CONFIG_KEY, path)
-    meta = _json_entry(data, _META_KEY, path) if _META_KEY in data else {}
+    ckpt = checkpoint.read(path)
+    plugins = Plugins.of(plugins)
+    run_config = ckpt.meta.get("config")
+    if not plugins.recorded and isinstance(run_config, dict) and isinstance(run_config.get("plugins"), list):
+        plugins.recorded = [str(p) for p in run_config["plugins"]]  # named in messages, never imported
     try:
-        model = Sequential.from_config(config)
+        with allocation_limit(ckpt.build_budget, "what the checkpoint's arrays need"):
+            model = Sequential.from_config(ckpt.config, plugins)
         if not model.built:
             raise ValueError("the stored config has no input_shape")
-        state = {}
-        for key, arr in data.items():
-            if key.startswith(_PARAM):
-                state[key[len(_PARAM):]] = arr
-            elif key.startswith(_BUFFER):
-                state[key[len(_BUFFER):]] = arr
-        model.load_state_dict(state)
-    except Exception as e:
-        raise ValueError(f"checkpoint {path!r}: {_message(e)}") from e
-    arrays = {key[len(_EXTRA):]: arr for key, arr in data.items() if key.startswith(_EXTRA)}
-    return model, arrays, meta
+        model.load_state_dict(ckpt.state)
+        model.preprocessing = Preprocessing.from_meta(ckpt.meta)
+        model.class_names = stored_class_names(ckpt.meta, model.num_outputs)
+    except Exception as e:  # a stored config that does not build, or state that does not fit, or bad preprocessing
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise CheckpointError(f"checkpoint {ckpt.path!r}: {message}") from e
+    return model, ckpt.arrays, ckpt.meta
 
 
-def load(path):
-    """The model stored in checkpoint ``path`` (``load_checkpoint(path)[0]``)."""
-    return load_checkpoint(path)[0]
+def load(path, plugins=()):
+    """The model stored in checkpoint ``path`` (``load_checkpoint(path, plugins)[0]``)."""
+    return load_checkpoint(path, plugins)[0]

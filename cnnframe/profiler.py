@@ -11,9 +11,9 @@ the weight gradient (eq. (2)) and the input gradient (eq. (4)) as many again eac
 
 From Python::
 
-    from cnnframe.config import load_config
+    import cnnframe.config
     from cnnframe.profiler import profile_config
-    print(profile_config(load_config("configs/cifar-size.yaml"), batches=10).table())
+    print(profile_config(cnnframe.config.load("configs/cifar-size.yaml"), batches=10).table())
 """
 import time
 
@@ -24,6 +24,7 @@ from cnnframe.data import batches as batch_indices
 from cnnframe.data import random_shift
 from cnnframe.layers.conv import Conv2D
 from cnnframe.layers.fusion import fusion_plan
+from cnnframe.trainer import Trainer
 
 __all__ = ["Profile", "Row", "profile_training", "profile_config", "conv_flops"]
 
@@ -223,14 +224,14 @@ def profile_training(model, loss, optimizer, X, y, *, batch_size=64, batches=20,
                    title)
 
 
-def profile_config(cfg, batches=20, warmup=2, title=""):
-    """Profile the training step of a resolved config (``cnnframe.config.load_config``) on its training data."""
-    from cnnframe.trainer import Trainer, loss_targets
-
-    trainer = Trainer.from_config(cfg, quiet=True, create_run_dir=False)
+def profile_config(setup, batches=20, warmup=2, title=""):
+    """Profile the training step of a config on its training data: a ``Setup`` (``cnnframe.config.load``)
+    or a resolved config dict."""
+    trainer = Trainer.from_config(setup, quiet=True, create_run_dir=False)
+    cfg = trainer.config
     X, y = trainer.data.train
-    classes = trainer.data.num_classes
-    return profile_training(trainer.model, trainer.loss, trainer.optimizer, X, y,
+    loss, classes = trainer.loss, trainer.data.num_classes
+    return profile_training(trainer.model, loss, trainer.optimizer, X, y,
                             batch_size=cfg["trainer"]["batch_size"], batches=batches, warmup=warmup,
                             shift=cfg["data"]["augment"]["shift"], seed=cfg["trainer"]["seed"],
-                            targets=lambda yb: loss_targets(trainer.loss, yb, classes, X.dtype), title=title)
+                            targets=lambda yb: loss.targets(yb, classes, X.dtype), title=title)

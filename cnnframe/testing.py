@@ -7,19 +7,24 @@
 ``input_shape`` is per sample (no batch axis).  Every check raises ``AssertionError`` naming the
 layer and what went wrong.  The checks (names usable in ``skip``):
 
-- ``registered``: the class is registered, and its name resolves to it through ``cnnframe.LAYERS``;
+- ``registered``: the layer's type name (``type_name``: its registered name, or ``module:QualName``
+  for a class that is not registered) resolves back to its class, as a checkpoint load would with the
+  class's module named as a plugin;
 - ``output_shape``: ``output_shape(input_shape)`` equals the shape forward returns, and the output
   dtype is the layer's;
 - ``input_unchanged``: forward and backward do not modify their arguments;
 - ``accumulate``: a second forward/backward adds into ``.grad`` (grads double), ``zero_grad`` clears;
-- ``gradcheck``: float64 central differences for the input and every parameter (cnnframe.gradcheck);
+- ``gradcheck``: float64 central differences for the input and every parameter (cnnframe.gradcheck), at
+  the layer's initial parameters and again at randomised ones (each value scaled by U(0.5, 1.5) and
+  shifted by N(0, 0.1²)), so a gradient that is right only while a parameter is 1, 0 or equal on every
+  channel fails;
 - ``dtypes``: float32 and float64 layers with the same parameters agree (forward, input and
   parameter gradients) to float32 precision;
 - ``batch1``: in eval mode, a batch of one gives the same output as that sample inside a batch, and
   backward works with N = 1;
 - ``noncontiguous``: a strided input view gives the same output and gradients as a contiguous copy;
-- ``config``: ``get_config()`` is JSON-serialisable, carries the registered type name, rebuilds an
-  equivalent layer with ``from_config`` and is reproduced by the rebuilt layer;
+- ``config``: ``get_config()`` is JSON-serialisable, carries the type name, rebuilds an equivalent
+  layer with ``from_config`` and is reproduced by the rebuilt layer;
 - ``state``: ``state_dict()`` saved to an .npz and loaded (``allow_pickle=False``) into a layer
   rebuilt from the config gives identical outputs.
 
@@ -32,7 +37,9 @@ import tempfile
 import numpy as np
 
 from cnnframe.gradcheck import check_layer, kink_free_input
-from cnnframe.layers.base import Layer
+from cnnframe.layers.base import Layer, type_name
+from cnnframe.plugins import Plugins
+from cnnframe.registry import LAYERS
 
 __all__ = ["check_layer_contract", "CHECKS"]
 
@@ -152,19 +159,22 @@ class _Battery:
             )
 
     # -- the checks ------------------------------------------------------------------------
-    def registered(self):
-        import cnnframe
-
-        layer = self.make("float64")
-        name = type(layer).registered_name
-        if not name:
-            self.fail("registered", "the class is not registered; decorate it with @cnnframe.register_layer('name')")
+    def resolve(self, check, name, cls):
+        """The class ``name`` resolves to, with ``cls``'s module named as a plugin (as a load would)."""
         try:
-            cls = cnnframe.LAYERS.get(name)
-        except KeyError as e:
-            self.fail("registered", f"registered name {name!r} does not resolve: {e}")
-        if cls is not type(layer):
-            self.fail("registered", f"cnnframe.LAYERS.get({name!r}) gives {cls}, not {type(layer)}")
+            return Plugins.for_classes([cls]).resolve(LAYERS, name, Layer)
+        except (KeyError, TypeError) as e:
+            hint = ("register it with @cnnframe.register_layer('name') or define it at module level"
+                    if "<locals>" in name else "register it with @cnnframe.register_layer('name')")
+            self.fail(check, f"its type {name!r} does not resolve to the class ({e.args[0] if e.args else e}); "
+                             f"the class is not registered and a saved model could not be reloaded: {hint}")
+
+    def registered(self):
+        cls = type(self.make("float64"))
+        name = type_name(cls)
+        found = self.resolve("registered", name, cls)
+        if found is not cls:
+            self.fail("registered", f"type {name!r} resolves to {found}, not {cls}")
 
     def output_shape(self):
         for dtype in ("float64", "float32"):
@@ -198,7 +208,22 @@ class _Battery:
         report = check_layer(self.make("float64"), self.input_shape, **kwargs)
         if not report.passed:
             self.fail("gradcheck", "\n" + str(report))
+        moved = check_layer(self.randomised("float64"), self.input_shape, **kwargs)
+        if not moved.passed:
+            self.fail("gradcheck", "at randomised parameter values (right at the initial values only: is a parameter "
+                                   "that starts at 1, 0 or equal on every channel left out of a gradient?)\n"
+                      + str(moved))
         return report
+
+    def randomised(self, dtype):
+        """A built layer whose parameters are moved off their initial values: w·U(0.5, 1.5) + N(0, 0.1²)."""
+        layer = self.make(dtype)
+        self.forward(layer, self.x.astype(dtype))  # builds it
+        layer.zero_grad()
+        rng = np.random.default_rng(self.seed + 2)
+        for p in layer.parameters().values():
+            p.data[...] = p.data * rng.uniform(0.5, 1.5, p.data.shape) + rng.normal(0.0, 0.1, p.data.shape)
+        return layer
 
     def dtypes(self, rtol, atol):
         l64, l32 = self.built_pair()
@@ -249,11 +274,10 @@ class _Battery:
         except TypeError as e:
             self.fail(check, f"get_config() is not JSON-serialisable ({e}): {cfg!r}")
         cfg = json.loads(text)
-        if cfg.get("type") != type(layer).registered_name:
-            self.fail(check, f"get_config()['type'] is {cfg.get('type')!r}, expected {type(layer).registered_name!r}")
-        import cnnframe
-
-        cls = cnnframe.LAYERS.get(cfg["type"])
+        expected = type_name(type(layer))
+        if cfg.get("type") != expected:
+            self.fail(check, f"get_config()['type'] is {cfg.get('type')!r}, expected {expected!r}")
+        cls = self.resolve(check, expected, type(layer))
         try:
             new = cls.from_config(cfg)
         except Exception as e:

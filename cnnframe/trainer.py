@@ -8,33 +8,48 @@ BatchNorm statistics, optimizer slots, early-stopping counters) is all a resume 
 straight and five + resume five give bit-identical weights (the kernels' results do not depend
 on the thread count).
 
-Run directory ``<run_dir>/<name>-<YYYYmmdd-HHMMSS>/``:
+Run directory ``<run_dir>/<name>-<YYYYmmdd-HHMMSS>/`` (``cnnframe/rundir.py``: locked while a process
+trains it; ``<run_dir>/latest`` names the newest):
 
-    config.yaml    the resolved config          metrics.csv   one row per epoch (appended on resume)
+    config.yaml    the resolved config          metrics.csv   one row per completed epoch
     last.npz       state after the latest epoch  best.npz      the best model by the monitored metric
-    summary.json   final metrics, written atomically at the end (and on interruption)
+    summary.json   final metrics, written at the end (and on interruption)
 
-Ctrl-C and a non-finite loss both write ``last.npz`` with the state of the last *completed* epoch
-(the interrupted epoch is discarded), so ``--resume`` continues exactly.
+The files an epoch changes (its metrics row, ``best.npz`` when it improved, ``last.npz`` when due --
+always together with ``best.npz``) are committed as one step, and Ctrl-C waits until a commit ends, so
+``best.npz``, ``last.npz`` and ``metrics.csv`` always tell the same story, even after a kill.  Ctrl-C and
+a non-finite loss both write ``last.npz`` with the state of the last *completed* epoch (the interrupted
+epoch is discarded), so ``--resume`` continues exactly.
 """
 import csv
 import io as _io
-import json
 import math
 import os
 import sys
 import time
 
 import numpy as np
+from sklearn.metrics import confusion_matrix
+from tqdm import tqdm
 
+from cnnframe import checkpoint, parallel, runinfo
 from cnnframe import io as cio
+from cnnframe.config import Setup, dump_config, load, resolve
+from cnnframe.config.model_section import layer_errors
+from cnnframe.data import batches, random_shift
+from cnnframe.errors import CheckpointError, UserError, WriteError
+from cnnframe.rundir import RunDir, deferred_signals
+from cnnframe.optim.schedules import Constant
+from cnnframe.seeds import derive_seed
+from cnnframe.version import __version__
 
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
+# Purposes of the per-epoch seeds (seeds.derive_seed): batch order and augmentation, dropout masks.
 _SHUFFLE, _RESEED = 0x5EED, 0xD0
 
 
 class TrainingError(Exception):
-    """Training stopped abnormally; ``status`` is 'diverged' or 'interrupted'."""
+    """Training stopped abnormally; ``status`` is 'diverged', 'interrupted' or 'write_failed'."""
 
     status = "failed"
 
@@ -47,18 +62,22 @@ class TrainingInterrupted(TrainingError):
     status = "interrupted"
 
 
-def _epoch_seed(seed, epoch, purpose):
-    return int(np.random.SeedSequence([purpose, seed, epoch]).generate_state(1, np.uint64)[0])
+class OutputClosed(TrainingInterrupted):
+    """The reader of the progress lines went away (``train ... | head``); the run was saved as on Ctrl-C."""
+
+
+class TrainingWriteFailed(TrainingError):
+    """The run directory could not be written (a full disk, ...); its files hold the last committed epoch."""
+
+    status = "write_failed"
 
 
 class Monitor:
     """Tracks the best value of one metric: 'min' for losses, 'max' for accuracies."""
 
     def __init__(self, metric, min_delta=0.0):
-        from cnnframe.config import monitor_mode
-
         self.metric = metric
-        self.mode = monitor_mode(metric)
+        self.mode = "max" if metric.endswith("acc") else "min"
         self.min_delta = float(min_delta)
         self.best = None
         self.best_epoch = None
@@ -93,17 +112,16 @@ class Trainer:
         trainer = Trainer(model, cnnframe.SoftmaxCrossEntropy(), opt, data, epochs=20, shift=1)
         summary = trainer.fit()          # summary["test"]["acc"]
 
-    The trainer re-initialises the model's weights from ``seed`` (``initialize=False`` keeps them).
-    ``run_dir`` (optional) is the directory to write checkpoints and metrics into; ``config``, when the
-    run comes from YAML, is the resolved config saved with it.
+    The trainer re-initialises the model's weights from ``seed`` (``initialize=False`` keeps them) and
+    first runs two samples through the model (``Sequential.check``: a layer that does not keep its
+    declared shapes raises ValueError naming it).  ``run_dir`` (optional) is the directory to write
+    checkpoints and metrics into; ``config``, when the run comes from YAML, is the resolved config saved
+    with it.
     """
 
     def __init__(self, model, loss, optimizer, data, *, schedule=None, epochs=10, batch_size=64, seed=0, shift=0,
                  early_stopping=None, checkpoint=None, test_checkpoint="last", run_dir=None, config=None,
                  threads=None, quiet=False, initialize=True, out=None):
-        from cnnframe import parallel
-        from cnnframe.optim.schedules import Constant
-
         if threads is not None:
             parallel.set_num_threads(threads)
         self.model, self.loss, self.optimizer, self.data = model, loss, optimizer, data
@@ -118,6 +136,7 @@ class Trainer:
         self.best = Monitor(ck.get("monitor", "val_loss"))
         self.test_checkpoint = test_checkpoint
         self.run_dir = run_dir
+        self.rundir = None  # the RunDir while this trainer holds the run directory (cnnframe/rundir.py)
         self.config = config
         self.quiet = quiet
         self.out = out if out is not None else sys.stdout
@@ -125,110 +144,178 @@ class Trainer:
         self.history = []
         self.best_state = None
         self.status = "new"
+        self._training = None  # the epoch being trained, None between epochs
+        self._last_saved = None  # the epoch last.npz holds
         if not model.built:
             model.build(data.input_shape)
+        # what raw inputs go through and what the classes are called travel with the model into its checkpoints
+        if getattr(data, "preprocessing", None) is not None:
+            model.preprocessing = data.preprocessing
+        if getattr(data, "class_names", None) is not None:
+            model.class_names = data.class_names
         if initialize:
             model.initialize(self.seed)
-        self._check_forward()
+        model.check(data.input_shape, data.train[0].dtype)
 
     # -- construction from a resolved config -----------------------------------------------------
     @classmethod
     def from_config(cls, cfg, run_root=None, quiet=False, out=None, create_run_dir=True):
-        """Load the data, build model/loss/optimizer/schedule from a resolved config; make the run dir."""
-        from cnnframe import config as C
-        from cnnframe import parallel
-        from cnnframe.data import load_splits
-        from cnnframe.model import Sequential
-
+        """A trainer for a config: a ``Setup`` (``cnnframe.config.load(path)``, used as built) or a
+        resolved config dict (resolved and built here).  Loads the data; makes the run directory."""
+        setup = cfg if isinstance(cfg, Setup) else resolve(cfg)
+        cfg = setup.config
         tr = cfg["trainer"]
         if tr["threads"] is not None:
             parallel.set_num_threads(tr["threads"])
-        data = load_splits(cfg["data"], C.split_seed(cfg), tr["dtype"])
-        model = Sequential(C.build_layers(cfg), input_shape=data.input_shape)
-        opt = C.build_optimizer(cfg, model.parameters())
-        trainer = cls(model, C.build_loss(cfg), opt, data, schedule=C.build_schedule(cfg), epochs=tr["epochs"],
-                      batch_size=tr["batch_size"], seed=tr["seed"], shift=cfg["data"]["augment"]["shift"],
-                      early_stopping=tr["early_stopping"], checkpoint=tr["checkpoint"],
-                      test_checkpoint=tr["test_checkpoint"], config=cfg, quiet=quiet, out=out)
+        data = setup.load_data()
+        with layer_errors():
+            trainer = cls(setup.model, setup.loss, setup.optimizer, data, schedule=setup.schedule,
+                          epochs=tr["epochs"], batch_size=tr["batch_size"], seed=tr["seed"],
+                          shift=cfg["data"]["augment"]["shift"], early_stopping=tr["early_stopping"],
+                          checkpoint=tr["checkpoint"], test_checkpoint=tr["test_checkpoint"], config=cfg,
+                          quiet=quiet, out=out)
         if create_run_dir:  # only once everything is built, so a failure leaves no empty run directory
-            trainer.run_dir = make_run_dir(run_root or tr["run_dir"], tr["name"])
+            trainer.rundir = RunDir.create(run_root or tr["run_dir"], tr["name"])
+            trainer.run_dir = trainer.rundir.path
+            try:  # from here on the run can be resumed, even before its first epoch ends
+                trainer.rundir.commit({"config.yaml": dump_config(cfg)})
+            except BaseException:
+                trainer.rundir.release()
+                raise
         return trainer
 
     @classmethod
-    def resume(cls, run_dir, cfg=None, quiet=False, out=None):
-        """Continue the run in ``run_dir`` from its ``last.npz`` (config: ``cfg`` or the run's config.yaml)."""
-        from cnnframe.config import load_config
-        from cnnframe.model import load_checkpoint
+    def resume(cls, run_dir, cfg=None, quiet=False, out=None, plugins=(), overrides=(), writer=True):
+        """Continue the run in ``run_dir`` (a ``latest`` link is followed) from its ``last.npz``, or from the
+        start when it was stopped before its first checkpoint.
 
-        last = os.path.join(run_dir, "last.npz")
-        if not os.path.isdir(run_dir):
-            raise FileNotFoundError(f"run directory not found: {run_dir}")
-        if not os.path.exists(last):
-            raise FileNotFoundError(f"{run_dir} has no last.npz to resume from")
-        if cfg is None:
-            cfg = load_config(os.path.join(run_dir, "config.yaml"))
-        trainer = cls.from_config(cfg, quiet=quiet, out=out, create_run_dir=False)
-        trainer.run_dir = run_dir
-        saved, arrays, meta = load_checkpoint(last)
+        The run directory is locked first (RunDirLocked when another process has it), then a commit a
+        stopped process left half done is finished and its temporary files removed (``rundir.recovered``
+        says what was done).  The config is ``cfg`` (a ``Setup`` or a config dict you give), else the run's
+        ``config.yaml`` with ``overrides`` (``--set``), which is a stored file: its ``plugins`` are not
+        imported, and its types resolve from the registry and ``plugins`` (the files and modules you name)
+        only.  The checkpoints are read as arrays into the model the config builds; nothing is built from them.
+
+        ``writer=False``: a process that reads the run but never writes, locks or recovers it (a data-parallel
+        rank other than 0); open it only after the writing process has, since its recovery may be renaming.
+        """
+        run = RunDir.open(run_dir, writer)
         try:
-            trainer.model.load_state_dict(saved.state_dict())
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"{last} does not fit the configured model: {e}") from None
-        trainer.optimizer.load_state_dict({k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")})
-        trainer.epoch = int(meta["epoch"])
-        trainer.early_stopping.load_state_dict(meta["early_stopping"])
-        trainer.best.load_state_dict(meta["best"])
-        best_path = os.path.join(run_dir, "best.npz")
+            return cls._resume(run, cfg, quiet, out, plugins, overrides)
+        except BaseException:
+            run.release()
+            raise
+
+    @classmethod
+    def _resume(cls, run, cfg, quiet, out, plugins, overrides):
+        last, stored = run.file("last.npz"), run.file("config.yaml")
+        saved = checkpoint.read(last) if os.path.exists(last) else None
+        if saved is None and (cfg is None and not os.path.exists(stored)):
+            raise FileNotFoundError(f"{run.path} has no last.npz to resume from (and no config.yaml: is it a run "
+                                    f"directory?)")
+        if cfg is None:
+            cfg = load(stored, overrides, safe=True, plugins=plugins,
+                       parameter_bytes=saved.build_budget if saved is not None else None)
+        elif not isinstance(cfg, Setup):
+            cfg = resolve(cfg, plugins=plugins)
+        trainer = cls.from_config(cfg, quiet=quiet, out=out, create_run_dir=False)
+        trainer.run_dir, trainer.rundir = run.path, run
+        if saved is None:  # stopped during the first epoch: start again, as the seed makes it the same
+            return trainer
+        best_path = run.file("best.npz")
         if trainer.keep_best and os.path.exists(best_path):
-            trainer.best_state = _copy_state(load_checkpoint(best_path)[0].state_dict())
-        trainer.history = _read_metrics(os.path.join(run_dir, "metrics.csv"), upto=trainer.epoch)
+            checkpoint.read(best_path).load_into(trainer.model)
+            trainer.best_state = _copy_state(trainer.model.state_dict())
+        saved.load_into(trainer.model)
+        trainer.optimizer.load_state_dict({k[len("optim/"):]: v for k, v in saved.arrays.items()
+                                           if k.startswith("optim/")})
+        try:
+            trainer.epoch = int(saved.meta["epoch"])
+            trainer.early_stopping.load_state_dict(saved.meta["early_stopping"])
+            trainer.best.load_state_dict(saved.meta["best"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{last} is not a trainer's checkpoint: its meta lacks {e}") from None
+        trainer._last_saved = trainer.epoch
+        trainer.history = _read_metrics(run.file("metrics.csv"), upto=trainer.epoch)
         trainer.status = "resumed"
         return trainer
+
+    def finished(self):
+        """Why the run has nothing left to do (a sentence), or None: it would stop before another epoch (all
+        epochs done, or early stopping) and its ``summary.json`` already records that end."""
+        if self.epoch >= self.epochs:
+            why = (f"has already completed {self.epoch} of {self.epochs} epochs; to train longer, resume with "
+                   f"--set trainer.epochs=N")
+        elif self.patience is not None and self.early_stopping.bad_epochs >= self.patience:
+            why = (f"stopped early after epoch {self.epoch} ({self.early_stopping.metric} did not improve for "
+                   f"{self.early_stopping.bad_epochs} epochs); to train on, resume with "
+                   f"--set trainer.early_stopping.patience=N")
+        else:
+            return None
+        try:
+            summary = runinfo.read_summary(self.run_dir) if self.run_dir else None
+        except UserError:
+            summary = None
+        done = (summary or {}).get("status") in ("completed", "early_stopped")
+        return why if done and summary.get("epochs_completed") == self.epoch else None
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _say(self, text=""):
         if not self.quiet:
             print(text, file=self.out, flush=True)
 
-    def _check_forward(self):
-        from cnnframe.config import check_model_runs
-
-        check_model_runs(self.model, self.data.input_shape, self.data.train[0].dtype)
-
     def _targets(self, y):
-        return loss_targets(self.loss, y, self.data.num_classes, self.data.train[0].dtype)
+        return self.loss.targets(y, self.data.num_classes, self.data.train[0].dtype)
 
     def _snapshot(self):
         return {"epoch": self.epoch, "model": _copy_state(self.model.state_dict()),
                 "optim": self.optimizer.state_dict(), "early_stopping": self.early_stopping.state_dict(),
-                "best": self.best.state_dict()}
+                "best": self.best.state_dict(), "best_state": self.best_state}
+
+    def _restore(self, snap):
+        """Go back to the state of ``snap`` (the last committed epoch): model, optimizer, monitors, history."""
+        self.model.load_state_dict(snap["model"])
+        self.optimizer.load_state_dict(snap["optim"])
+        self.early_stopping.load_state_dict(snap["early_stopping"])
+        self.best.load_state_dict(snap["best"])
+        self.best_state = snap["best_state"]
+        self.epoch = snap["epoch"]
+        self.history = self.history[: self.epoch]
 
     def _meta(self, snap, kind):
-        from cnnframe import __version__, parallel
-
         return {"kind": kind, "epoch": snap["epoch"], "epochs": self.epochs, "seed": self.seed,
                 "early_stopping": snap["early_stopping"], "best": snap["best"],
-                "data": {"name": self.data.name, "offset": self.data.offset, "scale": self.data.scale,
-                         "num_classes": self.data.num_classes, "input_shape": list(self.data.input_shape)},
+                "data": {"name": self.data.name, "num_classes": self.data.num_classes,
+                         "input_shape": list(self.data.input_shape)},  # model.save adds preprocessing, class names
                 "threads": parallel.get_num_threads(), "cnnframe_version": __version__, "config": self.config}
 
-    def _save(self, name, snap):
-        """Write the model (which must hold ``snap``'s state) and ``snap`` to ``<run_dir>/<name>.npz``."""
-        if self.run_dir is None:
-            return
+    def _checkpoint(self, kind, snap):
+        """A writer of ``<kind>.npz``: the model (which must hold ``snap``'s state) and ``snap``."""
         arrays = {f"optim/{k}": v for k, v in snap["optim"].items()}
-        self.model.save(os.path.join(self.run_dir, f"{name}.npz"), arrays=arrays, meta=self._meta(snap, name))
+        return self.model.checkpoint_writer(arrays=arrays, meta=self._meta(snap, kind))
+
+    def _commit(self, snap, last=False, best=False, summary=None):
+        """Write the run directory's files for ``snap`` as one step: metrics.csv always, and as asked
+        ``best.npz``, ``last.npz`` and ``summary.json`` (RunDir.commit)."""
+        if self.rundir is None:
+            return
+        files = {"metrics.csv": _metrics_text(self.history[: snap["epoch"]])}
+        if best:
+            files["best.npz"] = self._checkpoint("best", snap)
+        if last:
+            files["last.npz"] = self._checkpoint("last", snap)
+        if summary is not None:
+            files["summary.json"] = _summary_text(summary)
+        self.rundir.commit(files)
+        if last:
+            self._last_saved = snap["epoch"]
 
     # -- the loop ------------------------------------------------------------------------------------
     def train_epoch(self, epoch):
         """One pass over the training part; returns (mean loss, accuracy, lr at the epoch's start)."""
-        from tqdm import tqdm
-
-        from cnnframe.data import batches, random_shift
-
         X, y = self.data.train
-        rng = np.random.default_rng(_epoch_seed(self.seed, epoch, _SHUFFLE))
-        self.model.reseed(_epoch_seed(self.seed, epoch, _RESEED))
+        rng = np.random.default_rng(derive_seed(_SHUFFLE, self.seed, epoch))
+        self.model.reseed(derive_seed(_RESEED, self.seed, epoch))
         self.model.train()
         parts = batches(len(y), self.batch_size, rng)
         steps = len(parts)
@@ -270,10 +357,33 @@ class Trainer:
     def fit(self, stop_after=None):
         """Train until ``epochs`` (or early stopping, or ``stop_after`` completed epochs); returns the summary.
 
-        Raises TrainingInterrupted (Ctrl-C) or TrainingDiverged after saving the last completed epoch.
+        Holds the run directory's lock while it runs.  Raises TrainingInterrupted (Ctrl-C; OutputClosed when
+        stdout's reader went away) or TrainingDiverged after saving the last completed epoch, and
+        TrainingWriteFailed when the run directory cannot be written (its files keep the last committed epoch).
         """
-        if self.run_dir is not None:
-            self._prepare_run_dir()
+        self._open_run_dir()
+        try:
+            return self._fit(stop_after)
+        finally:
+            if self.rundir is not None:
+                self.rundir.release()
+
+    def _open_run_dir(self):
+        if self.run_dir is None:
+            return
+        if self.rundir is None:  # a run directory given in Python: made if needed, then like a resumed one
+            os.makedirs(self.run_dir, exist_ok=True)
+            self.rundir = RunDir.open(self.run_dir)
+        else:
+            self.rundir.lock()
+        # Rows after the checkpoint's epoch belong to an epoch that will be re-run: drop them.
+        self.history = self.history[: self.epoch]
+        files = {"metrics.csv": _metrics_text(self.history)}
+        if self.config is not None:
+            files["config.yaml"] = dump_config(self.config)
+        self.rundir.commit(files)
+
+    def _fit(self, stop_after):
         Xv, yv = self.data.val
         snap = self._snapshot()
         t_start = time.perf_counter()
@@ -287,63 +397,79 @@ class Trainer:
                     self.status = "paused"
                     break
                 e = self.epoch
+                self._training = e + 1
                 t0 = time.perf_counter()
                 tr_loss, tr_acc, lr = self.train_epoch(e)
                 val = self.evaluate(Xv, yv)
-                row = {"epoch": e + 1, "lr": lr, "train_loss": tr_loss, "train_acc": tr_acc,
-                       "val_loss": val["loss"], "val_acc": val["acc"], "seconds": time.perf_counter() - t0}
-                self.epoch = e + 1
-                self.history.append(row)
-                self.early_stopping.update(row)
-                improved = self.best.update(row)
-                snap = self._snapshot()
-                if improved and self.keep_best:
-                    self.best_state = snap["model"]
-                    self._save("best", snap)
-                if self.run_dir is not None:
-                    self._append_metrics(row)
-                    finishing = (self.epoch == self.epochs or self.epoch == stop_after or
-                                 (self.patience is not None and self.early_stopping.bad_epochs >= self.patience))
-                    if self.epoch % self.every == 0 or finishing:
-                        self._save("last", snap)
+                with deferred_signals():  # Ctrl-C waits until the epoch is recorded and committed
+                    row = {"epoch": e + 1, "lr": lr, "train_loss": tr_loss, "train_acc": tr_acc,
+                           "val_loss": val["loss"], "val_acc": val["acc"], "seconds": time.perf_counter() - t0}
+                    snap = self._end_epoch(row, stop_after)
                 self._say(_epoch_line(row, self.epochs, val_part=len(yv) > 0))
             else:
                 self.status = "completed"
+            summary = self._finish(time.perf_counter() - t_start)
         except KeyboardInterrupt:
             self._abort(snap, "interrupted")
-            raise TrainingInterrupted(
-                f"interrupted during epoch {snap['epoch'] + 1}; "
-                + (f"{self.run_dir}/last.npz holds the state after epoch {snap['epoch']}; "
-                   f"continue with: python -m cnnframe train --resume {self.run_dir}" if self.run_dir else
-                   "the model holds the state after the last completed epoch")
-            ) from None
+            raise TrainingInterrupted(self._stopped("interrupted", snap)) from None
+        except BrokenPipeError:
+            self._abort(snap, "interrupted")
+            raise OutputClosed(self._stopped("output closed (broken pipe)", snap)) from None
         except TrainingDiverged as err:
             self._abort(snap, "diverged")
             where = f"; {self.run_dir}/last.npz keeps the state after epoch {snap['epoch']}" if self.run_dir else ""
             raise TrainingDiverged(str(err) + where) from None
-        elapsed = time.perf_counter() - t_start
-        return self._finish(elapsed)
-
-    def _abort(self, snap, status):
-        self.model.load_state_dict(snap["model"])
-        self.optimizer.load_state_dict(snap["optim"])
-        self.epoch = snap["epoch"]
-        self.status = status
-        if self.run_dir is not None:
-            self._save("last", snap)
-            self._write_summary(self._summary(None))
-
-    def _finish(self, elapsed):
-        test = None
-        if self.status in ("completed", "early_stopped"):
-            test = self.test()
-        summary = self._summary(test, elapsed)
-        if self.run_dir is not None:
-            self._write_summary(summary)
-        if test is not None:
-            self._say(format_test(test, self.data.name))
+        except WriteError as err:
+            self._restore(snap)
+            self.status = "write_failed"
+            raise TrainingWriteFailed(f"{err}; {self._kept()}; make room and continue with: "
+                                      f"python -m cnnframe train --resume {self.run_dir}") from None
+        if summary["test"] is not None:
+            self._say(format_test(summary["test"], self.data.name))
         if self.run_dir is not None:
             self._say(f"run directory: {self.run_dir}")
+        return summary
+
+    def _end_epoch(self, row, stop_after):
+        """Record a completed epoch and commit it; returns its snapshot."""
+        self.epoch = row["epoch"]
+        self.history.append(row)
+        self.early_stopping.update(row)
+        improved = self.best.update(row) and self.keep_best
+        snap = self._snapshot()
+        if improved:
+            self.best_state = snap["best_state"] = snap["model"]
+        finishing = (self.epoch == self.epochs or self.epoch == stop_after or
+                     (self.patience is not None and self.early_stopping.bad_epochs >= self.patience))
+        # best.npz never gets ahead of last.npz: both record the same best epoch
+        self._commit(snap, last=improved or self.epoch % self.every == 0 or finishing, best=improved)
+        self._training = None
+        return snap
+
+    def _stopped(self, what, snap):
+        when = f"during epoch {self._training}" if self._training else f"after epoch {snap['epoch']}"
+        if not self.run_dir:
+            return f"{what} {when}; the model holds the state after the last completed epoch"
+        return (f"{what} {when}; {self.run_dir}/last.npz holds the state after epoch {snap['epoch']}; "
+                f"continue with: python -m cnnframe train --resume {self.run_dir}")
+
+    def _kept(self):
+        if self._last_saved is None:
+            return f"{self.run_dir} has no checkpoint yet (resuming starts from the first epoch)"
+        return f"{self.run_dir}/last.npz still holds the state after epoch {self._last_saved}"
+
+    def _abort(self, snap, status):
+        self._restore(snap)
+        self._training = None
+        self.status = status
+        self._commit(snap, last=self._last_saved != snap["epoch"], summary=self._summary(None))
+
+    def _finish(self, elapsed):
+        """The test report (when the run stopped as planned) and the summary, committed; returns the summary."""
+        test = self.test() if self.status in ("completed", "early_stopped") else None
+        summary = self._summary(test, elapsed)
+        if self.rundir is not None:
+            self.rundir.commit({"summary.json": _summary_text(summary)})
         return summary
 
     def test(self, split="test"):
@@ -361,8 +487,6 @@ class Trainer:
                 self.model.load_state_dict(live)
 
     def _summary(self, test, elapsed=None):
-        from cnnframe import __version__, parallel
-
         last = self.history[-1] if self.history else None
         return {"name": os.path.basename(self.run_dir) if self.run_dir else None, "status": self.status,
                 "epochs_completed": self.epoch, "epochs": self.epochs,
@@ -375,52 +499,13 @@ class Trainer:
                          "val": int(len(self.data.val[1])), "test": int(len(self.data.test[1]))},
                 "cnnframe_version": __version__}
 
-    # -- files ------------------------------------------------------------------------------------------
-    def _prepare_run_dir(self):
-        from cnnframe.config import dump_config
-
-        os.makedirs(self.run_dir, exist_ok=True)
-        if self.config is not None:
-            cio.atomic_write_text(os.path.join(self.run_dir, "config.yaml"), dump_config(self.config))
-        # Rows after the checkpoint's epoch belong to an epoch that will be re-run: drop them.
-        path = os.path.join(self.run_dir, "metrics.csv")
-        self.history = self.history[: self.epoch]
-        buf = _io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
-        w.writeheader()
-        for row in self.history:
-            w.writerow(_csv_row(row))
-        cio.atomic_write_text(path, buf.getvalue())
-
-    def _append_metrics(self, row):
-        with open(os.path.join(self.run_dir, "metrics.csv"), "a", encoding="utf-8", newline="") as f:
-            csv.DictWriter(f, fieldnames=METRIC_FIELDS, lineterminator="\n").writerow(_csv_row(row))
-            f.flush()
-            os.fsync(f.fileno())
-
-    def _write_summary(self, summary):
-        # Strict JSON: NaN (e.g. the metrics of an empty validation part) is written as null.
-        cio.atomic_write_text(os.path.join(self.run_dir, "summary.json"),
-                              json.dumps(_nan_to_none(summary), indent=2, allow_nan=False, default=_json_default) + "\n")
-
 
 # -- evaluation ---------------------------------------------------------------------------------------
-def loss_targets(loss, y, num_classes, dtype):
-    """Integer labels for cross-entropy; one-hot rows (N, classes) for MSE."""
-    if getattr(loss, "registered_name", None) == "mse":
-        t = np.zeros((len(y), num_classes), dtype=dtype)
-        t[np.arange(len(y)), y] = 1
-        return t
-    return y
-
-
 def evaluate_model(model, loss, X, y, num_classes, batch_size=500):
     """Eval-mode pass over (X, y) → {"loss": mean loss, "acc", "pred" (N,), "probs" (N, classes)}.
 
-    probs = softmax(logits) for a softmax cross-entropy loss, else the model's outputs.
+    probs = ``loss.class_scores(outputs)``: softmax of the logits for softmax cross-entropy, else the outputs.
     """
-    from cnnframe.losses import softmax
-
     if len(y) == 0:
         return {"loss": float("nan"), "acc": float("nan"), "pred": np.zeros(0, np.int64), "probs": None}
     was = model.training
@@ -430,20 +515,18 @@ def evaluate_model(model, loss, X, y, num_classes, batch_size=500):
         for start in range(0, len(y), batch_size):
             xb, yb = X[start:start + batch_size], y[start:start + batch_size]
             out = model.forward(xb)
-            total += loss.forward(out, loss_targets(loss, yb, num_classes, out.dtype)) * len(yb)
+            total += loss.forward(out, loss.targets(yb, num_classes, out.dtype)) * len(yb)
             outs.append(out)
     finally:
         model.train(was)
     out = np.concatenate(outs)
-    probs = softmax(out.astype(np.float64)) if _is_softmax_loss(loss) else out
+    probs = loss.class_scores(out)
     pred = out.argmax(axis=1)
     return {"loss": total / len(y), "acc": float(np.mean(pred == y)), "pred": pred, "probs": probs}
 
 
 def test_report(model, loss, X, y, num_classes, split="test", checkpoint="last", epoch=None):
     """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) as a JSON-ready dict."""
-    from sklearn.metrics import confusion_matrix
-
     res = evaluate_model(model, loss, X, y, num_classes)
     k = num_classes
     cm = confusion_matrix(y, res["pred"], labels=list(range(k))) if len(y) else np.zeros((k, k), int)
@@ -452,20 +535,8 @@ def test_report(model, loss, X, y, num_classes, split="test", checkpoint="last",
 
 
 # -- module helpers -------------------------------------------------------------------------------------
-def _is_softmax_loss(loss):
-    return getattr(loss, "registered_name", None) in ("softmax_cross_entropy", "cross_entropy")
-
-
 def _copy_state(state):
     return {k: np.array(v, copy=True) for k, v in state.items()}
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
 def _nan_to_none(obj):
@@ -476,6 +547,20 @@ def _nan_to_none(obj):
     if isinstance(obj, (list, tuple)):
         return [_nan_to_none(v) for v in obj]
     return obj
+
+
+def _metrics_text(rows):
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow(_csv_row(row))
+    return buf.getvalue()
+
+
+def _summary_text(summary):
+    # Strict JSON: NaN (e.g. the metrics of an empty validation part) is written as null.
+    return cio.json_text(_nan_to_none(summary), indent=2, allow_nan=False) + "\n"
 
 
 def _csv_row(row):
@@ -496,20 +581,6 @@ def _read_metrics(path, upto):
             if row["epoch"] <= upto:
                 rows.append(row)
     return rows
-
-
-def make_run_dir(root, name):
-    """Create ``root/<name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... when taken) and return its path."""
-    os.makedirs(root, exist_ok=True)
-    base = os.path.join(root, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    path, n = base, 1
-    while True:
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            n += 1
-            path = f"{base}-{n}"
 
 
 def _pct(v):

@@ -174,3 +174,65 @@ def test_check_model_catches_a_broken_layer():
     assert not report.passed
     assert report.tensors["input"].failures > 0
     assert report.tensors["6.weight"].passed  # everything after the broken layer is still right
+
+
+def test_check_model_covers_blocks():
+    """A float32 model with nested blocks is rebuilt in float64 through its config and checked end to end."""
+    from cnnframe.layers import Concat, GlobalAvgPool2D, Residual
+
+    f32 = "float32"
+    model = cnnframe.Sequential(
+        [Conv2D(3, 3, padding=1, seed=0, dtype=f32),
+         Residual([Conv2D(3, 3, padding=1, seed=1, dtype=f32), BatchNorm2D(dtype=f32), ReLU(dtype=f32),
+                   Conv2D(4, 3, stride=2, padding=1, seed=2, dtype=f32)],
+                  shortcut=[Conv2D(4, 1, stride=2, seed=3, dtype=f32), BatchNorm2D(dtype=f32)], activation="relu"),
+         Concat([[Conv2D(2, 1, seed=4, dtype=f32)], [], [Residual([Conv2D(4, 3, padding=1, seed=5, dtype=f32)])]]),
+         GlobalAvgPool2D(dtype=f32), Dense(4, seed=6, dtype=f32)],
+        input_shape=(2, 6, 6),
+    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2, 6, 6))
+    report = check_model(model, SoftmaxCrossEntropy(), x, rng.integers(0, 4, 4), max_checks=12)
+    assert report.passed, str(report)
+    assert list(report.tensors) == ["input"] + list(model.parameters())
+    assert "2.branches.2.0.layers.0.weight" in report.tensors and "1.shortcut.1.bias" in report.tensors
+
+
+class _BigOffsetMix(ReLU):
+    """y = 300 + 1e-3·(x + mean(x)) per sample: every output moves with every input, by a tiny amount next
+    to the 300 it sits on, so each output difference carries rounding noise of up to ulp(300)/(2·eps) ≈ 3e-8
+    at eps -- more than atol -- and a tenth of that at 10 eps."""
+
+    def forward(self, x):
+        return 300.0 + 1e-3 * (x + x.mean(axis=1, keepdims=True))
+
+    def backward(self, g):
+        return 1e-3 * (g + g.mean(axis=1, keepdims=True))
+
+
+def test_rounding_noise_at_eps_is_told_from_a_wrong_gradient(monkeypatch):
+    import cnnframe.gradcheck as gc
+
+    monkeypatch.setattr(gc, "_RETRY", 1.0)  # no second look: the noise at eps fails a right gradient
+    noisy = check_layer(_BigOffsetMix(dtype="float64"), (4,), batch_size=2)
+    assert noisy.tensors["input"].failures >= 2 and 1e-8 < noisy.tensors["input"].max_abs < 1e-7
+    monkeypatch.undo()
+    report = check_layer(_BigOffsetMix(dtype="float64"), (4,), batch_size=2)
+    assert report.passed, str(report)  # at 10 eps the same gradient agrees
+
+
+class _SlightlyOffTanh(ReLU):
+    """tanh with a backward 1e-4 too large: a wrong gradient is off by the same amount at any eps."""
+
+    def forward(self, x):
+        self._cache = np.tanh(x)
+        return self._cache
+
+    def backward(self, g):
+        return g * (1 - self._cache ** 2) * (1 + 1e-4)
+
+
+def test_a_slightly_wrong_gradient_still_fails():
+    report = check_layer(_SlightlyOffTanh(dtype="float64"), (5,))
+    assert not report.passed and report.tensors["input"].failures == report.tensors["input"].checked
+    assert 3e-5 < report.worst_error < 1e-4

@@ -151,3 +151,15 @@ def test_registry_and_config():
     assert MSE.from_config(MSE().get_config()).get_config() == {"type": "mse"}
     with pytest.raises(KeyError, match="did you mean 'mse'"):
         cnnframe.LOSSES.get("mes")
+
+
+def test_losses_declare_their_targets_and_scores():
+    """What the trainer and predict used to decide by the loss's name is declared by the loss."""
+    y = np.array([2, 0])
+    assert SoftmaxCrossEntropy().targets(y, 3, np.float32) is y
+    t = MSE().targets(y, 3, np.float32)
+    assert t.dtype == np.float32 and t.tolist() == [[0, 0, 1], [1, 0, 0]]
+    z = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]], np.float32)
+    np.testing.assert_array_equal(SoftmaxCrossEntropy().class_scores(z), softmax(z.astype(np.float64)))
+    scores = MSE().class_scores(z)
+    assert scores.dtype == np.float64 and np.array_equal(scores, z)

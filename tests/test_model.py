@@ -338,19 +338,22 @@ def test_initialize_with_real_layers_is_reproducible():
         np.testing.assert_array_equal(v.data, b.parameters()[k].data, err_msg=k)
 
 
-def test_backward_without_input_grad_skips_first_conv():
-    m = _real_model("float64")
+@pytest.mark.parametrize("make", ["_real_model", "_block_model"])
+def test_backward_without_input_grad_skips_the_first_layers_input_gradient(make):
+    m = globals()[make]("float64")  # a first Conv2D; a first Residual with convolutions opening both paths
     x = np.random.default_rng(0).standard_normal((2, 2, 6, 6))
     y = m.reseed(0).forward(x)
     m.zero_grad()
     assert m.backward(np.ones_like(y), input_grad=False) is None
-    dw = m.parameters()["0.weight"].grad.copy()
-    assert m[0].need_input_grad is True  # restored
+    grads = {k: p.grad.copy() for k, p in m.parameters().items()}
+    firsts = [m[0]] + ([m[0].layers[0], m[0].shortcut[0]] if make == "_block_model" else [])
+    assert all(layer.need_input_grad is True for layer in firsts)  # restored
     m.reseed(0).forward(x)  # the same dropout mask
     m.zero_grad()
     dx = m.backward(np.ones_like(y))
     assert dx.shape == x.shape
-    np.testing.assert_allclose(m.parameters()["0.weight"].grad, dw, rtol=1e-12)
+    for k, p in m.parameters().items():
+        np.testing.assert_allclose(p.grad, grads[k], rtol=1e-12, err_msg=k)
 
 
 def test_model_gradient_through_loss_float64():
@@ -400,6 +403,37 @@ def test_save_requires_built_model_and_json_meta(tmp_path):
     with pytest.raises(TypeError, match="'extra/bad'.*pickling"):
         m.save(tmp_path / "x.npz", arrays={"bad": np.array([None])})
     assert os.listdir(tmp_path) == []
+
+
+def test_save_records_preprocessing_and_class_names_and_load_restores_them(tmp_path):
+    from cnnframe.data import Preprocessing
+
+    m = _tiny()
+    assert m.preprocessing is None and m.class_names is None
+    m.save(tmp_path / "bare.npz")
+    bare = load_checkpoint(tmp_path / "bare.npz")[0]
+    assert bare.preprocessing is None and bare.class_names is None  # nothing recorded: nothing made up
+    pre = Preprocessing(0.5, 2.0)
+    m.save(tmp_path / "given.npz", meta={"epoch": 4}, preprocessing=pre.to_dict(), class_names=["a", "b", "c"])
+    loaded, _, meta = load_checkpoint(tmp_path / "given.npz")
+    assert loaded.preprocessing == pre and loaded.class_names == ["a", "b", "c"] and meta["epoch"] == 4
+    assert meta["data"]["preprocessing"] == pre.to_dict()
+    # the attributes are what save stores by default, so a loaded model saved again keeps them
+    loaded.save(tmp_path / "again.npz")
+    again = load_checkpoint(tmp_path / "again.npz")[0]
+    assert again.preprocessing == pre and again.class_names == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="has 2 names for 3 classes"):
+        m.save(tmp_path / "x.npz", class_names=["a", "b"])
+    with pytest.raises(ValueError, match="scale must be a finite number"):
+        m.save(tmp_path / "x.npz", preprocessing={"scale": float("inf")})
+    assert sorted(os.listdir(tmp_path)) == ["again.npz", "bare.npz", "given.npz"]
+
+
+def test_load_refuses_a_garbled_preprocessing_record(tmp_path):
+    m = _tiny()
+    m.save(tmp_path / "x.npz", meta={"data": {"preprocessing": {"offset": "zero"}}})
+    with pytest.raises(cnnframe.CheckpointError, match="offset must be a finite number"):
+        load_checkpoint(tmp_path / "x.npz")
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -468,3 +502,140 @@ def test_load_errors_are_clear(tmp_path):
         load_checkpoint(variant("json.npz", __config__=np.array("{oops")))
     with pytest.raises(ValueError, match="unsupported checkpoint format 'other/9'"):
         load_checkpoint(variant("fmt.npz", __format__=np.array("other/9")))
+
+
+def test_input_grad_false_on_a_layer_that_computes_it_anyway():
+    """need_input_grad is declared on every layer; one that ignores it still trains, and the caller gets None."""
+    m = _tiny()
+    y = m.forward(np.ones((2, 4)))
+    assert m.backward(np.ones_like(y), input_grad=False) is None
+    assert m[0].need_input_grad is True  # restored
+    assert (m.parameters()["0.weight"].grad != 0).any()
+
+
+def test_from_config_imports_nothing_it_is_not_given(tmp_path):
+    cfg = {"input_shape": [4], "layers": [{"type": "os:system", "command": "touch PWNED"}]}
+    refused = r"layers\[0\]: layer type 'os:system' comes from module 'os'"
+    with pytest.raises(cnnframe.UntrustedTypeError, match=refused):
+        Sequential.from_config(cfg)
+    with pytest.raises(TypeError, match="not a subclass of cnnframe's Layer"):
+        Sequential.from_config(cfg, plugins=["os"])
+    assert not (tmp_path / "PWNED").exists() and not os.path.exists("PWNED")
+
+
+# -- models with blocks ----------------------------------------------------------------------------------
+def _block_model(dtype="float32"):
+    from cnnframe.layers import BatchNorm2D, Concat, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, ReLU, Residual
+
+    return Sequential(
+        [
+            Residual([Conv2D(4, 3, padding=1, dtype=dtype), BatchNorm2D(dtype=dtype), ReLU(dtype=dtype),
+                      Conv2D(4, 3, padding=1, dtype=dtype), BatchNorm2D(dtype=dtype)],
+                     shortcut=[Conv2D(4, 1, dtype=dtype), BatchNorm2D(dtype=dtype)], activation="relu", dtype=dtype),
+            Concat([[Conv2D(3, 1, dtype=dtype)], [],
+                    [Residual([Conv2D(4, 3, padding=1, dtype=dtype), Dropout(0.2, dtype=dtype)], dtype=dtype)]],
+                   dtype=dtype),
+            Residual([Conv2D(6, 3, stride=2, padding=1, dtype=dtype), BatchNorm2D(dtype=dtype)],
+                     shortcut=[Conv2D(6, 1, stride=2, dtype=dtype)], activation="relu", dtype=dtype),
+            GlobalAvgPool2D(dtype=dtype),
+            Flatten(dtype=dtype),
+            Dense(5, dtype=dtype),
+        ],
+        input_shape=(2, 6, 6),
+        seed=0,
+    )
+
+
+def test_block_model_names_parameters_by_path():
+    m = _block_model()
+    names = list(m.parameters())
+    assert names[:4] == ["0.layers.0.weight", "0.layers.0.bias", "0.layers.1.weight", "0.layers.1.bias"]
+    assert {"0.shortcut.1.bias", "1.branches.0.0.weight", "1.branches.2.0.layers.0.weight",
+            "2.shortcut.0.weight", "5.weight"} <= set(names)
+    assert list(m.buffers())[:2] == ["0.layers.1.running_mean", "0.layers.1.running_var"]
+    assert "2.layers.1.running_var" in m.buffers()
+    assert m.shapes == [(4, 6, 6), (11, 6, 6), (6, 3, 3), (6,), (6,), (5,)]
+
+
+def test_block_model_save_load_roundtrip_is_bitwise(tmp_path):
+    m = _block_model()
+    opt = _train_a_little(m)
+    assert (m.buffers()["0.shortcut.1.running_mean"] != 0).any()
+    path = tmp_path / "blocks.npz"
+    m.save(path, arrays={f"optim/{k}": v for k, v in opt.state_dict().items()})
+    with np.load(path, allow_pickle=False) as z:
+        keys = set(z.files)
+        config = json.loads(str(z["__config__"]))
+    assert {"param/0.layers.0.weight", "param/1.branches.2.0.layers.0.bias", "buffer/2.layers.1.running_mean",
+            "buffer/0.shortcut.1.running_var"} <= keys
+    assert config["layers"][1]["branches"][1] == [] and config["layers"][0]["activation"] == "relu"
+    m2, arrays, _ = load_checkpoint(path)
+    assert m2.get_config() == m.get_config()
+    for k, v in m.state_dict().items():
+        w = m2.state_dict()[k]
+        assert w.dtype == v.dtype and w.tobytes() == v.tobytes(), k
+    x = np.random.default_rng(5).standard_normal((4, 2, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(m.eval().forward(x), m2.eval().forward(x))
+    # and training continues identically from the checkpoint
+    m.train()
+    m2.train()
+    opt2 = SGD(m2.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    opt2.load_state_dict({k[len("optim/"):]: v for k, v in arrays.items()})
+    _continue(m, opt, seed=1)
+    _continue(m2, opt2, seed=1)
+    for k, v in m.state_dict().items():
+        assert v.tobytes() == m2.state_dict()[k].tobytes(), k
+
+
+def test_block_model_seeds_and_modes_reach_nested_children():
+    a, b = _block_model(), _block_model()
+    for k, v in a.parameters().items():
+        np.testing.assert_array_equal(v.data, b.parameters()[k].data, err_msg=k)
+    a.initialize(1)
+    assert not np.array_equal(a.parameters()["1.branches.2.0.layers.0.weight"].data,
+                              b.parameters()["1.branches.2.0.layers.0.weight"].data)
+    a.eval()
+    assert not a[1].branches[2][0].layers[1].training
+    a.train()
+    assert a[1].branches[2][0].layers[1].training
+    x = np.random.default_rng(0).standard_normal((3, 2, 6, 6)).astype(np.float32)
+    y1 = a.reseed(7).forward(x)
+    np.testing.assert_array_equal(a.reseed(7).forward(x), y1)  # nested dropout follows the model's seed
+    assert not np.array_equal(a.reseed(8).forward(x), y1)
+    a.backward(np.ones_like(y1))
+    a.zero_grad()
+    assert all(not p.grad.any() for p in a.parameters().values())
+
+
+def test_summary_shows_the_nesting():
+    s = _block_model().summary()
+    lines = s.splitlines()
+    rows = [line.split() for line in lines]
+    at = rows.index(["0", "Residual", "(4,", "6,", "6)", "260"])
+    assert rows[at + 1] == ["layers.0:", "Conv2D", "(4,", "6,", "6)", "76"]
+    assert rows[at + 7] == ["shortcut.1:", "BatchNorm2D", "(4,", "6,", "6)", "8"]
+    assert rows[at + 8] == ["activation:", "ReLU", "(4,", "6,", "6)", "0"]
+    assert lines[at + 1].index("layers.0") > lines[at].index("Residual")  # indented under its block
+    cat = rows.index(["1", "Concat", "(11,", "6,", "6)", "163"])
+    assert rows[cat + 1] == ["branches.0.0:", "Conv2D", "(3,", "6,", "6)", "15"]
+    assert rows[cat + 2] == ["branches.1:", "identity", "(4,", "6,", "6)", "0"]
+    assert rows[cat + 3] == ["branches.2.0:", "Residual", "(4,", "6,", "6)", "148"]
+    assert rows[cat + 4] == ["layers.0:", "Conv2D", "(4,", "6,", "6)", "148"]
+    assert lines[cat + 4].index("layers.0") > lines[cat + 3].index("branches.2.0")  # a level deeper
+    assert rows[cat + 6] == ["shortcut:", "identity", "(4,", "6,", "6)", "0"]
+    assert f"Total parameters: {_block_model().num_parameters():,}" in s
+    assert rows[-4][:2] == ["5", "Dense"]
+
+
+def test_the_same_layer_object_twice_is_refused():
+    """A layer keeps what its backward needs from its last forward: used twice, its gradients are wrong and the
+    optimizer steps it twice.  Equal but separate layers are fine."""
+    conv, relu = cnnframe.Conv2D(2, 1), cnnframe.ReLU()
+    with pytest.raises(ValueError, match=r"Sequential: layers\[2\] is the same layer object as layers\[1\]; each use "
+                                         r"needs its own layer .* make another, e.g. ReLU"):
+        Sequential([conv, relu, relu])
+    with pytest.raises(ValueError, match=r"layers\[2\] is the same layer object as layers\[1\]\.shortcut\.0"):
+        Sequential([conv, cnnframe.Residual([cnnframe.Conv2D(2, 1)], shortcut=[relu]), relu])
+    with pytest.raises(ValueError, match=r"layers\[1\]\.layers\.0\.layers\.0 is the same layer object as layers\[0\]"):
+        Sequential([conv, cnnframe.Residual([cnnframe.Residual([conv])])])
+    Sequential([cnnframe.Conv2D(2, 1), cnnframe.ReLU(), cnnframe.ReLU()], input_shape=(1, 4, 4))

@@ -1,18 +1,36 @@
-"""What several commands share: exit codes, the ``--set`` option, loading a trained model."""
-import json
+"""What several commands share: exit codes, the ``--set`` and ``--plugin`` options, and finding a
+trained model (a checkpoint, or the right one in a run directory) and the code it may use."""
 import os
-import zipfile
+import sys
 
-import numpy as np
-
-from cnnframe import model as M
-from cnnframe import parallel
-from cnnframe.config import import_plugins, resolve_config
-from cnnframe.errors import UserError
+from cnnframe import checkpoint, config, parallel
+from cnnframe.errors import ConfigError, UserError
+from cnnframe.losses import SoftmaxCrossEntropy
 from cnnframe.model import load_checkpoint
+from cnnframe.plugins import Plugins
 
+# Exit status (docs/cli.md): 1 is training's divergence and a failed check, said by the commands themselves.
 USAGE_ERROR = 2
-INTERRUPTED = 130
+WRITE_FAILED = 74  # sysexits.h EX_IOERR: a full or failing disk; what was written before is intact
+INTERRUPTED = 130  # 128 + SIGINT
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away
+
+
+def output_closed(message=None):
+    """Stop writing to a standard output whose reader went away (``... | head``): send stdout to the null
+    device, so nothing fails again at exit, say ``message`` on stderr if it can, and return BROKEN_PIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    if message:
+        try:
+            print(f"cnnframe: {message}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):  # stderr went too (``2>&1 | head``)
+            pass
+    return BROKEN_PIPE
 
 
 def add_set(p):
@@ -21,50 +39,74 @@ def add_set(p):
                         "--set model.layers[0].out_channels=32 (repeatable; VALUE is YAML)")
 
 
-def read_checkpoint_meta(path):
-    """The meta dict stored in a checkpoint, read without building the model (plugins may be needed first)."""
+def add_plugin(p, what="the checkpoint"):
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE|MODULE",
+                   help=f"a .py file or module that defines types {what} uses (its layers, loss, ...), imported "
+                        f"first; repeatable. Stored configs and checkpoints never import code by themselves")
+
+
+def named_plugins(args):
+    """The plugins the user named with ``--plugin`` (imported now; their errors name the option)."""
+    return Plugins(args.plugin, ".", "--plugin")
+
+
+def checkpoint_path(path):
+    """``path`` itself, or for a run directory its ``last.npz`` (``best.npz`` when the run reports the
+    best model, ``trainer.test_checkpoint: best``)."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a directory; expected a checkpoint .npz")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if M._META_KEY not in npz.files:
-                return {}
-            return json.loads(str(npz[M._META_KEY]))
-    except (AttributeError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path} is not a cnnframe checkpoint: {e}") from None
-
-
-def load_for_inference(path, resolve=True):
-    """(model in eval mode, meta, config or None, checkpoint path) for a checkpoint or a run directory.
-
-    The checkpoint's plugins are imported first; ``resolve`` re-validates its config (needed to reload data).
-    """
-    if os.path.isdir(path):
-        ckpt = _run_checkpoint(path)
-    else:
-        ckpt = path
-    meta = read_checkpoint_meta(ckpt)
-    cfg = meta.get("config")
-    if cfg:
-        import_plugins(cfg.get("plugins"), os.path.dirname(os.path.abspath(ckpt)))
-        if resolve:
-            cfg = resolve_config(cfg)
-        if (cfg.get("trainer") or {}).get("threads") is not None:
-            parallel.set_num_threads(cfg["trainer"]["threads"])
-    model, _, meta = load_checkpoint(ckpt)
-    model.eval()
-    return model, meta, cfg, ckpt
-
-
-def _run_checkpoint(run_dir):
-    last, best = os.path.join(run_dir, "last.npz"), os.path.join(run_dir, "best.npz")
+        raise FileNotFoundError(f"checkpoint or run directory not found: {path}")
+    if not os.path.isdir(path):
+        return path
+    last, best = os.path.join(path, "last.npz"), os.path.join(path, "best.npz")
     if not os.path.exists(last) and not os.path.exists(best):
-        raise FileNotFoundError(f"{run_dir} holds no last.npz or best.npz")
-    if os.path.exists(last):
-        cfg = read_checkpoint_meta(last).get("config") or {}
-        if cfg.get("trainer", {}).get("test_checkpoint") == "best" and os.path.exists(best):
-            return best
-        return last
-    return best
+        raise FileNotFoundError(f"{path} holds no last.npz or best.npz")
+    if not os.path.exists(last):
+        return best
+    cfg = checkpoint.read_meta(last).get("config")
+    test_checkpoint = ((cfg or {}).get("trainer") or {}).get("test_checkpoint") if isinstance(cfg, dict) else None
+    return best if test_checkpoint == "best" and os.path.exists(best) else last
+
+
+class Trained:
+    """A trained model loaded for use: ``model`` (eval mode), ``meta``, ``config`` (the run's stored config
+    as a plain dict, or None), ``path`` (the checkpoint), ``loss`` (what it was trained with; softmax
+    cross-entropy when the checkpoint does not say)."""
+
+    def __init__(self, model, meta, config, path, loss):
+        self.model, self.meta, self.config, self.path, self.loss = model, meta, config, path, loss
+
+
+def load_trained(path, plugins):
+    """The model of a checkpoint or run directory, rebuilt from the checkpoint's stored model config with
+    ``plugins`` only (``load_checkpoint``), with the loss its run config names; threads as the run asked."""
+    ckpt = checkpoint_path(path)
+    model, _, meta = load_checkpoint(ckpt, plugins)
+    model.eval()
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else None
+    use_threads(cfg)
+    loss = config.build_loss(cfg, plugins) if cfg and cfg.get("loss") else SoftmaxCrossEntropy()
+    return Trained(model, meta, cfg, ckpt, loss)
+
+
+def stored_setup(saved, plugins):
+    """The ``Setup`` of the run config stored in a checkpoint, resolved as a stored file (``safe``: only
+    the registry and ``plugins``), its model allocated no larger than the checkpoint's arrays need."""
+    cfg = saved.meta.get("config")
+    if not cfg:
+        raise UserError(f"{saved.path} carries no config, so its data cannot be reloaded (it was not saved by the "
+                        f"trainer)")
+    try:
+        setup = config.resolve(cfg, base_dir=os.path.dirname(os.path.abspath(saved.path)), safe=True,
+                               plugins=plugins, parameter_bytes=saved.build_budget)
+    except ConfigError as e:
+        e.file = f"{saved.path} (its stored config)"
+        raise
+    use_threads(setup.config)
+    return setup
+
+
+def use_threads(cfg):
+    """Run with the thread count a stored config asks for (``trainer.threads``), if any."""
+    threads = ((cfg or {}).get("trainer") or {}).get("threads")
+    if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
+        parallel.set_num_threads(threads)

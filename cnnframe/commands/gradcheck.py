@@ -1,8 +1,7 @@
 """``python -m cnnframe gradcheck CONFIG``: float64 gradient check of every layer of a config's model."""
+from cnnframe import config
 from cnnframe.commands.common import add_set
-from cnnframe.config import build_layers, load_config, make_dataset, split_seed
 from cnnframe.gradcheck import check_layer
-from cnnframe.model import Sequential
 
 NAME = "gradcheck"
 HELP = "float64 gradient check of every layer of a config's model"
@@ -16,16 +15,15 @@ def add_arguments(p):
 
 
 def run(args):
-    cfg = load_config(args.config, args.set)
-    shape, _ = make_dataset(cfg["data"], split_seed(cfg)).describe()
-    layers = build_layers(cfg, dtype="float64")
-    model = Sequential(layers, input_shape=shape)
-    model.initialize(cfg["trainer"]["seed"])
-    model.reseed(cfg["trainer"]["seed"])
+    setup = config.load(args.config, args.set, dtype="float64")
+    seed = setup.config["trainer"]["seed"]
+    model = setup.model
+    model.initialize(seed)
+    model.reseed(seed)
     failures = 0
-    in_shape = tuple(shape)
+    in_shape = tuple(setup.input_shape)
     for i, layer in enumerate(model.layers):
-        report = check_layer(layer, in_shape, seed=cfg["trainer"]["seed"], batch_size=args.batch)
+        report = check_layer(layer, in_shape, seed=seed, batch_size=args.batch)
         failures += not report.passed
         tensors = ", ".join(f"{n} {t.max_rel:.1e}" for n, t in report.tensors.items())
         print(f"[{'ok' if report.passed else 'FAIL'}] layer {i:>2} {type(layer).__name__:<15} "

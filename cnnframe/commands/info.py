@@ -1,13 +1,6 @@
 """``python -m cnnframe info``: version, OpenMP, threads, BLAS and the registered names."""
-import platform
-
-import numpy as np
-
-import cnnframe
-from cnnframe import parallel
-from cnnframe._ext import _openmp
-from cnnframe._ext import conv as _conv
-from cnnframe.config import _ensure_registered
+from cnnframe.build_info import build_info
+from cnnframe.registry import registered_names
 
 NAME = "info"
 HELP = "version, OpenMP, threads, BLAS and registered names"
@@ -18,23 +11,21 @@ def add_arguments(p):
 
 
 def run(args):
-    print(f"cnnframe {cnnframe.__version__}  (python {platform.python_version()}, numpy {np.__version__})")
-    if _openmp.openmp_enabled():
-        print(f"OpenMP: compiled in (runtime default {_openmp.openmp_max_threads()} threads)")
+    b = build_info()
+    print(f"cnnframe {b['version']}  (python {b['python']}, numpy {b['numpy']})")
+    if b["openmp"]:
+        print(f"OpenMP: compiled in (runtime default {b['openmp_threads']} threads)")
     else:
         print("OpenMP: not compiled in (kernels run on one thread)")
-    print(f"threads: {parallel.get_num_threads()}  (CNNFRAME_NUM_THREADS, trainer.threads or set_num_threads)")
-    dyn = "on" if parallel.get_dynamic() else "off"
+    print(f"threads: {b['threads']}  (CNNFRAME_NUM_THREADS, trainer.threads or set_num_threads)")
+    dyn = "on" if b["dynamic_threads"] else "off"
     print(f"dynamic threads: {dyn}  (fewer threads while other processes keep cores busy; CNNFRAME_DYNAMIC_THREADS)")
-    mk = "AVX-512 micro-kernel" if _conv.microkernel_available() else "BLAS (no AVX-512 on this CPU)"
+    mk = "AVX-512 micro-kernel" if b["microkernel"] else "BLAS (no AVX-512 on this CPU)"
     print(f"float32 convolution products: {mk}")
-    libs = parallel.blas_info()
-    if not libs:
+    if not b["blas"]:
         print("BLAS: none found by threadpoolctl")
-    for api, version, threads, path in libs:
+    for api, version, threads, path in b["blas"]:
         print(f"BLAS: {api} {version or '?'}, {threads} threads, {path}")
-    _ensure_registered()
-    for label, reg in (("layers", cnnframe.LAYERS), ("losses", cnnframe.LOSSES), ("optimizers", cnnframe.OPTIMIZERS),
-                       ("schedules", cnnframe.SCHEDULES), ("datasets", cnnframe.DATASETS)):
-        print(f"{label}: {', '.join(reg.names())}")
+    for family, names in registered_names().items():
+        print(f"{family}: {', '.join(names)}")
     return 0

@@ -1,7 +1,6 @@
 """``python -m cnnframe profile CONFIG``: milliseconds per layer of a config's training step, as a table."""
-from cnnframe import parallel
+from cnnframe import config, parallel
 from cnnframe.commands.common import add_set
-from cnnframe.config import load_config
 from cnnframe.errors import UserError
 from cnnframe.profiler import profile_config
 
@@ -24,10 +23,11 @@ def run(args):
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
-    cfg = load_config(args.config, args.set)
+    setup = config.load(args.config, args.set)
+    trainer_cfg = setup.config["trainer"]
     if args.threads is not None:
-        cfg["trainer"]["threads"] = args.threads
-    with parallel.num_threads(cfg["trainer"]["threads"] or parallel.get_num_threads()):
-        profile = profile_config(cfg, batches=args.batches, warmup=args.warmup, title=args.config)
+        trainer_cfg["threads"] = args.threads
+    with parallel.num_threads(trainer_cfg["threads"] or parallel.get_num_threads()):
+        profile = profile_config(setup, batches=args.batches, warmup=args.warmup, title=args.config)
     print(profile.table())
     return 0

@@ -3,6 +3,7 @@ from cnnframe.layers.base import Layer, Parameter
 
 # -- each layer module is imported here so its registration runs ------------------------------------
 from cnnframe.layers.activations import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from cnnframe.layers.blocks import Concat, Residual
 from cnnframe.layers.conv import Conv2D
 from cnnframe.layers.dense import Dense
 from cnnframe.layers.dropout import Dropout
@@ -27,4 +28,6 @@ __all__ = [
     "Dropout",
     "BatchNorm2D",
     "BatchNorm1D",
+    "Residual",
+    "Concat",
 ]

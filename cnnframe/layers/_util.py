@@ -72,14 +72,6 @@ def check_per_sample(layer, input_shape, ndim, layout):
     return shape
 
 
-def positive_int(value, name, owner, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def pair(value, name, owner, minimum):
     """Normalise an int or (h, w) pair to a tuple of two ints >= ``minimum``."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):

@@ -2,10 +2,18 @@
 
 Shapes given to ``build`` and ``output_shape`` are *per sample* (no batch axis): ``(C, H, W)`` for
 images, ``(F,)`` for features.  Arrays given to ``forward``/``backward`` carry the batch axis first.
+
+``allocation_limit(nbytes)`` bounds what layers allocate through ``add_parameter``/``add_buffer``
+inside a block: checking a config or loading a checkpoint stops at a layer that would need more,
+before the memory is touched.
 """
+import contextlib
+import contextvars
 from collections import OrderedDict
 
 import numpy as np
+
+from cnnframe.errors import MemoryLimitError
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -19,6 +27,55 @@ def as_dtype(dtype):
     if dt not in _DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
+
+
+class AllocationBudget:
+    """Bytes that layers may still allocate for parameters and buffers (see ``allocation_limit``)."""
+
+    def __init__(self, limit, what):
+        self.limit, self.used, self.what = int(limit), 0, what
+
+    def charge(self, nbytes, owner, name, shape):
+        if self.used + nbytes > self.limit:
+            raise MemoryLimitError(
+                f"{owner}: {name!r} of shape {tuple(shape)} needs {format_bytes(nbytes)}, which with the "
+                f"{format_bytes(self.used)} allocated before it passes {self.what} ({format_bytes(self.limit)})")
+        self.used += nbytes
+
+
+_BUDGET = contextvars.ContextVar("cnnframe_allocation_budget", default=None)
+
+
+@contextlib.contextmanager
+def allocation_limit(nbytes, what="the memory limit"):
+    """Within the block, parameters and buffers layers allocate may total at most ``nbytes``; past it
+    ``add_parameter``/``add_buffer`` raise MemoryLimitError naming the layer, before allocating.
+    Yields the budget (``.used`` bytes so far; ``.limit`` may be lowered inside the block)."""
+    budget = AllocationBudget(nbytes, what)
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
+
+
+def format_bytes(n):
+    """1536 → '1.5 KiB'."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _allocate(layer, name, data, dtype):
+    """``data`` as a contiguous array of ``dtype``, after charging its size to the active budget."""
+    budget = _BUDGET.get()
+    if budget is not None:
+        shape = np.shape(data)
+        budget.charge(int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize, type(layer).__name__,
+                      name, shape)
+    return np.ascontiguousarray(data, dtype=dtype)
 
 
 class Parameter:
@@ -62,6 +119,9 @@ class Layer:
     """
 
     registered_name = None
+    #: set to False on a first layer when dL/dx is not needed (training never uses it); ``backward`` may
+    #: then return None.  ``Sequential.backward(g, input_grad=False)`` sets it around the call.
+    need_input_grad = True
 
     def __init__(self, dtype="float32"):
         self.dtype = as_dtype(dtype)
@@ -82,12 +142,12 @@ class Layer:
         return tuple(input_shape)
 
     def add_parameter(self, name, data, weight_decay=True):
-        p = Parameter(np.asarray(data, dtype=self.dtype), weight_decay=weight_decay)
+        p = Parameter(_allocate(self, name, data, self.dtype), weight_decay=weight_decay)
         self._params[name] = p
         return p
 
     def add_buffer(self, name, data):
-        self._buffers[name] = np.ascontiguousarray(data, dtype=self.dtype)
+        self._buffers[name] = _allocate(self, name, data, self.dtype)
         return self._buffers[name]
 
     # -- computation ---------------------------------------------------------------------------
@@ -149,7 +209,8 @@ class Layer:
         """The plain dict that rebuilds this layer: ``{"type": name, **hyper_parameters}``.
 
         ``name`` is the class's registered name, or ``"module:QualName"`` for a class that is not registered
-        itself (a subclass does not inherit its parent's name), which ``cnnframe.LAYERS.get`` imports.
+        itself (a subclass does not inherit its parent's name); loading resolves that only from a module the
+        user names as a plugin (``cnnframe.plugins``).
         """
         return {"type": type_name(type(self)), "dtype": self.dtype.name}
 

@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from cnnframe import ops
+from cnnframe.checks import check_int
 from cnnframe.layers._util import (
     check_grad,
     check_input,
@@ -13,7 +14,6 @@ from cnnframe.layers._util import (
     make_rng,
     pair,
     pair_config,
-    positive_int,
     uniform,
 )
 from cnnframe.layers.base import Layer
@@ -55,8 +55,8 @@ class Conv2D(Layer):
         dtype="float32",
     ):
         super().__init__(dtype)
-        self.out_channels = positive_int(out_channels, "out_channels", "Conv2D")
-        self.in_channels = positive_int(in_channels, "in_channels", "Conv2D", allow_none=True)
+        self.out_channels = check_int("out_channels", out_channels, "Conv2D", ge=1)
+        self.in_channels = check_int("in_channels", in_channels, "Conv2D", ge=1, nullable=True)
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D", 1)
         self.stride = pair(stride, "stride", "Conv2D", 1)
         self.padding = pair(padding, "padding", "Conv2D", 0)

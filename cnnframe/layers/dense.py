@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from cnnframe import ops
+from cnnframe.checks import check_int
 from cnnframe.layers._util import (
     check_grad,
     check_input,
@@ -11,7 +12,6 @@ from cnnframe.layers._util import (
     check_size,
     config_seed,
     make_rng,
-    positive_int,
     uniform,
 )
 from cnnframe.layers.base import Layer
@@ -37,12 +37,11 @@ class Dense(Layer):
 
     def __init__(self, out_features, *, in_features=None, bias=True, seed=None, dtype="float32"):
         super().__init__(dtype)
-        self.out_features = positive_int(out_features, "out_features", "Dense")
-        self.in_features = positive_int(in_features, "in_features", "Dense", allow_none=True)
+        self.out_features = check_int("out_features", out_features, "Dense", ge=1)
+        self.in_features = check_int("in_features", in_features, "Dense", ge=1, nullable=True)
         self.use_bias = bool(bias)
         self.seed = config_seed(seed)
         self._rng = make_rng(seed, "Dense")
-        self.need_input_grad = True
         self._x = None
         if self.in_features is not None:
             self.build((self.in_features,))

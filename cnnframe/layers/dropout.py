@@ -1,6 +1,5 @@
 """Inverted dropout with its own seeded mask generator."""
-import numbers
-
+from cnnframe.checks import check_number
 from cnnframe.layers._util import check_grad, check_input, config_seed, make_rng
 from cnnframe.layers.base import Layer
 from cnnframe.registry import register_layer
@@ -18,9 +17,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, seed=None, dtype="float32"):
         super().__init__(dtype)
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
-        self.p = float(p)
+        self.p = check_number("p", p, "Dropout", ge=0, le=1, what="a probability in [0, 1]")
         self.seed = config_seed(seed)
         self._rng = make_rng(seed, "Dropout")
         self._mask = None

@@ -1,10 +1,9 @@
 """Batch normalisation over features (N, F) and over channels (N, C, H, W)."""
-import numbers
-
 import numpy as np
 
 from cnnframe import ops
-from cnnframe.layers._util import check_grad, check_input, check_per_sample, check_size, positive_int
+from cnnframe.checks import check_int, check_number
+from cnnframe.layers._util import check_grad, check_input, check_per_sample, check_size
 from cnnframe.layers.activations import ReLU
 from cnnframe.layers.base import Layer
 from cnnframe.layers.pooling import MaxPool2D
@@ -37,13 +36,9 @@ class _BatchNorm(Layer):
     def __init__(self, num_features=None, eps=1e-5, momentum=0.1, dtype="float32"):
         super().__init__(dtype)
         name = type(self).__name__
-        self.num_features = positive_int(num_features, "num_features", name, allow_none=True)
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError(f"{name}: eps must be a positive number, got {eps!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{name}: momentum must be a number in [0, 1], got {momentum!r}")
-        self.eps = float(eps)
-        self.momentum = float(momentum)
+        self.num_features = check_int("num_features", num_features, name, ge=1, nullable=True)
+        self.eps = check_number("eps", eps, name, gt=0)
+        self.momentum = check_number("momentum", momentum, name, ge=0, le=1)
         self._cache = None
         if self.num_features is not None:
             self._allocate(self.num_features)

@@ -2,31 +2,16 @@
 global norm, and a flat, npz-safe state dict (``name -> numpy array``; scalars as 0-d arrays).
 """
 import math
-import numbers
-import operator
 from collections import OrderedDict
 
 import numpy as np
 
 from cnnframe import ops
+from cnnframe.checks import check_number  # noqa: F401  (the shared argument checks; adam, sgd, schedules use it)
 
 # PyTorch's clip_grad_norm_ adds this to the norm before dividing, so a norm exactly at the limit is
 # scaled by a hair; we keep the same rule so clipped runs match it.
 _CLIP_EPS = 1e-6
-
-_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
-
-
-def check_number(name, value, owner, gt=None, ge=None, lt=None, le=None):
-    """Return ``value`` as a float after checking it is a finite real number within the given bounds."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
-    v = float(value)
-    bounds = [(op, b) for op, b in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if b is not None]
-    if not all(_OPS[op](v, b) for op, b in bounds):
-        rule = " and ".join(f"{op} {b}" for op, b in bounds)
-        raise ValueError(f"{owner}: {name} must be {rule}, got {value!r}")
-    return v
 
 
 def named_parameters(params, owner):

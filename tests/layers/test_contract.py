@@ -39,6 +39,11 @@ CASES = [
     ("batchnorm2d", lambda d: L.BatchNorm2D(dtype=d), (3, 4, 4)),
     ("batchnorm2d_given", lambda d: L.BatchNorm2D(2, eps=1e-3, momentum=0.3, dtype=d), (2, 3, 5)),
     ("batchnorm1d", lambda d: L.BatchNorm1D(dtype=d), (5,)),
+    # blocks (more cases, nested ones included, in test_blocks.py)
+    ("residual", lambda d: L.Residual([L.Conv2D(3, 3, padding=1, seed=0, dtype=d), L.BatchNorm2D(dtype=d)],
+                                      activation="relu", dtype=d), (3, 4, 4)),
+    ("concat", lambda d: L.Concat([[L.Conv2D(2, 1, seed=1, dtype=d)], [L.MaxPool2D(3, 1, 1, dtype=d)]], dtype=d),
+     (3, 4, 4)),
 ]
 
 
@@ -58,11 +63,11 @@ def test_every_registered_builtin_is_covered():
     assert builtin <= covered, f"layers without a contract test: {sorted(builtin - covered)}"
     assert {
         "conv2d", "maxpool2d", "avgpool2d", "globalavgpool2d", "flatten", "dense", "relu", "leakyrelu",
-        "sigmoid", "tanh", "softmax", "dropout", "batchnorm2d", "batchnorm1d",
+        "sigmoid", "tanh", "softmax", "dropout", "batchnorm2d", "batchnorm1d", "residual", "concat",
     } <= covered
 
 
 def test_exported_names():
     for name in ("Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten", "Dense", "ReLU", "LeakyReLU",
-                 "Sigmoid", "Tanh", "Softmax", "Dropout", "BatchNorm2D", "BatchNorm1D"):
+                 "Sigmoid", "Tanh", "Softmax", "Dropout", "BatchNorm2D", "BatchNorm1D", "Residual", "Concat"):
         assert getattr(cnnframe, name) is getattr(L, name)

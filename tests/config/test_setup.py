@@ -2,6 +2,7 @@
 import os
 import textwrap
 
+import numpy as np
 import pytest
 
 from cnnframe.config import (
@@ -13,7 +14,7 @@ from cnnframe.config import (
     split_key_path,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGITS = os.path.join(ROOT, "configs", "digits.yaml")
 TINY = os.path.join(ROOT, "configs", "digits-tiny.yaml")
 
@@ -325,3 +326,95 @@ def test_plugin_layer_without_backward(tmp_path):
     err, _ = error_of(tmp_path, "plugins: [nobackward.py]\n" + BASE.replace("{type: relu}", "{type: test_no_backward}"))
     assert err.key == "model.layers[1]" and "does not implement backward()" in err.message
     assert "nobackward.py:5" in err.message  # the class definition (its decorator line)
+
+
+# -- blocks ----------------------------------------------------------------------------------------------------
+RESNET = os.path.join(ROOT, "configs", "resnet-digits.yaml")
+
+BLOCKS = """\
+data:
+  dataset: digits
+model:
+  layers:
+    - {type: conv2d, out_channels: 4, kernel_size: 3, padding: 1}
+    - type: residual
+      layers:
+        - {type: conv2d, out_channels: 4, kernel_size: 3, padding: 1}
+        - {type: batchnorm2d}
+      activation: relu
+    - type: concat
+      branches:
+        - [{type: conv2d, out_channels: 2, kernel_size: 1}]
+        - [{type: maxpool2d, kernel_size: 3, stride: 1, padding: 1}]
+    - {type: globalavgpool2d}
+    - {type: dense, out_features: 10}
+"""
+
+
+def test_resnet_config_builds_nested_blocks():
+    from cnnframe.config import build_layers
+    from cnnframe.model import Sequential
+
+    cfg = load_config(RESNET)
+    layers = cfg["model"]["layers"]
+    assert [spec["type"] for spec in layers].count("residual") == 3
+    assert layers[4]["shortcut"][0] == {"type": "conv2d", "out_channels": 32, "kernel_size": 1, "stride": 2}
+    model = Sequential(build_layers(cfg), input_shape=(1, 8, 8))
+    assert model.num_parameters() == 38_474
+    assert model.shapes[3:6] == [(16, 8, 8), (32, 4, 4), (32, 4, 4)]
+    assert "4.shortcut.0.weight" in model.parameters() and "5.layers.4.running_var" in model.buffers()
+
+
+def test_block_config_resolves_and_keeps_the_nesting(tmp_path):
+    cfg = load_config(write(tmp_path, BLOCKS))
+    assert cfg["model"]["layers"][2]["branches"][1] == [{"type": "maxpool2d", "kernel_size": 3, "stride": 1,
+                                                         "padding": 1}]
+    assert load_config(write(tmp_path, dump_config(cfg), "again.yaml"))["model"] == cfg["model"]
+
+
+def test_block_shape_mismatch_is_found_before_any_data_loads(tmp_path):
+    body = "out_channels: 4, kernel_size: 3, padding: 1}\n        - {type: batchnorm2d}"
+    err, _ = error_of(tmp_path, BLOCKS.replace(body, body.replace("out_channels: 4", "out_channels: 8")))
+    assert err.key == "model.layers[1]"
+    assert "(8, 8, 8)" in err.message and "(4, 8, 8)" in err.message and "shortcut" in err.message
+    err, _ = error_of(tmp_path, BLOCKS.replace("kernel_size: 3, stride: 1, padding: 1", "kernel_size: 2"))
+    assert err.key == "model.layers[2]"
+    assert "branches[0] outputs (2, 8, 8)" in err.message and "branches[1] outputs (4, 4, 4)" in err.message
+
+
+@pytest.mark.parametrize("old, new, where, message", [
+    ("{type: maxpool2d,", "{type: maxpol2d,", "branches[1][0]", "did you mean 'maxpool2d'"),
+    ("{type: conv2d, out_channels: 2,", "{type: conv2d, out_chanels: 2,", "branches[0][0] (conv2d)", "out_chanels"),
+    ("{type: maxpool2d,", "{type: 'cnnframe.layers.pooling:MaxPool2D',", "branches[1][0]", "registered name"),
+    ("activation: relu", "activation: rleu", "activation", "did you mean 'relu'"),
+    ("{type: maxpool2d,", "{type: maxpool2d, dtype: float32,", "branches[1][0]", "set the dtype on the block"),
+])
+def test_errors_inside_blocks_name_the_child(tmp_path, old, new, where, message):
+    assert old in BLOCKS
+    err, _ = error_of(tmp_path, BLOCKS.replace(old, new))
+    assert err.key.startswith(("model.layers[1]", "model.layers[2]"))
+    assert where in err.message and message in err.message
+
+
+def test_plugin_layer_inside_a_block(tmp_path):
+    (tmp_path / "halve.py").write_text(PLUGIN.replace("test_double", "test_block_child"))
+    text = "plugins: [halve.py]\n" + BLOCKS.replace("- {type: batchnorm2d}", "- {type: test_block_child, factor: 0.5}")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg["model"]["layers"][1]["layers"][1] == {"type": "test_block_child", "factor": 0.5}
+    from cnnframe.config import build_layers
+    from cnnframe.model import Sequential
+
+    model = Sequential(build_layers(cfg), input_shape=(1, 8, 8))
+    assert type(model[1].layers[1]).registered_name == "test_block_child"
+    assert model.forward(np.ones((2, 1, 8, 8), dtype=np.float32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ("{type: maxpool2d,", "{type: maxpol2d,", "model.layers[2].branches[1][0].type"),
+    ("{type: conv2d, out_channels: 2,", "{type: conv2d, out_chanels: 2,", "model.layers[2].branches[0][0].out_chanels"),
+    ("- {type: batchnorm2d}", "- {type: batchnorm2d, eps: -1}", "model.layers[1].layers[1].eps"),
+    ("{type: maxpool2d,", "{type: maxpool2d, dtype: float32,", "model.layers[2].branches[1][0].dtype"),
+])
+def test_errors_inside_blocks_carry_the_childs_key_path(tmp_path, old, new, key):
+    err, path = error_of(tmp_path, BLOCKS.replace(old, new))
+    assert err.key == key and err.line is not None  # the line of the child's key in the file
