@@ -39,17 +39,16 @@ CNNFRAME_DEFINE_NORM(d, double)
 
 /* ReLU's backward in front of BatchNorm's, fused with BatchNorm's sums: out = G·[γ·x̂ + β > 0] (the
    forward output recomputed from x exactly as the forward pass formed it, so the mask is the ReLU's
-   own), ag[lane] += out, agx[lane] += out·x̂.  Lanes and blocks as in lanes.h, and the SSE2 code does
-   the plain code's operations lane by lane. */
+   own), ag += out, agx += out·x̂ -- lanes and chunks as cnnframe_lanes_dots_* (lanes.h). */
 static inline void cnnframe_relu_dots_f(const float *g, const float *x, ptrdiff_t n, float mean, float inv,
-                                        float gamma, float beta, float *out, double *ag, double *agx) {
+                                        float gamma, float beta, float *out, cnnframe_acc *ag, cnnframe_acc *agx) {
     for (ptrdiff_t i = 0; i < n;) {
-        ptrdiff_t end = cnnframe_block_end(i, n);
-        float a[CNNFRAME_LANES], b[CNNFRAME_LANES];
+        ptrdiff_t start = i, end = cnnframe_chunk_end(i, n);
+        float *fa = ag->f, *fb = agx->f;
 #ifdef CNNFRAME_SSE2
         const __m128 vm = _mm_set1_ps(mean), vi = _mm_set1_ps(inv), vg = _mm_set1_ps(gamma), vb = _mm_set1_ps(beta);
         const __m128 zero = _mm_setzero_ps(), one = _mm_set1_ps(1.0f);
-        __m128 acc_a[2] = {zero, zero}, acc_b[2] = {zero, zero};
+        __m128 acc_a[2] = {_mm_loadu_ps(fa), _mm_loadu_ps(fa + 4)}, acc_b[2] = {_mm_loadu_ps(fb), _mm_loadu_ps(fb + 4)};
         for (; i + 8 <= end; i += 8)
             for (int k = 0; k < 2; ++k) {
                 __m128 h = _mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(x + i + 4 * k), vm), vi);
@@ -59,43 +58,43 @@ static inline void cnnframe_relu_dots_f(const float *g, const float *x, ptrdiff_
                 acc_a[k] = _mm_add_ps(acc_a[k], ge);
                 acc_b[k] = _mm_add_ps(acc_b[k], _mm_mul_ps(ge, h));
             }
-        _mm_storeu_ps(a, acc_a[0]);
-        _mm_storeu_ps(a + 4, acc_a[1]);
-        _mm_storeu_ps(b, acc_b[0]);
-        _mm_storeu_ps(b + 4, acc_b[1]);
+        _mm_storeu_ps(fa, acc_a[0]);
+        _mm_storeu_ps(fa + 4, acc_a[1]);
+        _mm_storeu_ps(fb, acc_b[0]);
+        _mm_storeu_ps(fb + 4, acc_b[1]);
 #else
-        for (int l = 0; l < CNNFRAME_LANES; ++l) a[l] = b[l] = 0.0f;
         for (; i + 8 <= end; i += 8)
             for (int l = 0; l < 8; ++l) {
                 float h = (x[i + l] - mean) * inv, v = h * gamma + beta;
                 float ge = g[i + l] * (float)(v > 0);
                 out[i + l] = ge;
-                a[l] += ge;
-                b[l] += ge * h;
+                fa[l] += ge;
+                fb[l] += ge * h;
             }
 #endif
         for (int l = 0; i < end; ++i, ++l) {
             float h = (x[i] - mean) * inv, v = h * gamma + beta;
             float ge = g[i] * (float)(v > 0);
             out[i] = ge;
-            a[l] += ge;
-            b[l] += ge * h;
+            fa[l] += ge;
+            fb[l] += ge * h;
         }
-        cnnframe_lanes_flush(a, ag);
-        cnnframe_lanes_flush(b, agx);
+        cnnframe_acc_chunk(ag, end - start);
+        cnnframe_acc_chunk(agx, end - start);
     }
 }
 
 static inline void cnnframe_relu_dots_d(const double *g, const double *x, ptrdiff_t n, double mean, double inv,
-                                        double gamma, double beta, double *out, double *ag, double *agx) {
+                                        double gamma, double beta, double *out, cnnframe_acc *ag, cnnframe_acc *agx) {
+    double *da = ag->d, *db = agx->d;
     ptrdiff_t i = 0;
 #ifdef CNNFRAME_SSE2
     const __m128d vm = _mm_set1_pd(mean), vi = _mm_set1_pd(inv), vg = _mm_set1_pd(gamma), vb = _mm_set1_pd(beta);
     const __m128d zero = _mm_setzero_pd(), one = _mm_set1_pd(1.0);
     __m128d acc_a[4], acc_b[4];
     for (int k = 0; k < 4; ++k) {
-        acc_a[k] = _mm_loadu_pd(ag + 2 * k);
-        acc_b[k] = _mm_loadu_pd(agx + 2 * k);
+        acc_a[k] = _mm_loadu_pd(da + 2 * k);
+        acc_b[k] = _mm_loadu_pd(db + 2 * k);
     }
     for (; i + 8 <= n; i += 8)
         for (int k = 0; k < 4; ++k) {
@@ -107,8 +106,8 @@ static inline void cnnframe_relu_dots_d(const double *g, const double *x, ptrdif
             acc_b[k] = _mm_add_pd(acc_b[k], _mm_mul_pd(ge, h));
         }
     for (int k = 0; k < 4; ++k) {
-        _mm_storeu_pd(ag + 2 * k, acc_a[k]);
-        _mm_storeu_pd(agx + 2 * k, acc_b[k]);
+        _mm_storeu_pd(da + 2 * k, acc_a[k]);
+        _mm_storeu_pd(db + 2 * k, acc_b[k]);
     }
 #else
     for (; i + 8 <= n; i += 8)
@@ -116,16 +115,16 @@ static inline void cnnframe_relu_dots_d(const double *g, const double *x, ptrdif
             double h = (x[i + l] - mean) * inv, v = h * gamma + beta;
             double ge = g[i + l] * (double)(v > 0);
             out[i + l] = ge;
-            ag[l] += ge;
-            agx[l] += ge * h;
+            da[l] += ge;
+            db[l] += ge * h;
         }
 #endif
     for (int l = 0; i < n; ++i, ++l) {
         double h = (x[i] - mean) * inv, v = h * gamma + beta;
         double ge = g[i] * (double)(v > 0);
         out[i] = ge;
-        ag[l] += ge;
-        agx[l] += ge * h;
+        da[l] += ge;
+        db[l] += ge * h;
     }
 }
 

@@ -11,14 +11,15 @@ from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from cnnframe._ext.lanes cimport (
-    cnnframe_dots_d,
-    cnnframe_dots_f,
-    cnnframe_lanes_total,
-    cnnframe_lanes_zero,
-    cnnframe_sqdev_d,
-    cnnframe_sqdev_f,
-    cnnframe_sum_d,
-    cnnframe_sum_f,
+    cnnframe_acc,
+    cnnframe_acc_total,
+    cnnframe_acc_zero,
+    cnnframe_lanes_dots_d,
+    cnnframe_lanes_dots_f,
+    cnnframe_lanes_sqdev_d,
+    cnnframe_lanes_sqdev_f,
+    cnnframe_lanes_sum_d,
+    cnnframe_lanes_sum_f,
 )
 from cnnframe._ext.pool cimport (
     cnnframe_max2x2_d,
@@ -43,9 +44,9 @@ cdef extern from "norm.h" nogil:
     void cnnframe_bn_apply_relu_d(const double* x, Py_ssize_t n, double mean, double inv, double gamma,
                                   double beta, double* y) noexcept
     void cnnframe_relu_dots_f(const float* g, const float* x, Py_ssize_t n, float mean, float inv, float gamma,
-                              float beta, float* out, double* ag, double* agx) noexcept
+                              float beta, float* out, cnnframe_acc* ag, cnnframe_acc* agx) noexcept
     void cnnframe_relu_dots_d(const double* g, const double* x, Py_ssize_t n, double mean, double inv,
-                              double gamma, double beta, double* out, double* ag, double* agx) noexcept
+                              double gamma, double beta, double* out, cnnframe_acc* ag, cnnframe_acc* agx) noexcept
     void cnnframe_bn_dx_f(const float* g, const float* x, Py_ssize_t n, float mean, float inv, float k,
                           float mean_g, float mean_gx, float* dx) noexcept
     void cnnframe_bn_dx_d(const double* g, const double* x, Py_ssize_t n, double mean, double inv, double k,
@@ -54,18 +55,18 @@ cdef extern from "norm.h" nogil:
     void cnnframe_bn_dx_eval_d(const double* g, Py_ssize_t n, double k, double* dx) noexcept
 
 
-cdef inline void sum_run(const floating* x, Py_ssize_t n, double* acc) noexcept nogil:
+cdef inline void sum_run(const floating* x, Py_ssize_t n, cnnframe_acc* acc) noexcept nogil:
     if floating is float:
-        cnnframe_sum_f(x, n, acc)
+        cnnframe_lanes_sum_f(x, n, acc)
     else:
-        cnnframe_sum_d(x, n, acc)
+        cnnframe_lanes_sum_d(x, n, acc)
 
 
-cdef inline void sqdev_run(const floating* x, Py_ssize_t n, floating c, double* acc) noexcept nogil:
+cdef inline void sqdev_run(const floating* x, Py_ssize_t n, floating c, cnnframe_acc* acc) noexcept nogil:
     if floating is float:
-        cnnframe_sqdev_f(x, n, c, acc)
+        cnnframe_lanes_sqdev_f(x, n, c, acc)
     else:
-        cnnframe_sqdev_d(x, n, c, acc)
+        cnnframe_lanes_sqdev_d(x, n, c, acc)
 
 
 cdef inline void apply_run(const floating* x, Py_ssize_t n, floating mean, floating inv, floating gamma,
@@ -85,18 +86,18 @@ cdef inline void apply_run(const floating* x, Py_ssize_t n, floating mean, float
 cdef void stats_channel(const floating* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L, double eps,
                         floating* mean, floating* var, floating* inv_std) noexcept nogil:
     """μ = (1/m) Σ x,  σ² = (1/m) Σ (x − μ)² (two passes: no cancellation), inv = 1/√(σ² + eps)."""
-    cdef double acc[8]
+    cdef cnnframe_acc acc
     cdef double v
     cdef floating mu
     cdef Py_ssize_t n, m = N * L
-    cnnframe_lanes_zero(acc)
+    cnnframe_acc_zero(&acc)
     for n in range(N):
-        sum_run(x + n * stride, L, acc)
-    mu = <floating>(cnnframe_lanes_total(acc) / m)
-    cnnframe_lanes_zero(acc)
+        sum_run(x + n * stride, L, &acc)
+    mu = <floating>(cnnframe_acc_total(&acc) / m)
+    cnnframe_acc_zero(&acc)
     for n in range(N):
-        sqdev_run(x + n * stride, L, mu, acc)
-    v = cnnframe_lanes_total(acc) / m
+        sqdev_run(x + n * stride, L, mu, &acc)
+    v = cnnframe_acc_total(&acc) / m
     mean[0] = mu
     var[0] = <floating>v
     inv_std[0] = <floating>(1.0 / sqrt(v + eps))
@@ -122,11 +123,11 @@ def forward(const floating[:, :, ::1] x, const floating[::1] gamma, const floati
 
 
 cdef void finish_channel(const floating* g, const floating* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L,
-                         floating mean, floating inv, floating gamma, bint training, const double* ag,
-                         const double* agx, floating* dgamma, floating* dbeta, floating* dx) noexcept nogil:
+                         floating mean, floating inv, floating gamma, bint training, cnnframe_acc* ag,
+                         cnnframe_acc* agx, floating* dgamma, floating* dbeta, floating* dx) noexcept nogil:
     """From the lanes of Σ G and Σ G·x̂: dγ, dβ, and dx = γ·inv·(G − mean(G) − x̂·mean(G·x̂)) (training)
     or γ·inv·G (evaluation), run by run; g may be dx itself."""
-    cdef double sum_g = cnnframe_lanes_total(ag), sum_gx = cnnframe_lanes_total(agx)
+    cdef double sum_g = cnnframe_acc_total(ag), sum_gx = cnnframe_acc_total(agx)
     cdef Py_ssize_t n, m = N * L
     cdef floating k = gamma * inv
     cdef floating mean_g = <floating>(sum_g / m), mean_gx = <floating>(sum_gx / m)
@@ -148,24 +149,23 @@ cdef void finish_channel(const floating* g, const floating* x, Py_ssize_t N, Py_
 cdef void backward_channel(const floating* g, const floating* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L,
                            floating mean, floating inv, floating gamma, floating beta, bint training, bint relu,
                            floating* dgamma, floating* dbeta, floating* dx) noexcept nogil:
-    cdef double ag[8]
-    cdef double agx[8]
+    cdef cnnframe_acc ag, agx
     cdef Py_ssize_t n
-    cnnframe_lanes_zero(ag)
-    cnnframe_lanes_zero(agx)
+    cnnframe_acc_zero(&ag)
+    cnnframe_acc_zero(&agx)
     for n in range(N):
         if relu:  # G·[y > 0] into dx (this channel's runs stay in cache), summed on the way
             if floating is float:
                 cnnframe_relu_dots_f(g + n * stride, x + n * stride, L, mean, inv, gamma, beta, dx + n * stride,
-                                     ag, agx)
+                                     &ag, &agx)
             else:
                 cnnframe_relu_dots_d(g + n * stride, x + n * stride, L, mean, inv, gamma, beta, dx + n * stride,
-                                     ag, agx)
+                                     &ag, &agx)
         elif floating is float:
-            cnnframe_dots_f(g + n * stride, x + n * stride, L, mean, inv, ag, agx)
+            cnnframe_lanes_dots_f(g + n * stride, x + n * stride, L, mean, inv, &ag, &agx)
         else:
-            cnnframe_dots_d(g + n * stride, x + n * stride, L, mean, inv, ag, agx)
-    finish_channel(<const floating*>dx if relu else g, x, N, stride, L, mean, inv, gamma, training, ag, agx, dgamma, dbeta, dx)
+            cnnframe_lanes_dots_d(g + n * stride, x + n * stride, L, mean, inv, &ag, &agx)
+    finish_channel(<const floating*>dx if relu else g, x, N, stride, L, mean, inv, gamma, training, &ag, &agx, dgamma, dbeta, dx)
 
 
 def backward(const floating[:, :, ::1] g, const floating[:, :, ::1] x, const floating[::1] mean,
@@ -236,22 +236,21 @@ cdef long long backward_pool_channel(const floating* gy, const int* ap, const fl
     """One channel of ``backward_relu_maxpool``: the pooled gradient is scattered to its maxima in dx's own
     planes, masked and summed there, then turned into BatchNorm's dx in place (the channel's planes stay
     in cache).  Returns the count of indices outside their plane."""
-    cdef double ag[8]
-    cdef double agx[8]
+    cdef cnnframe_acc ag, agx
     cdef Py_ssize_t n
     cdef long long bad = 0
     cdef floating* d
-    cnnframe_lanes_zero(ag)
-    cnnframe_lanes_zero(agx)
+    cnnframe_acc_zero(&ag)
+    cnnframe_acc_zero(&agx)
     for n in range(N):  # G = (the pooled gradient at the maxima)·[y > 0], summed on the way
         d = dx + n * stride
         if floating is float:
             bad += cnnframe_max_grad_plane_f(gy + n * pstride, ap + n * pstride, L, Lo, d)
-            cnnframe_relu_dots_f(d, x + n * stride, L, mean, inv, gamma, beta, d, ag, agx)
+            cnnframe_relu_dots_f(d, x + n * stride, L, mean, inv, gamma, beta, d, &ag, &agx)
         else:
             bad += cnnframe_max_grad_plane_d(gy + n * pstride, ap + n * pstride, L, Lo, d)
-            cnnframe_relu_dots_d(d, x + n * stride, L, mean, inv, gamma, beta, d, ag, agx)
-    finish_channel(dx, x, N, stride, L, mean, inv, gamma, training, ag, agx, dgamma, dbeta, dx)
+            cnnframe_relu_dots_d(d, x + n * stride, L, mean, inv, gamma, beta, d, &ag, &agx)
+    finish_channel(dx, x, N, stride, L, mean, inv, gamma, training, &ag, &agx, dgamma, dbeta, dx)
     return bad
 
 

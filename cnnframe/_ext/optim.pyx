@@ -8,7 +8,7 @@ the lanes of lanes.h and then the runs in order, the same for any thread count. 
 """
 from cython.parallel cimport prange
 
-from cnnframe._ext.lanes cimport cnnframe_lanes_total, cnnframe_lanes_zero, cnnframe_sqdev_d, cnnframe_sqdev_f
+from cnnframe._ext.lanes cimport cnnframe_acc, cnnframe_acc_total, cnnframe_acc_zero, cnnframe_lanes_sqdev_d, cnnframe_lanes_sqdev_f
 
 ctypedef fused floating:
     float
@@ -35,13 +35,13 @@ cdef inline Py_ssize_t nruns(Py_ssize_t n) noexcept nogil:
 
 
 cdef double run_sumsq(const floating* x, Py_ssize_t n) noexcept nogil:
-    cdef double acc[8]
-    cnnframe_lanes_zero(acc)
+    cdef cnnframe_acc acc
+    cnnframe_acc_zero(&acc)
     if floating is float:
-        cnnframe_sqdev_f(x, n, 0, acc)
+        cnnframe_lanes_sqdev_f(x, n, 0, &acc)
     else:
-        cnnframe_sqdev_d(x, n, 0, acc)
-    return cnnframe_lanes_total(acc)
+        cnnframe_lanes_sqdev_d(x, n, 0, &acc)
+    return cnnframe_acc_total(&acc)
 
 
 def sum_squares(const floating[::1] x, double[::1] partials, int nthreads):

@@ -11,7 +11,7 @@ thread that fills it, while it is in that core's cache.
 from cython.parallel cimport prange
 from libc.string cimport memset
 
-from cnnframe._ext.lanes cimport cnnframe_lanes_total, cnnframe_lanes_zero, cnnframe_sum_d, cnnframe_sum_f
+from cnnframe._ext.lanes cimport cnnframe_acc, cnnframe_acc_total, cnnframe_acc_zero, cnnframe_lanes_sum_d, cnnframe_lanes_sum_f
 
 ctypedef fused floating:
     float
@@ -123,13 +123,13 @@ def avg_backward(const floating[:, :, :, ::1] gy, floating[:, :, :, ::1] dx,
 
 
 cdef floating plane_mean(const floating* xp, Py_ssize_t hw) noexcept nogil:
-    cdef double acc[8]
-    cnnframe_lanes_zero(acc)
+    cdef cnnframe_acc acc
+    cnnframe_acc_zero(&acc)
     if floating is float:
-        cnnframe_sum_f(xp, hw, acc)
+        cnnframe_lanes_sum_f(xp, hw, &acc)
     else:
-        cnnframe_sum_d(xp, hw, acc)
-    return <floating>(cnnframe_lanes_total(acc) / hw)
+        cnnframe_lanes_sum_d(xp, hw, &acc)
+    return <floating>(cnnframe_acc_total(&acc) / hw)
 
 
 def global_avg_forward(const floating[:, :, ::1] x, floating[:, ::1] y, int nthreads):

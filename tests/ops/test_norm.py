@@ -196,3 +196,12 @@ def test_relu_maxpool_threads_read_only_and_bad_indices(tmp_path):
         ops.batch_norm_relu_maxpool_backward(np.ones_like(y), arg, x, mean, inv, gamma, beta, 3)
     with pytest.raises(ValueError, match="output size"):
         ops.batch_norm_relu_maxpool_forward(x, gamma, beta, 1e-5, 11)
+
+
+def test_float32_statistics_of_many_short_runs():
+    """BatchNorm1D's channels are runs of one value each: 10^5 of them still sum to float32 precision."""
+    rng = np.random.default_rng(1)
+    x = (100 + rng.standard_normal((100_000, 3))).astype(np.float32)
+    _, mean, var, _ = ops.batch_norm_forward(x, np.ones(3, np.float32), np.zeros(3, np.float32), 1e-5)
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=0), rtol=1e-7)
+    np.testing.assert_allclose(var, x.astype(np.float64).var(axis=0), rtol=1e-4)
