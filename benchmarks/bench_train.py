@@ -4,8 +4,8 @@
         [--config configs/digits.yaml --config configs/cifar-size.yaml] [--threads 1 2] [--rounds 5]
 
 Run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (as above): some machines set them, and
-they make a current OpenBLAS slower.  By default it runs configs/digits.yaml and
-configs/cifar-size.yaml at 1 and 2 threads.
+they make a current OpenBLAS slower.  By default it runs configs/digits.yaml, configs/cifar-size.yaml
+and configs/resnet8-cifar-size.yaml (residual blocks) at 1 and 2 threads.
 
 Each backend and thread count runs in its own worker process (OpenMP runtimes and BLAS pools of two
 libraries in one process fight).  The workers stay alive and take turns: every round asks each of
@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
-CONFIGS = [os.path.join(ROOT, "configs", "digits.yaml"), os.path.join(ROOT, "configs", "cifar-size.yaml")]
+CONFIGS = [os.path.join(ROOT, "configs", name) for name in ("digits.yaml", "cifar-size.yaml", "resnet8-cifar-size.yaml")]
 PAUSE = 0.2  # seconds between two workers' epochs, so one's spinning threads do not meet the next
 
 
@@ -109,16 +109,39 @@ def cnnframe_epoch(cfg, X, y, threads):
     return one_epoch
 
 
-def torch_model(cfg, shape):
+def torch_layers(specs, shape):
+    """The PyTorch modules of a list of cnnframe layer configs (blocks included) for per-sample input
+    ``shape``, and the per-sample output shape."""
     import torch
     from torch import nn
 
+    class Residual(nn.Module):  # y = a(F(x) + S(x)), S the identity when there is no shortcut
+        def __init__(self, body, shortcut, activation):
+            super().__init__()
+            self.body, self.shortcut, self.activation = body, shortcut, activation
+
+        def forward(self, x):
+            return self.activation(self.body(x) + self.shortcut(x))
+
+    class Concat(nn.Module):
+        def __init__(self, branches):
+            super().__init__()
+            self.branches = nn.ModuleList(branches)
+
+        def forward(self, x):
+            return torch.cat([b(x) for b in self.branches], dim=1)
+
+    def out_shape(m, shape):
+        with torch.no_grad():
+            return tuple(m.eval()(torch.zeros((2,) + shape)).shape[1:])
+
     layers = []
-    for spec in cfg["model"]["layers"]:
+    for spec in specs:
         t = spec["type"]
         if t == "conv2d":
             m = nn.Conv2d(shape[0], spec["out_channels"], spec["kernel_size"], stride=spec.get("stride", 1),
-                          padding=spec.get("padding", 0), dilation=spec.get("dilation", 1), bias=spec.get("bias", True))
+                          padding=spec.get("padding", 0), dilation=spec.get("dilation", 1),
+                          groups=spec.get("groups", 1), bias=spec.get("bias", True))
         elif t == "batchnorm2d":
             m = nn.BatchNorm2d(shape[0], eps=spec.get("eps", 1e-5), momentum=spec.get("momentum", 0.1))
         elif t == "batchnorm1d":
@@ -137,12 +160,24 @@ def torch_model(cfg, shape):
             m = nn.Dropout(spec.get("p", 0.5))
         elif t == "dense":
             m = nn.Linear(int(np.prod(shape)), spec["out_features"], bias=spec.get("bias", True))
+        elif t == "residual":
+            body, _ = torch_layers(spec["layers"], shape)
+            short = nn.Identity() if not spec.get("shortcut") else torch_layers(spec["shortcut"], shape)[0]
+            act = spec.get("activation")
+            if act not in (None, "relu"):
+                sys.exit(f"bench_train.py: no PyTorch equivalent for residual activation {act!r}")
+            m = Residual(body, short, nn.ReLU() if act == "relu" else nn.Identity())
+        elif t == "concat":
+            m = Concat([torch_layers(b, shape)[0] if b else nn.Identity() for b in spec["branches"]])
         else:
             sys.exit(f"bench_train.py: no PyTorch equivalent for layer type {t!r}")
         layers.append(m)
-        with torch.no_grad():
-            shape = tuple(m.eval()(torch.zeros((2,) + shape)).shape[1:])
-    return nn.Sequential(*layers)
+        shape = out_shape(m, shape)
+    return nn.Sequential(*layers), shape
+
+
+def torch_model(cfg, shape):
+    return torch_layers(cfg["model"]["layers"], shape)[0]
 
 
 def torch_epoch(cfg, X, y, threads):

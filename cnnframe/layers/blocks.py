@@ -21,6 +21,7 @@ import numpy as np
 
 from cnnframe.layers._util import check_grad, check_input, check_per_sample, make_rng
 from cnnframe.layers.base import Layer, as_dtype
+from cnnframe.layers.fusion import fusion_plan
 from cnnframe.layers.spec import build_layer, join_key, prefixed
 from cnnframe.registry import LAYERS, register_layer
 from cnnframe.seeds import seed_for_path
@@ -132,6 +133,7 @@ class Block(Layer):
         self._paths = []
         self._extra = OrderedDict()
         self._y_shape = None
+        self._plans = {}  # path name → fusion plan of its last forward
 
     # -- children ------------------------------------------------------------------------------
     def named_children(self):
@@ -265,29 +267,35 @@ class Block(Layer):
         return "[" + ", ".join(repr(c) for c in layers) + "]"
 
     # -- computation helpers -------------------------------------------------------------------
-    @staticmethod
-    def _forward_path(layers, x):
-        for layer in layers:
-            x = layer.forward(x)
+    def _forward_path(self, path_name, layers, x):
+        """One child list's output; runs a list's layers may do as one pass (BatchNorm then ReLU, say) run
+        fused, as in ``Sequential`` (``layers/fusion.py``), and the plan is kept for the backward pass."""
+        plan = self._plans[path_name] = fusion_plan(layers)
+        for i, k in plan:
+            x = layers[i].forward_fused(x, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].forward(x)
         return x
 
     def _backward_path(self, path_name, layers, g, need_input_grad):
         """dL/d(input) of one child list, children in reverse; with ``need_input_grad=False`` the first child
         is asked to skip its input gradient (if it can) and None is returned."""
-        for i in range(len(layers) - 1, -1, -1):
+        plan = self._plans.get(path_name)
+        if plan is None or sum(1 + k for _, k in plan) != len(layers):
+            plan = fusion_plan(layers)
+        for i, k in reversed(plan):
             layer = layers[i]
+            run = (lambda g: layer.backward_fused(g, tuple(layers[i + 1:i + 1 + k]))) if k else layer.backward
             if i == 0 and not need_input_grad:
                 skip = hasattr(layer, "need_input_grad")
                 old = layer.need_input_grad if skip else None
                 if skip:
                     layer.need_input_grad = False
                 try:
-                    layer.backward(g)
+                    run(g)
                 finally:
                     if skip:
                         layer.need_input_grad = old
                 return None
-            g = layer.backward(g)
+            g = run(g)
             if g is None:
                 raise RuntimeError(
                     f"{type(self).__name__}: {path_name}[{i}] ({type(layer).__name__}) returned no input gradient, "
@@ -364,8 +372,8 @@ class Residual(Block):
     def forward(self, x):
         x = check_input(self, x, min_ndim=2, layout="(N, ...)")
         self._ensure_built(x)
-        f = self._forward_path(self.layers, x)
-        s = x if self.shortcut is None else self._forward_path(self.shortcut, x)
+        f = self._forward_path("layers", self.layers, x)
+        s = x if self.shortcut is None else self._forward_path("shortcut", self.shortcut, x)
         if f.shape != s.shape:
             short = "the identity shortcut" if self.shortcut is None else "the shortcut"
             raise ValueError(f"Residual: the body (layers) returned {f.shape} but {short} {s.shape}; "
@@ -445,7 +453,7 @@ class Concat(Block):
     def forward(self, x):
         x = check_input(self, x, ndim=4, layout="(N, C, H, W)")
         self._ensure_built(x)
-        outs = [self._forward_path(b, x) for b in self.branches]
+        outs = [self._forward_path(f"branches[{i}]", b, x) for i, b in enumerate(self.branches)]
         if any(o.shape[2:] != outs[0].shape[2:] for o in outs):
             raise ValueError(f"Concat: branch outputs {[o.shape for o in outs]} differ in height or width")
         bounds = np.cumsum([0] + [o.shape[1] for o in outs])
