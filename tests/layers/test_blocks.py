@@ -514,3 +514,35 @@ def test_a_layer_object_may_appear_once_at_any_depth():
     with pytest.raises(ValueError,
                        match=r"Concat: branches\.1\.0\.layers\.0 is the same layer object as branches\.0\.0"):
         L.Concat([[conv], [L.Residual([conv])]])
+
+
+def test_child_lists_fuse_batchnorm_relu_like_sequential(monkeypatch):
+    """A block runs BatchNorm → ReLU (→ max pooling) in its child lists as one pass each way, with the
+    results of running them one by one."""
+    def make():
+        return L.Residual(layers=[{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+                                  {"type": "batchnorm2d"}, {"type": "relu"},
+                                  {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+                                  {"type": "batchnorm2d"}],
+                          shortcut=[{"type": "batchnorm2d"}, {"type": "relu"}], activation="relu",
+                          dtype="float64")
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4, 6, 6))
+    g = rng.standard_normal((5, 4, 6, 6))
+    calls = []
+    fused_forward = L.BatchNorm2D.forward_fused
+    monkeypatch.setattr(L.BatchNorm2D, "forward_fused", lambda self, *a: calls.append(1) or fused_forward(self, *a))
+    fused = make()
+    fused.reset_parameters(np.random.default_rng(0))
+    y = fused.forward(x)
+    dx = fused.backward(g)
+    assert len(calls) == 2  # the body's first BatchNorm and the shortcut's
+
+    monkeypatch.setattr(L.BatchNorm2D, "fuses", lambda self, following: 0)
+    plain = make()
+    plain.reset_parameters(np.random.default_rng(0))
+    assert np.array_equal(plain.forward(x), y)
+    assert np.array_equal(plain.backward(g), dx)
+    for (name, p), q in zip(fused.parameters().items(), plain.parameters().values()):
+        assert np.array_equal(p.grad, q.grad), name
