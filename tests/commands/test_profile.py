@@ -38,6 +38,18 @@ def test_table_has_a_row_per_layer_and_shares_sum_to_100(tmp_path, capsys):
         assert re.search(rf"^\s+{stage}\s", out, re.M)
 
 
+def test_blocks_are_broken_down(tmp_path, capsys):
+    text = CONFIG.replace("    - {type: conv2d, out_channels: 4, kernel_size: 3}\n",
+                          "    - {type: conv2d, out_channels: 4, kernel_size: 3}\n"
+                          "    - {type: residual, layers: [{type: conv2d, out_channels: 4, kernel_size: 3, padding: 1}],"
+                          " activation: relu}\n")
+    assert main(["profile", write(tmp_path, text), "--batches", "1", "--warmup", "0", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^1  Residual\s", out, re.M)
+    assert re.search(r"^\s+1\.layers\.0  Conv2D\s+\(4, 4, 4\)", out, re.M)
+    assert re.search(r"^\s+1\.activation  ReLU\s", out, re.M)
+
+
 def test_bad_config_and_options_exit_2(tmp_path, capsys):
     assert main(["profile", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
