@@ -8,13 +8,13 @@
 
 #include "lanes.h"
 
-#define CNNFRAME_DEFINE_NORM(S, T)                                                              \
+#define CNNFRAME_DEFINE_NORM(S, T, FN)                                                            \
 /* y = γ·x̂ + β */                                                                              \
-static inline void cnnframe_bn_apply_##S(const T *x, ptrdiff_t n, T mean, T inv, T gamma, T beta, T *y) { \
+FN void cnnframe_bn_apply_##S(const T *x, ptrdiff_t n, T mean, T inv, T gamma, T beta, T *y) { \
     for (ptrdiff_t i = 0; i < n; ++i) y[i] = ((x[i] - mean) * inv) * gamma + beta;              \
 }                                                                                               \
 /* y = max(γ·x̂ + β, 0), a NaN kept: BatchNorm then ReLU in one pass (activation.h's rule) */     \
-static inline void cnnframe_bn_apply_relu_##S(const T *x, ptrdiff_t n, T mean, T inv, T gamma, T beta, \
+FN void cnnframe_bn_apply_relu_##S(const T *x, ptrdiff_t n, T mean, T inv, T gamma, T beta, \
                                              T *y) {                                            \
     for (ptrdiff_t i = 0; i < n; ++i) {                                                         \
         T v = ((x[i] - mean) * inv) * gamma + beta;                                             \
@@ -22,7 +22,7 @@ static inline void cnnframe_bn_apply_relu_##S(const T *x, ptrdiff_t n, T mean, T
     }                                                                                           \
 }                                                                                               \
 /* training: dx = k·((g − mean(g)) − x̂·mean(g·x̂)),  k = γ·inv */                              \
-static inline void cnnframe_bn_dx_##S(const T *g, const T *x, ptrdiff_t n, T mean, T inv, T k,         \
+FN void cnnframe_bn_dx_##S(const T *g, const T *x, ptrdiff_t n, T mean, T inv, T k,         \
                                T mean_g, T mean_gx, T *dx) {                                    \
     for (ptrdiff_t i = 0; i < n; ++i) {                                                         \
         T xh = (x[i] - mean) * inv;                                                             \
@@ -30,17 +30,41 @@ static inline void cnnframe_bn_dx_##S(const T *g, const T *x, ptrdiff_t n, T mea
     }                                                                                           \
 }                                                                                               \
 /* evaluation (fixed statistics): dx = k·g */                                                   \
-static inline void cnnframe_bn_dx_eval_##S(const T *g, ptrdiff_t n, T k, T *dx) {                      \
+FN void cnnframe_bn_dx_eval_##S(const T *g, ptrdiff_t n, T k, T *dx) {                      \
     for (ptrdiff_t i = 0; i < n; ++i) dx[i] = k * g[i];                                         \
 }
 
-CNNFRAME_DEFINE_NORM(f, float)
-CNNFRAME_DEFINE_NORM(d, double)
+/* Element by element, so the compiler vectorises these loops at any width with the same bits: once
+   for the build's target (SSE2 on x86-64) and once for AVX2. */
+CNNFRAME_DEFINE_NORM(f_base, float, static inline)
+CNNFRAME_DEFINE_NORM(d_base, double, static inline)
+#ifdef CNNFRAME_HAVE_AVX2
+CNNFRAME_DEFINE_NORM(f_avx2, float, CNNFRAME_AVX2_FN)
+CNNFRAME_DEFINE_NORM(d_avx2, double, CNNFRAME_AVX2_FN)
+#endif
+
+#define CNNFRAME_NORM_ENTRIES(S, T)                                                                       \
+static inline void cnnframe_bn_apply_##S(const T *x, ptrdiff_t n, T mean, T inv, T gamma, T beta, T *y) {  \
+    CNNFRAME_AVX2_OR_BASE(cnnframe_bn_apply_##S, x, n, mean, inv, gamma, beta, y);                       \
+}                                                                                                         \
+static inline void cnnframe_bn_apply_relu_##S(const T *x, ptrdiff_t n, T mean, T inv, T gamma, T beta,    \
+                                              T *y) {                                                     \
+    CNNFRAME_AVX2_OR_BASE(cnnframe_bn_apply_relu_##S, x, n, mean, inv, gamma, beta, y);                  \
+}                                                                                                         \
+static inline void cnnframe_bn_dx_##S(const T *g, const T *x, ptrdiff_t n, T mean, T inv, T k, T mean_g,  \
+                                      T mean_gx, T *dx) {                                                 \
+    CNNFRAME_AVX2_OR_BASE(cnnframe_bn_dx_##S, g, x, n, mean, inv, k, mean_g, mean_gx, dx);               \
+}                                                                                                         \
+static inline void cnnframe_bn_dx_eval_##S(const T *g, ptrdiff_t n, T k, T *dx) {                         \
+    CNNFRAME_AVX2_OR_BASE(cnnframe_bn_dx_eval_##S, g, n, k, dx);                                         \
+}
+CNNFRAME_NORM_ENTRIES(f, float)
+CNNFRAME_NORM_ENTRIES(d, double)
 
 /* ReLU's backward in front of BatchNorm's, fused with BatchNorm's sums: out = G·[γ·x̂ + β > 0] (the
    forward output recomputed from x exactly as the forward pass formed it, so the mask is the ReLU's
    own), ag += out, agx += out·x̂ -- lanes and chunks as cnnframe_lanes_dots_* (lanes.h). */
-static inline void cnnframe_relu_dots_f(const float *g, const float *x, ptrdiff_t n, float mean, float inv,
+static inline void cnnframe_relu_dots_f_base(const float *g, const float *x, ptrdiff_t n, float mean, float inv,
                                         float gamma, float beta, float *out, cnnframe_acc *ag, cnnframe_acc *agx) {
     for (ptrdiff_t i = 0; i < n;) {
         ptrdiff_t start = i, end = cnnframe_chunk_end(i, n);
@@ -84,7 +108,7 @@ static inline void cnnframe_relu_dots_f(const float *g, const float *x, ptrdiff_
     }
 }
 
-static inline void cnnframe_relu_dots_d(const double *g, const double *x, ptrdiff_t n, double mean, double inv,
+static inline void cnnframe_relu_dots_d_base(const double *g, const double *x, ptrdiff_t n, double mean, double inv,
                                         double gamma, double beta, double *out, cnnframe_acc *ag, cnnframe_acc *agx) {
     double *da = ag->d, *db = agx->d;
     ptrdiff_t i = 0;
@@ -126,6 +150,79 @@ static inline void cnnframe_relu_dots_d(const double *g, const double *x, ptrdif
         da[l] += ge;
         db[l] += ge * h;
     }
+}
+
+#ifdef CNNFRAME_HAVE_AVX2
+/* The AVX2 forms: one register of 8 float lanes, or two of 4 double lanes. */
+CNNFRAME_AVX2_FN void cnnframe_relu_dots_f_avx2(const float *g, const float *x, ptrdiff_t n, float mean, float inv,
+                                                float gamma, float beta, float *out, cnnframe_acc *ag,
+                                                cnnframe_acc *agx) {
+    const __m256 vm = _mm256_set1_ps(mean), vi = _mm256_set1_ps(inv), vg = _mm256_set1_ps(gamma);
+    const __m256 vb = _mm256_set1_ps(beta), zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    for (ptrdiff_t i = 0; i < n;) {
+        ptrdiff_t start = i, end = cnnframe_chunk_end(i, n);
+        __m256 sa = _mm256_loadu_ps(ag->f), sb = _mm256_loadu_ps(agx->f);
+        for (; i + 8 <= end; i += 8) {
+            __m256 h = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), vi);
+            __m256 v = _mm256_add_ps(_mm256_mul_ps(h, vg), vb);
+            __m256 ge = _mm256_mul_ps(_mm256_loadu_ps(g + i), _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), one));
+            _mm256_storeu_ps(out + i, ge);
+            sa = _mm256_add_ps(sa, ge);
+            sb = _mm256_add_ps(sb, _mm256_mul_ps(ge, h));
+        }
+        _mm256_storeu_ps(ag->f, sa);
+        _mm256_storeu_ps(agx->f, sb);
+        for (int l = 0; i < end; ++i, ++l) {
+            float h = (x[i] - mean) * inv, v = h * gamma + beta;
+            float ge = g[i] * (float)(v > 0);
+            out[i] = ge;
+            ag->f[l] += ge;
+            agx->f[l] += ge * h;
+        }
+        cnnframe_acc_chunk(ag, end - start);
+        cnnframe_acc_chunk(agx, end - start);
+    }
+}
+
+CNNFRAME_AVX2_FN void cnnframe_relu_dots_d_avx2(const double *g, const double *x, ptrdiff_t n, double mean,
+                                                double inv, double gamma, double beta, double *out,
+                                                cnnframe_acc *ag, cnnframe_acc *agx) {
+    const __m256d vm = _mm256_set1_pd(mean), vi = _mm256_set1_pd(inv), vg = _mm256_set1_pd(gamma);
+    const __m256d vb = _mm256_set1_pd(beta), zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
+    __m256d sa[2] = {_mm256_loadu_pd(ag->d), _mm256_loadu_pd(ag->d + 4)};
+    __m256d sb[2] = {_mm256_loadu_pd(agx->d), _mm256_loadu_pd(agx->d + 4)};
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 2; ++k) {
+            __m256d h = _mm256_mul_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i + 4 * k), vm), vi);
+            __m256d v = _mm256_add_pd(_mm256_mul_pd(h, vg), vb);
+            __m256d ge = _mm256_mul_pd(_mm256_loadu_pd(g + i + 4 * k),
+                                       _mm256_and_pd(_mm256_cmp_pd(v, zero, _CMP_GT_OQ), one));
+            _mm256_storeu_pd(out + i + 4 * k, ge);
+            sa[k] = _mm256_add_pd(sa[k], ge);
+            sb[k] = _mm256_add_pd(sb[k], _mm256_mul_pd(ge, h));
+        }
+    for (int k = 0; k < 2; ++k) {
+        _mm256_storeu_pd(ag->d + 4 * k, sa[k]);
+        _mm256_storeu_pd(agx->d + 4 * k, sb[k]);
+    }
+    for (int l = 0; i < n; ++i, ++l) {
+        double h = (x[i] - mean) * inv, v = h * gamma + beta;
+        double ge = g[i] * (double)(v > 0);
+        out[i] = ge;
+        ag->d[l] += ge;
+        agx->d[l] += ge * h;
+    }
+}
+#endif
+
+static inline void cnnframe_relu_dots_f(const float *g, const float *x, ptrdiff_t n, float mean, float inv,
+                                        float gamma, float beta, float *out, cnnframe_acc *ag, cnnframe_acc *agx) {
+    CNNFRAME_AVX2_OR_BASE(cnnframe_relu_dots_f, g, x, n, mean, inv, gamma, beta, out, ag, agx);
+}
+static inline void cnnframe_relu_dots_d(const double *g, const double *x, ptrdiff_t n, double mean, double inv,
+                                        double gamma, double beta, double *out, cnnframe_acc *ag, cnnframe_acc *agx) {
+    CNNFRAME_AVX2_OR_BASE(cnnframe_relu_dots_d, g, x, n, mean, inv, gamma, beta, out, ag, agx);
 }
 
 #endif

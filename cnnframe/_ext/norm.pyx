@@ -55,6 +55,28 @@ cdef extern from "norm.h" nogil:
     void cnnframe_bn_dx_eval_d(const double* g, Py_ssize_t n, double k, double* dx) noexcept
 
 
+cdef extern from "lanes.h" nogil:
+    int cnnframe_avx2
+    int cnnframe_cpu_avx2() noexcept
+
+# The AVX2 forms of the loops (same bits as SSE2 / plain C) run where the CPU has AVX2.
+cnnframe_avx2 = cnnframe_cpu_avx2()
+
+
+def avx2_available():
+    """True when the CPU runs the AVX2 forms of the loops."""
+    return bool(cnnframe_cpu_avx2())
+
+
+def _use_avx2(bint on):
+    """Switch the AVX2 forms on (where the CPU has them) or off; tests compare both paths.  Returns the
+    previous setting."""
+    global cnnframe_avx2
+    old = cnnframe_avx2
+    cnnframe_avx2 = on and cnnframe_cpu_avx2()
+    return bool(old)
+
+
 cdef inline void sum_run(const floating* x, Py_ssize_t n, cnnframe_acc* acc) noexcept nogil:
     if floating is float:
         cnnframe_lanes_sum_f(x, n, acc)

@@ -5,6 +5,7 @@ import pytest
 
 import cnnframe
 from cnnframe import ops
+from cnnframe._ext import norm as norm_ext
 from cnnframe.ops import _reference as ref
 
 SHAPES = [(1, 3, 2, 5), (4, 2, 3, 3), (2, 5, 1, 1), (3, 4, 7), (6, 3), (2, 1, 33, 17), (1, 2, 300)]
@@ -205,3 +206,71 @@ def test_float32_statistics_of_many_short_runs():
     _, mean, var, _ = ops.batch_norm_forward(x, np.ones(3, np.float32), np.zeros(3, np.float32), 1e-5)
     np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=0), rtol=1e-7)
     np.testing.assert_allclose(var, x.astype(np.float64).var(axis=0), rtol=1e-4)
+
+
+# -- The AVX2 forms of the loops give the bits of the SSE2 / plain-C forms ------------------------------------
+@pytest.fixture
+def both_paths():
+    """Runs a callable once with the AVX2 loops off and once on; returns both results."""
+    if not norm_ext.avx2_available():
+        pytest.skip("this CPU has no AVX2: only the SSE2 / plain-C loops exist here")
+
+    def run(f):
+        old = norm_ext._use_avx2(False)
+        try:
+            base = f()
+            norm_ext._use_avx2(True)
+            return base, f()
+        finally:
+            norm_ext._use_avx2(old)
+    return run
+
+
+def assert_same_bits(a, b):
+    for u, v in zip(a, b):
+        u, v = np.asarray(u), np.asarray(v)
+        assert u.dtype == v.dtype and u.shape == v.shape
+        assert np.array_equal(u.view(f"u{u.itemsize}"), v.view(f"u{v.itemsize}"))
+
+
+def awkward(shape, dtype, seed):
+    """Ties (the first image rounded; the others not, so the sums round), a NaN, -0.0, and a first channel
+    with γ = β = 0 (γ·x̂ + β is 0 there, which the ReLU zeroes); the gradient as ``case`` gives it."""
+    x, g, gamma, beta = case(shape, dtype, seed)
+    gamma[0] = beta[0] = 0
+    x[0] = np.round(x[0] * 4) / 4
+    flat = x.reshape(-1)
+    flat[::97] = np.nan if flat.size > 50 else flat[::97]
+    flat[5::89] = -0.0
+    return x, g, gamma, beta
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("run", [1, 7, 8, 9, 31, 33, 1000])
+def test_avx2_loops_give_the_bits_of_the_sse2_loops(both_paths, run, dtype):
+    x, g, gamma, beta = awkward((3, 3, run), dtype, run)
+    clean = np.nan_to_num(x)  # statistics free of the NaN, so the sums are compared too
+    for relu in (False, True):
+        for data in (x, clean):
+            out = both_paths(lambda: ops.batch_norm_forward(data, gamma, beta, 1e-5, relu=relu))
+            assert_same_bits(*out)
+            mean, inv = out[0][1], out[0][3]
+            for training in (True, False):
+                assert_same_bits(*both_paths(lambda: ops.batch_norm_backward(g, data, mean, inv, gamma, beta,
+                                                                             training, relu=relu)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("wo", [1, 7, 8, 9, 31, 33])
+def test_avx2_relu_maxpool_gives_the_bits_of_the_sse2_path(both_paths, wo, dtype):
+    x, _, gamma, beta = awkward((2, 3, 6, 2 * wo + 1), dtype, wo)  # an odd width: the last column is dropped
+    x[0, 0, :2, :4] = -50  # windows the ReLU zeroes: ties at 0
+    clean = np.nan_to_num(x)
+    for data in (x, clean):
+        (y, arg, mean, var, inv), other = both_paths(lambda: ops.batch_norm_relu_maxpool_forward(data, gamma, beta,
+                                                                                                 1e-5, 2))
+        assert_same_bits((y, arg, mean, var, inv), other)
+        gy = np.random.default_rng(wo).standard_normal(y.shape).astype(dtype)
+        for training in (True, False):
+            assert_same_bits(*both_paths(lambda: ops.batch_norm_relu_maxpool_backward(gy, arg, data, mean, inv, gamma,
+                                                                                       beta, 2, training)))
