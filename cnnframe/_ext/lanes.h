@@ -10,8 +10,8 @@
    double lanes.  cnnframe_acc_total() adds the lanes in one fixed tree.
 
    The order of every addition therefore depends only on the run lengths -- never on the thread
-   count -- and the SSE2 code (every x86-64 CPU) does exactly the operations of the plain C code that
-   other CPUs run, lane by lane, so both give the same bits. */
+   count -- and the SSE2 code (every x86-64 CPU) and the AVX2 code below do exactly the operations of
+   the plain C code that other CPUs run, lane by lane, so all give the same bits. */
 #ifndef CNNFRAME_LANES_H
 #define CNNFRAME_LANES_H
 

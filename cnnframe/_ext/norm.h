@@ -225,4 +225,159 @@ static inline void cnnframe_relu_dots_d(const double *g, const double *x, ptrdif
     CNNFRAME_AVX2_OR_BASE(cnnframe_relu_dots_d, g, x, n, mean, inv, gamma, beta, out, ag, agx);
 }
 
+/* ---- whole channels: N runs of L elements, stride apart ----------------------------------------------
+
+   A float32 sum is a chain of dependent additions per lane, so the loops above wait on the adder's
+   latency.  When every flush of the float lanes (lanes.h) falls at the end of a 256-element segment
+   -- L a multiple of 8 that divides 256 or that 256 divides, and nothing pending -- the segments
+   are independent sums from +0, each added to the double lanes in turn: the AVX2 forms then run
+   four segments at once (four chains) and add them to the double lanes in order, which is exactly
+   what the run-by-run loops do.  They return how many of the channel's elements (in order) they
+   took; the run-by-run loops take the rest. */
+static inline int cnnframe_segmented(ptrdiff_t L, const cnnframe_acc *a) {
+    return L % CNNFRAME_LANES == 0 && (L % CNNFRAME_BLOCK == 0 || CNNFRAME_BLOCK % L == 0) && a->pending == 0;
+}
+
+/* The rest of a channel from element e (in run order), run by run: BODY sees off and len. */
+#define CNNFRAME_REST(e, N, stride, L, BODY)                                                      \
+    for (ptrdiff_t n = (e) / (L), o = (e) % (L); n < (N); ++n, o = 0) {                           \
+        const ptrdiff_t off = n * (stride) + o, len = (L) - o;                                    \
+        BODY                                                                                      \
+    }
+
+#ifdef CNNFRAME_HAVE_AVX2
+/* Segments s..s+3 of a channel: pieces of P = min(L, 256) elements, R = 256 / P to a segment.
+   BODY runs for k = 0..3 at each group of 8 (element offset off), in each segment's order. */
+#define CNNFRAME_FOUR_SEGMENTS(s, BODY)                                                            \
+    for (ptrdiff_t t = 0; t < R; ++t) {                                                            \
+        ptrdiff_t at[4];                                                                           \
+        for (int k = 0; k < 4; ++k) {                                                              \
+            const ptrdiff_t e = (((s) + k) * R + t) * P;                                           \
+            at[k] = e / L * stride + e % L;                                                        \
+        }                                                                                          \
+        for (ptrdiff_t j = 0; j < P; j += 8)                                                       \
+            for (int k = 0; k < 4; ++k) {                                                          \
+                const ptrdiff_t off = at[k] + j;                                                   \
+                BODY                                                                               \
+            }                                                                                      \
+    }
+#define CNNFRAME_SEGMENT_SETUP(acc)                                                                \
+    if (!cnnframe_segmented(L, acc)) return 0;                                                     \
+    const ptrdiff_t P = L < CNNFRAME_BLOCK ? L : CNNFRAME_BLOCK, R = CNNFRAME_BLOCK / P;           \
+    const ptrdiff_t nseg = N * (L / P) / R;                                                        \
+    ptrdiff_t s = 0;
+
+/* d[l] += (double)v[l]: one segment's float lanes flushed. */
+CNNFRAME_AVX2_FN void cnnframe_flush8(cnnframe_acc *a, __m256 v) {
+    float f[8];
+    _mm256_storeu_ps(f, v);
+    for (int l = 0; l < CNNFRAME_LANES; ++l) a->d[l] += (double)f[l];
+}
+
+CNNFRAME_AVX2_FN ptrdiff_t cnnframe_seg_sum_f(const float *x, ptrdiff_t N, ptrdiff_t stride, ptrdiff_t L,
+                                             cnnframe_acc *a) {
+    CNNFRAME_SEGMENT_SETUP(a)
+    for (; s + 4 <= nseg; s += 4) {
+        __m256 v[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        CNNFRAME_FOUR_SEGMENTS(s, v[k] = _mm256_add_ps(v[k], _mm256_loadu_ps(x + off));)
+        for (int k = 0; k < 4; ++k) cnnframe_flush8(a, v[k]);
+    }
+    return s * CNNFRAME_BLOCK;
+}
+
+CNNFRAME_AVX2_FN ptrdiff_t cnnframe_seg_sqdev_f(const float *x, ptrdiff_t N, ptrdiff_t stride, ptrdiff_t L,
+                                               float c, cnnframe_acc *a) {
+    const __m256 vc = _mm256_set1_ps(c);
+    CNNFRAME_SEGMENT_SETUP(a)
+    for (; s + 4 <= nseg; s += 4) {
+        __m256 v[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        CNNFRAME_FOUR_SEGMENTS(s, {
+            const __m256 u = _mm256_sub_ps(_mm256_loadu_ps(x + off), vc);
+            v[k] = _mm256_add_ps(v[k], _mm256_mul_ps(u, u));
+        })
+        for (int k = 0; k < 4; ++k) cnnframe_flush8(a, v[k]);
+    }
+    return s * CNNFRAME_BLOCK;
+}
+
+/* ag += G, agx += G·x̂; with relu, G = g·[γ·x̂ + β > 0] is also written to out (as cnnframe_relu_dots_f). */
+CNNFRAME_AVX2_FN ptrdiff_t cnnframe_seg_dots_f(const float *g, const float *x, ptrdiff_t N, ptrdiff_t stride,
+                                              ptrdiff_t L, float mean, float inv, int relu, float gamma, float beta,
+                                              float *out, cnnframe_acc *ag, cnnframe_acc *agx) {
+    const __m256 vm = _mm256_set1_ps(mean), vi = _mm256_set1_ps(inv), vg = _mm256_set1_ps(gamma);
+    const __m256 vb = _mm256_set1_ps(beta), zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    if (!cnnframe_segmented(L, agx)) return 0;
+    CNNFRAME_SEGMENT_SETUP(ag)
+    for (; s + 4 <= nseg; s += 4) {
+        __m256 va[4] = {zero, zero, zero, zero}, vx[4] = {zero, zero, zero, zero};
+        if (relu) {
+            CNNFRAME_FOUR_SEGMENTS(s, {
+                const __m256 h = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + off), vm), vi);
+                const __m256 y = _mm256_add_ps(_mm256_mul_ps(h, vg), vb);
+                const __m256 ge = _mm256_mul_ps(_mm256_loadu_ps(g + off),
+                                                _mm256_and_ps(_mm256_cmp_ps(y, zero, _CMP_GT_OQ), one));
+                _mm256_storeu_ps(out + off, ge);
+                va[k] = _mm256_add_ps(va[k], ge);
+                vx[k] = _mm256_add_ps(vx[k], _mm256_mul_ps(ge, h));
+            })
+        } else {
+            CNNFRAME_FOUR_SEGMENTS(s, {
+                const __m256 gv = _mm256_loadu_ps(g + off);
+                const __m256 h = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + off), vm), vi);
+                va[k] = _mm256_add_ps(va[k], gv);
+                vx[k] = _mm256_add_ps(vx[k], _mm256_mul_ps(gv, h));
+            })
+        }
+        for (int k = 0; k < 4; ++k) {
+            cnnframe_flush8(ag, va[k]);
+            cnnframe_flush8(agx, vx[k]);
+        }
+    }
+    return s * CNNFRAME_BLOCK;
+}
+#define CNNFRAME_SEG(CALL) (cnnframe_avx2 ? CALL : 0)
+#else
+#define CNNFRAME_SEG(CALL) 0
+#endif
+
+/* The channel-level entry points (norm.pyx): segments four at a time where they apply, then run by run. */
+static inline void cnnframe_channel_sum_f(const float *x, ptrdiff_t N, ptrdiff_t stride, ptrdiff_t L,
+                                          cnnframe_acc *a) {
+    const ptrdiff_t e = CNNFRAME_SEG(cnnframe_seg_sum_f(x, N, stride, L, a));
+    CNNFRAME_REST(e, N, stride, L, cnnframe_lanes_sum_f(x + off, len, a);)
+}
+static inline void cnnframe_channel_sqdev_f(const float *x, ptrdiff_t N, ptrdiff_t stride, ptrdiff_t L, float c,
+                                            cnnframe_acc *a) {
+    const ptrdiff_t e = CNNFRAME_SEG(cnnframe_seg_sqdev_f(x, N, stride, L, c, a));
+    CNNFRAME_REST(e, N, stride, L, cnnframe_lanes_sqdev_f(x + off, len, c, a);)
+}
+/* ag += G, agx += G·x̂ over a channel; with relu, G = g·[γ·x̂ + β > 0] is written to out (g and out
+   share the stride and may be the same array). */
+static inline void cnnframe_channel_dots_f(const float *g, const float *x, ptrdiff_t N, ptrdiff_t stride,
+                                           ptrdiff_t L, float mean, float inv, int relu, float gamma, float beta,
+                                           float *out, cnnframe_acc *ag, cnnframe_acc *agx) {
+    const ptrdiff_t e = CNNFRAME_SEG(cnnframe_seg_dots_f(g, x, N, stride, L, mean, inv, relu, gamma, beta, out,
+                                                         ag, agx));
+    CNNFRAME_REST(e, N, stride, L, {
+        if (relu) cnnframe_relu_dots_f(g + off, x + off, len, mean, inv, gamma, beta, out + off, ag, agx);
+        else cnnframe_lanes_dots_f(g + off, x + off, len, mean, inv, ag, agx);
+    })
+}
+static inline void cnnframe_channel_sum_d(const double *x, ptrdiff_t N, ptrdiff_t stride, ptrdiff_t L,
+                                          cnnframe_acc *a) {
+    CNNFRAME_REST(0, N, stride, L, cnnframe_lanes_sum_d(x + off, len, a);)
+}
+static inline void cnnframe_channel_sqdev_d(const double *x, ptrdiff_t N, ptrdiff_t stride, ptrdiff_t L, double c,
+                                            cnnframe_acc *a) {
+    CNNFRAME_REST(0, N, stride, L, cnnframe_lanes_sqdev_d(x + off, len, c, a);)
+}
+static inline void cnnframe_channel_dots_d(const double *g, const double *x, ptrdiff_t N, ptrdiff_t stride,
+                                           ptrdiff_t L, double mean, double inv, int relu, double gamma, double beta,
+                                           double *out, cnnframe_acc *ag, cnnframe_acc *agx) {
+    CNNFRAME_REST(0, N, stride, L, {
+        if (relu) cnnframe_relu_dots_d(g + off, x + off, len, mean, inv, gamma, beta, out + off, ag, agx);
+        else cnnframe_lanes_dots_d(g + off, x + off, len, mean, inv, ag, agx);
+    })
+}
+
 #endif

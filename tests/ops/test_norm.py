@@ -245,10 +245,15 @@ def awkward(shape, dtype, seed):
     return x, g, gamma, beta
 
 
+# (N, L): odd runs; then float32 channels whose 256-element segments the AVX2 loops sum four at a time
+# (runs of 64, 256, 768 and 1024; a last group of fewer than four segments; a rest that starts mid-run).
+RUNS = [(3, 1), (3, 7), (3, 8), (3, 9), (3, 31), (3, 33), (3, 1000), (19, 64), (9, 256), (2, 768), (5, 1024)]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("run", [1, 7, 8, 9, 31, 33, 1000])
-def test_avx2_loops_give_the_bits_of_the_sse2_loops(both_paths, run, dtype):
-    x, g, gamma, beta = awkward((3, 3, run), dtype, run)
+@pytest.mark.parametrize("n, run", RUNS)
+def test_avx2_loops_give_the_bits_of_the_sse2_loops(both_paths, n, run, dtype):
+    x, g, gamma, beta = awkward((n, 3, run), dtype, run)
     clean = np.nan_to_num(x)  # statistics free of the NaN, so the sums are compared too
     for relu in (False, True):
         for data in (x, clean):
@@ -261,9 +266,11 @@ def test_avx2_loops_give_the_bits_of_the_sse2_loops(both_paths, run, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("wo", [1, 7, 8, 9, 31, 33])
-def test_avx2_relu_maxpool_gives_the_bits_of_the_sse2_path(both_paths, wo, dtype):
-    x, _, gamma, beta = awkward((2, 3, 6, 2 * wo + 1), dtype, wo)  # an odd width: the last column is dropped
+@pytest.mark.parametrize("shape", [(2, 3, 6, 2 * wo + 1) for wo in (1, 7, 8, 9, 31, 33)]  # odd widths: the last
+                         + [(19, 2, 8, 8), (9, 2, 16, 16), (5, 2, 32, 32), (2, 2, 24, 32)])  # column is dropped
+def test_avx2_relu_maxpool_gives_the_bits_of_the_sse2_path(both_paths, shape, dtype):
+    wo = shape[3] // 2
+    x, _, gamma, beta = awkward(shape, dtype, wo)
     x[0, 0, :2, :4] = -50  # windows the ReLU zeroes: ties at 0
     clean = np.nan_to_num(x)
     for data in (x, clean):
