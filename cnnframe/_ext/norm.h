@@ -1,8 +1,10 @@
 /* The per-run loops of batch normalisation (norm.pyx walks a channel's runs, one per image).
 
    x̂ = (x − μ)·inv is always formed in the data type, in that order, by the forward and the backward
-   pass alike, so the backward pass sees exactly the x̂ the forward pass used.  Sums go through the
-   fixed lanes of lanes.h. */
+   pass alike, so the backward pass sees exactly the x̂ the forward pass used; and γ·x̂ + β is never
+   a fused multiply-add (setup.py builds this module with -ffp-contract=off, and the AVX2 code's target
+   has no "fma"), so the backward's ReLU mask is the forward's.  Sums go through the fixed lanes of
+   lanes.h. */
 #ifndef CNNFRAME_NORM_H
 #define CNNFRAME_NORM_H
 

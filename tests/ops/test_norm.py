@@ -77,6 +77,23 @@ def test_results_do_not_depend_on_the_thread_count(shape, dtype, relu):
             assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_backward_relu_mask_is_the_forward_one(dtype):
+    """γ·x̂ + β lands within rounding of 0 for many values (β = −γ·x̂ of 1, half the values near 1): the
+    backward pass must recompute exactly the forward's sign, or a fused multiply-add in one pass and
+    not the other would show as gradients where the output is 0, or none where it is not."""
+    rng = np.random.default_rng(2)
+    x = (1 + np.finfo(dtype).eps * rng.integers(-20, 21, (4, 2, 4099))).astype(dtype)  # 1 within 20 ulps
+    x[:, :, ::2] = rng.standard_normal((4, 2, 2050)).astype(dtype)
+    gamma = np.array([1.3, -0.7], dtype)
+    _, mean, _, inv = ops.batch_norm_forward(x, gamma, np.zeros(2, dtype), 1e-5)
+    beta = -gamma * ((dtype(1) - mean) * inv)
+    y, mean, _, inv = ops.batch_norm_forward(x, gamma, beta, 1e-5, relu=True)
+    dx, _, _ = ops.batch_norm_backward(np.ones_like(x), x, mean, inv, gamma, beta, training=False, relu=True)
+    assert 1000 < np.count_nonzero(y == 0) < x.size - 1000
+    assert np.array_equal(dx != 0, y > 0)  # evaluation: dx = γ·inv·G, G = [y > 0]
+
+
 def test_float32_statistics_keep_float32_precision_on_long_channels():
     """Sums run in double over lanes: a channel of 2^20 values near 1000 still gets its mean and variance."""
     rng = np.random.default_rng(0)
