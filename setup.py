@@ -82,15 +82,20 @@ class BuildExt(build_ext):
         # longer keeps a floating-point operation from running where the source would skip it, nor
         # sets errno.  No result changes.
         elementwise = [] if sys.platform == "win32" else ["-fno-trapping-math", "-fno-math-errno"]
+        # BatchNorm's backward recomputes γ·x̂ + β to find the ReLU's mask: no a*b + c may become a fused
+        # multiply-add in one pass and not the other, whatever -march a builder adds.
+        exact = [] if sys.platform == "win32" else ["-ffp-contract=off"]
         for ext in self.extensions:
-            extra = elementwise if ext.name.rsplit(".", 1)[-1] in ELEMENTWISE else []
+            name = ext.name.rsplit(".", 1)[-1]
+            extra = (elementwise if name in ELEMENTWISE else []) + (exact if name in NO_CONTRACTION else [])
             ext.extra_compile_args = opt + extra + cflags + list(ext.extra_compile_args or [])
             ext.extra_link_args = lflags + list(ext.extra_link_args or [])
         super().build_extensions()
 
 
-# Kernel modules built with -fno-trapping-math (see BuildExt).
+# Kernel modules built with -fno-trapping-math, and with -ffp-contract=off (see BuildExt).
 ELEMENTWISE = ("pool", "norm", "activation", "optim")
+NO_CONTRACTION = ("norm",)
 
 
 def _extensions():

@@ -10,17 +10,7 @@ from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
-from cnnframe._ext.lanes cimport (
-    cnnframe_acc,
-    cnnframe_acc_total,
-    cnnframe_acc_zero,
-    cnnframe_lanes_dots_d,
-    cnnframe_lanes_dots_f,
-    cnnframe_lanes_sqdev_d,
-    cnnframe_lanes_sqdev_f,
-    cnnframe_lanes_sum_d,
-    cnnframe_lanes_sum_f,
-)
+from cnnframe._ext.lanes cimport cnnframe_acc, cnnframe_acc_total, cnnframe_acc_zero
 from cnnframe._ext.pool cimport (
     cnnframe_max2x2_d,
     cnnframe_max2x2_f,
@@ -43,30 +33,75 @@ cdef extern from "norm.h" nogil:
                                   float* y) noexcept
     void cnnframe_bn_apply_relu_d(const double* x, Py_ssize_t n, double mean, double inv, double gamma,
                                   double beta, double* y) noexcept
-    void cnnframe_relu_dots_f(const float* g, const float* x, Py_ssize_t n, float mean, float inv, float gamma,
-                              float beta, float* out, cnnframe_acc* ag, cnnframe_acc* agx) noexcept
-    void cnnframe_relu_dots_d(const double* g, const double* x, Py_ssize_t n, double mean, double inv,
-                              double gamma, double beta, double* out, cnnframe_acc* ag, cnnframe_acc* agx) noexcept
     void cnnframe_bn_dx_f(const float* g, const float* x, Py_ssize_t n, float mean, float inv, float k,
                           float mean_g, float mean_gx, float* dx) noexcept
     void cnnframe_bn_dx_d(const double* g, const double* x, Py_ssize_t n, double mean, double inv, double k,
                           double mean_g, double mean_gx, double* dx) noexcept
+    void cnnframe_channel_sum_f(const float* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L,
+                                cnnframe_acc* a) noexcept
+    void cnnframe_channel_sum_d(const double* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L,
+                                cnnframe_acc* a) noexcept
+    void cnnframe_channel_sqdev_f(const float* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L, float c,
+                                  cnnframe_acc* a) noexcept
+    void cnnframe_channel_sqdev_d(const double* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L, double c,
+                                  cnnframe_acc* a) noexcept
+    void cnnframe_channel_dots_f(const float* g, const float* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L,
+                                 float mean, float inv, int relu, float gamma, float beta, float* out,
+                                 cnnframe_acc* ag, cnnframe_acc* agx) noexcept
+    void cnnframe_channel_dots_d(const double* g, const double* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L,
+                                 double mean, double inv, int relu, double gamma, double beta, double* out,
+                                 cnnframe_acc* ag, cnnframe_acc* agx) noexcept
     void cnnframe_bn_dx_eval_f(const float* g, Py_ssize_t n, float k, float* dx) noexcept
     void cnnframe_bn_dx_eval_d(const double* g, Py_ssize_t n, double k, double* dx) noexcept
 
 
-cdef inline void sum_run(const floating* x, Py_ssize_t n, cnnframe_acc* acc) noexcept nogil:
-    if floating is float:
-        cnnframe_lanes_sum_f(x, n, acc)
-    else:
-        cnnframe_lanes_sum_d(x, n, acc)
+cdef extern from "lanes.h" nogil:
+    int cnnframe_avx2
+    int cnnframe_cpu_avx2() noexcept
+
+# The AVX2 forms of the loops (same bits as SSE2 / plain C) run where the CPU has AVX2.
+cnnframe_avx2 = cnnframe_cpu_avx2()
 
 
-cdef inline void sqdev_run(const floating* x, Py_ssize_t n, floating c, cnnframe_acc* acc) noexcept nogil:
+def avx2_available():
+    """True when the CPU runs the AVX2 forms of the loops."""
+    return bool(cnnframe_cpu_avx2())
+
+
+def _use_avx2(bint on):
+    """Switch the AVX2 forms on (where the CPU has them) or off; tests compare both paths.  Returns the
+    previous setting."""
+    global cnnframe_avx2
+    old = cnnframe_avx2
+    cnnframe_avx2 = on and cnnframe_cpu_avx2()
+    return bool(old)
+
+
+cdef inline void sum_channel(const floating* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L,
+                             cnnframe_acc* acc) noexcept nogil:
     if floating is float:
-        cnnframe_lanes_sqdev_f(x, n, c, acc)
+        cnnframe_channel_sum_f(x, N, stride, L, acc)
     else:
-        cnnframe_lanes_sqdev_d(x, n, c, acc)
+        cnnframe_channel_sum_d(x, N, stride, L, acc)
+
+
+cdef inline void sqdev_channel(const floating* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L, floating c,
+                               cnnframe_acc* acc) noexcept nogil:
+    if floating is float:
+        cnnframe_channel_sqdev_f(x, N, stride, L, c, acc)
+    else:
+        cnnframe_channel_sqdev_d(x, N, stride, L, c, acc)
+
+
+cdef inline void dots_channel(const floating* g, const floating* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L,
+                              floating mean, floating inv, bint relu, floating gamma, floating beta, floating* out,
+                              cnnframe_acc* ag, cnnframe_acc* agx) noexcept nogil:
+    """ag += G, agx += G·x̂ over the channel; with relu, G = g·[y > 0] (y = γ·x̂ + β recomputed from x as
+    the forward pass formed it) is also written to out."""
+    if floating is float:
+        cnnframe_channel_dots_f(g, x, N, stride, L, mean, inv, relu, gamma, beta, out, ag, agx)
+    else:
+        cnnframe_channel_dots_d(g, x, N, stride, L, mean, inv, relu, gamma, beta, out, ag, agx)
 
 
 cdef inline void apply_run(const floating* x, Py_ssize_t n, floating mean, floating inv, floating gamma,
@@ -91,12 +126,10 @@ cdef void stats_channel(const floating* x, Py_ssize_t N, Py_ssize_t stride, Py_s
     cdef floating mu
     cdef Py_ssize_t n, m = N * L
     cnnframe_acc_zero(&acc)
-    for n in range(N):
-        sum_run(x + n * stride, L, &acc)
+    sum_channel(x, N, stride, L, &acc)
     mu = <floating>(cnnframe_acc_total(&acc) / m)
     cnnframe_acc_zero(&acc)
-    for n in range(N):
-        sqdev_run(x + n * stride, L, mu, &acc)
+    sqdev_channel(x, N, stride, L, mu, &acc)
     v = cnnframe_acc_total(&acc) / m
     mean[0] = mu
     var[0] = <floating>v
@@ -150,21 +183,10 @@ cdef void backward_channel(const floating* g, const floating* x, Py_ssize_t N, P
                            floating mean, floating inv, floating gamma, floating beta, bint training, bint relu,
                            floating* dgamma, floating* dbeta, floating* dx) noexcept nogil:
     cdef cnnframe_acc ag, agx
-    cdef Py_ssize_t n
     cnnframe_acc_zero(&ag)
     cnnframe_acc_zero(&agx)
-    for n in range(N):
-        if relu:  # G·[y > 0] into dx (this channel's runs stay in cache), summed on the way
-            if floating is float:
-                cnnframe_relu_dots_f(g + n * stride, x + n * stride, L, mean, inv, gamma, beta, dx + n * stride,
-                                     &ag, &agx)
-            else:
-                cnnframe_relu_dots_d(g + n * stride, x + n * stride, L, mean, inv, gamma, beta, dx + n * stride,
-                                     &ag, &agx)
-        elif floating is float:
-            cnnframe_lanes_dots_f(g + n * stride, x + n * stride, L, mean, inv, &ag, &agx)
-        else:
-            cnnframe_lanes_dots_d(g + n * stride, x + n * stride, L, mean, inv, &ag, &agx)
+    # with relu, G·[y > 0] goes into dx (this channel's runs stay in cache), summed on the way
+    dots_channel(g, x, N, stride, L, mean, inv, relu, gamma, beta, dx, &ag, &agx)
     finish_channel(<const floating*>dx if relu else g, x, N, stride, L, mean, inv, gamma, training, &ag, &agx, dgamma, dbeta, dx)
 
 
@@ -239,17 +261,15 @@ cdef long long backward_pool_channel(const floating* gy, const int* ap, const fl
     cdef cnnframe_acc ag, agx
     cdef Py_ssize_t n
     cdef long long bad = 0
-    cdef floating* d
     cnnframe_acc_zero(&ag)
     cnnframe_acc_zero(&agx)
-    for n in range(N):  # G = (the pooled gradient at the maxima)·[y > 0], summed on the way
-        d = dx + n * stride
+    for n in range(N):  # the pooled gradient at the maxima
         if floating is float:
-            bad += cnnframe_max_grad_plane_f(gy + n * pstride, ap + n * pstride, L, Lo, d)
-            cnnframe_relu_dots_f(d, x + n * stride, L, mean, inv, gamma, beta, d, &ag, &agx)
+            bad += cnnframe_max_grad_plane_f(gy + n * pstride, ap + n * pstride, L, Lo, dx + n * stride)
         else:
-            bad += cnnframe_max_grad_plane_d(gy + n * pstride, ap + n * pstride, L, Lo, d)
-            cnnframe_relu_dots_d(d, x + n * stride, L, mean, inv, gamma, beta, d, &ag, &agx)
+            bad += cnnframe_max_grad_plane_d(gy + n * pstride, ap + n * pstride, L, Lo, dx + n * stride)
+    # G = that gradient·[y > 0] in place, summed on the way
+    dots_channel(dx, x, N, stride, L, mean, inv, True, gamma, beta, dx, &ag, &agx)
     finish_channel(dx, x, N, stride, L, mean, inv, gamma, training, &ag, &agx, dgamma, dbeta, dx)
     return bad
 

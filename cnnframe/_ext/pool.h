@@ -40,7 +40,7 @@ CNNFRAME_MAX2X2(cnnframe_max2x2_d, double)
 static inline __m128 cnnframe_take4(__m128 v, __m128 best) {
     return _mm_or_ps(_mm_cmpgt_ps(v, best), _mm_and_ps(_mm_cmpunord_ps(v, v), _mm_cmpord_ps(best, best)));
 }
-static inline void cnnframe_max2x2_f(const float *xp, int W, int Ho, int Wo, float *yp, int *ap) {
+static inline void cnnframe_max2x2_f_base(const float *xp, int W, int Ho, int Wo, float *yp, int *ap) {
     const __m128i lanes = _mm_set_epi32(6, 4, 2, 0);
     for (int i = 0; i < Ho; ++i) {
         const float *r0 = xp + (long long)(2 * i) * W, *r1 = r0 + W;
@@ -81,8 +81,54 @@ static inline void cnnframe_max2x2_f(const float *xp, int W, int Ho, int Wo, flo
     }
 }
 #else
-CNNFRAME_MAX2X2(cnnframe_max2x2_f, float)
+CNNFRAME_MAX2X2(cnnframe_max2x2_f_base, float)
 #endif
+
+#ifdef CNNFRAME_HAVE_AVX2
+/* Eight outputs at a time with AVX2: the in-lane shuffles give the even (odd) columns in the order
+   0 2 8 10 | 4 6 12 14 and one 64-bit permute puts them in order; the rest as above. */
+CNNFRAME_AVX2_FN __m256 cnnframe_take8(__m256 v, __m256 best) {
+    return _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ),
+                        _mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q), _mm256_cmp_ps(best, best, _CMP_ORD_Q)));
+}
+CNNFRAME_AVX2_FN __m256 cnnframe_cols8(const float *r, int odd) {
+    __m256 lo = _mm256_loadu_ps(r), hi = _mm256_loadu_ps(r + 8);
+    __m256 s = odd ? _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1)) : _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+CNNFRAME_AVX2_FN void cnnframe_max2x2_f_avx2(const float *xp, int W, int Ho, int Wo, float *yp, int *ap) {
+    const __m256i lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    for (int i = 0; i < Ho; ++i) {
+        const float *r0 = xp + (long long)(2 * i) * W, *r1 = r0 + W;
+        int j = 0;
+        for (; j + 8 <= Wo; j += 8) {
+            const __m256 cand[3] = {cnnframe_cols8(r0 + 2 * j, 1), cnnframe_cols8(r1 + 2 * j, 0),
+                                    cnnframe_cols8(r1 + 2 * j, 1)};
+            const int offset[3] = {1, W, W + 1};
+            const __m256i ia = _mm256_add_epi32(_mm256_set1_epi32(2 * i * W + 2 * j), lanes);
+            __m256 best = cnnframe_cols8(r0 + 2 * j, 0);
+            __m256i bi = ia;
+            for (int k = 0; k < 3; ++k) { /* in window order: (0,1), (1,0), (1,1) */
+                __m256 m = cnnframe_take8(cand[k], best);
+                best = _mm256_blendv_ps(best, cand[k], m);
+                bi = _mm256_castps_si256(_mm256_blendv_ps(
+                    _mm256_castsi256_ps(bi), _mm256_castsi256_ps(_mm256_add_epi32(ia, _mm256_set1_epi32(offset[k]))), m));
+            }
+            _mm256_storeu_ps(yp + i * Wo + j, best);
+            _mm256_storeu_si256((__m256i *)(ap + i * Wo + j), bi);
+        }
+        if (j < Wo) { /* the last columns (fewer than 8), their indices made relative to the plane */
+            int *at = ap + i * Wo + j;
+            cnnframe_max2x2_f_base(r0 + 2 * j, W, 1, Wo - j, yp + i * Wo + j, at);
+            for (int t = 0; t < Wo - j; ++t) at[t] += 2 * i * W + 2 * j;
+        }
+    }
+}
+#endif
+
+static inline void cnnframe_max2x2_f(const float *xp, int W, int Ho, int Wo, float *yp, int *ap) {
+    CNNFRAME_AVX2_OR_BASE(cnnframe_max2x2_f, xp, W, Ho, Wo, yp, ap);
+}
 
 /* Any window, stride and padding: the window is clipped to the plane (padding never wins). */
 #define CNNFRAME_MAX_PLANE(NAME, T)                                                           \

@@ -5,6 +5,7 @@ import pytest
 
 import cnnframe
 from cnnframe import ops
+from cnnframe._ext import norm as norm_ext
 from cnnframe.ops import _reference as ref
 
 SHAPES = [(1, 3, 2, 5), (4, 2, 3, 3), (2, 5, 1, 1), (3, 4, 7), (6, 3), (2, 1, 33, 17), (1, 2, 300)]
@@ -63,8 +64,9 @@ def test_evaluation_uses_the_given_statistics(dtype, relu):
 
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_results_do_not_depend_on_the_thread_count(dtype, relu):
-    x, g, gamma, beta = case((5, 7, 19, 23), dtype, 3)  # odd sizes: every run has a tail
+@pytest.mark.parametrize("shape", [(5, 7, 19, 23), (9, 5, 16, 16)])  # every run with a tail; whole segments
+def test_results_do_not_depend_on_the_thread_count(shape, dtype, relu):
+    x, g, gamma, beta = case(shape, dtype, 3)
     outs = []
     for threads in (1, 2, 3):
         with cnnframe.num_threads(threads):
@@ -73,6 +75,23 @@ def test_results_do_not_depend_on_the_thread_count(dtype, relu):
     for other in outs[1:]:
         for a, b in zip(outs[0], other):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_backward_relu_mask_is_the_forward_one(dtype):
+    """γ·x̂ + β lands within rounding of 0 for many values (β = −γ·x̂ of 1, half the values near 1): the
+    backward pass must recompute exactly the forward's sign, or a fused multiply-add in one pass and
+    not the other would show as gradients where the output is 0, or none where it is not."""
+    rng = np.random.default_rng(2)
+    x = (1 + np.finfo(dtype).eps * rng.integers(-20, 21, (4, 2, 4099))).astype(dtype)  # 1 within 20 ulps
+    x[:, :, ::2] = rng.standard_normal((4, 2, 2050)).astype(dtype)
+    gamma = np.array([1.3, -0.7], dtype)
+    _, mean, _, inv = ops.batch_norm_forward(x, gamma, np.zeros(2, dtype), 1e-5)
+    beta = -gamma * ((dtype(1) - mean) * inv)
+    y, mean, _, inv = ops.batch_norm_forward(x, gamma, beta, 1e-5, relu=True)
+    dx, _, _ = ops.batch_norm_backward(np.ones_like(x), x, mean, inv, gamma, beta, training=False, relu=True)
+    assert 1000 < np.count_nonzero(y == 0) < x.size - 1000
+    assert np.array_equal(dx != 0, y > 0)  # evaluation: dx = γ·inv·G, G = [y > 0]
 
 
 def test_float32_statistics_keep_float32_precision_on_long_channels():
@@ -205,3 +224,78 @@ def test_float32_statistics_of_many_short_runs():
     _, mean, var, _ = ops.batch_norm_forward(x, np.ones(3, np.float32), np.zeros(3, np.float32), 1e-5)
     np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=0), rtol=1e-7)
     np.testing.assert_allclose(var, x.astype(np.float64).var(axis=0), rtol=1e-4)
+
+
+# -- The AVX2 forms of the loops give the bits of the SSE2 / plain-C forms ------------------------------------
+@pytest.fixture
+def both_paths():
+    """Runs a callable once with the AVX2 loops off and once on; returns both results."""
+    if not norm_ext.avx2_available():
+        pytest.skip("this CPU has no AVX2: only the SSE2 / plain-C loops exist here")
+
+    def run(f):
+        old = norm_ext._use_avx2(False)
+        try:
+            base = f()
+            norm_ext._use_avx2(True)
+            return base, f()
+        finally:
+            norm_ext._use_avx2(old)
+    return run
+
+
+def assert_same_bits(a, b):
+    for u, v in zip(a, b):
+        u, v = np.asarray(u), np.asarray(v)
+        assert u.dtype == v.dtype and u.shape == v.shape
+        assert np.array_equal(u.view(f"u{u.itemsize}"), v.view(f"u{v.itemsize}"))
+
+
+def awkward(shape, dtype, seed):
+    """Ties (the first image rounded; the others not, so the sums round), a NaN, -0.0, and a first channel
+    with γ = β = 0 (γ·x̂ + β is 0 there, which the ReLU zeroes); the gradient as ``case`` gives it."""
+    x, g, gamma, beta = case(shape, dtype, seed)
+    gamma[0] = beta[0] = 0
+    x[0] = np.round(x[0] * 4) / 4
+    flat = x.reshape(-1)
+    flat[::97] = np.nan if flat.size > 50 else flat[::97]
+    flat[5::89] = -0.0
+    return x, g, gamma, beta
+
+
+# (N, L): odd runs; then float32 channels whose 256-element segments the AVX2 loops sum four at a time
+# (runs of 64, 256, 768 and 1024; a last group of fewer than four segments; a rest that starts mid-run).
+RUNS = [(3, 1), (3, 7), (3, 8), (3, 9), (3, 31), (3, 33), (3, 1000), (19, 64), (9, 256), (2, 768), (5, 1024)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, run", RUNS)
+def test_avx2_loops_give_the_bits_of_the_sse2_loops(both_paths, n, run, dtype):
+    x, g, gamma, beta = awkward((n, 3, run), dtype, run)
+    clean = np.nan_to_num(x)  # statistics free of the NaN, so the sums are compared too
+    for relu in (False, True):
+        for data in (x, clean):
+            out = both_paths(lambda: ops.batch_norm_forward(data, gamma, beta, 1e-5, relu=relu))
+            assert_same_bits(*out)
+            mean, inv = out[0][1], out[0][3]
+            for training in (True, False):
+                assert_same_bits(*both_paths(lambda: ops.batch_norm_backward(g, data, mean, inv, gamma, beta,
+                                                                             training, relu=relu)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 6, 2 * wo + 1) for wo in (1, 7, 8, 9, 31, 33)]  # odd widths: the last
+                         + [(19, 2, 8, 8), (9, 2, 16, 16), (5, 2, 32, 32), (2, 2, 24, 32)])  # column is dropped
+def test_avx2_relu_maxpool_gives_the_bits_of_the_sse2_path(both_paths, shape, dtype):
+    wo = shape[3] // 2
+    x, _, gamma, beta = awkward(shape, dtype, wo)
+    x[0, 0, :2, :4] = -50  # windows the ReLU zeroes: ties at 0
+    clean = np.nan_to_num(x)
+    for data in (x, clean):
+        (y, arg, mean, var, inv), other = both_paths(lambda: ops.batch_norm_relu_maxpool_forward(data, gamma, beta,
+                                                                                                 1e-5, 2))
+        assert_same_bits((y, arg, mean, var, inv), other)
+        gy = np.random.default_rng(wo).standard_normal(y.shape).astype(dtype)
+        for training in (True, False):
+            assert_same_bits(*both_paths(lambda: ops.batch_norm_relu_maxpool_backward(gy, arg, data, mean, inv, gamma,
+                                                                                       beta, 2, training)))
