@@ -1,6 +1,7 @@
 """End-to-end command line: train, resume, evaluate, predict, validate, gradcheck, info, and user errors."""
 import csv
 import glob
+import importlib.util
 import json
 import os
 import subprocess
@@ -115,6 +116,51 @@ def test_resume_equals_straight(capsys, tmp_path):
     # a finished run cannot be resumed without more epochs
     code, _, err = cli(capsys, "train", "--resume", part, "-q")
     assert code == 2 and "already completed 2 of 2 epochs" in err
+
+
+def test_final_fit_without_a_validation_part(capsys, tmp_path):
+    """data.val_fraction 0, as the digits recipe's final fit: no validation metrics anywhere, best.npz by the
+    training loss, evaluate and predict use the weight average with the test-time shifts, --split val refused."""
+    code, out, err = cli(capsys, "train", TINY, "--run-dir", str(tmp_path), "--set", "trainer.name=final",
+                         "--set", "data.val_fraction=0", "--set", "trainer.checkpoint.monitor=train_loss",
+                         "--set", "trainer.ema_decay=0.9", "--set", "data.tta.shift=1")
+    assert code == 0, err
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and not any("val" in line for line in epoch_lines)
+    (run,) = glob.glob(os.path.join(str(tmp_path), "final-*"))
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["data"] == {"name": "digits", "train": 1437, "val": 0, "test": 360}
+    assert summary["final"]["val_acc"] is None and summary["final"]["val_loss"] is None
+    assert summary["best"]["metric"] == "train_loss" and summary["best"]["best_epoch"] in (1, 2)
+    with open(os.path.join(run, "metrics.csv")) as f:
+        assert all(r["val_loss"] == "nan" and r["val_acc"] == "nan" for r in csv.DictReader(f))
+    assert os.path.exists(os.path.join(run, "best.npz"))
+
+    code, out, _ = cli(capsys, "evaluate", run)
+    assert code == 0 and f"accuracy {100 * summary['test']['acc']:.2f}%" in out
+    code, _, err = cli(capsys, "evaluate", run, "--split", "val")
+    assert code == 2 and "the val part of the data is empty" in err
+
+    from sklearn.datasets import load_digits
+
+    from cnnframe.losses import softmax
+    from cnnframe.tta import tta_shifts
+
+    images = load_digits().images[:4]
+    np.save(tmp_path / "four.npy", images)
+    code, out, _ = cli(capsys, "predict", run, "--input", str(tmp_path / "four.npy"))
+    assert code == 0
+    probs = np.array([[float(v) for v in line.split(",")[2:]] for line in out.strip().splitlines()[1:]])
+    model, _, _ = load_checkpoint(os.path.join(run, "last.npz"))  # the averaged weights
+    model.eval()
+    x = (images[:, None] / 16).astype(np.float32)
+    copies = [np.roll(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (a, b), axis=(2, 3))[:, :, 1:9, 1:9]
+              for a, b in tta_shifts(1)]
+    expected = np.mean([softmax(model.forward(c).astype(np.float64)) for c in copies], axis=0)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    if importlib.util.find_spec("matplotlib"):  # the report's misclassified images are the TTA predictions
+        code, out, err = cli(capsys, "report", run)
+        assert code == 0 and "report.html" in out, err
 
 
 def test_same_seed_same_metrics(capsys, tmp_path):

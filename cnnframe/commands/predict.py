@@ -8,6 +8,7 @@ from cnnframe.commands.common import add_plugin, load_trained, named_plugins
 from cnnframe.data import preprocess
 from cnnframe.errors import UserError
 from cnnframe.io import atomic_write_text
+from cnnframe.tta import outputs
 
 NAME = "predict"
 HELP = "classify the samples in a .npy file"
@@ -27,7 +28,9 @@ def run(args):
     d = d if isinstance(d, dict) else {}
     X = preprocess(_read_inputs(args.input, model.input_shape), d.get("offset", 0.0), d.get("scale", 1.0),
                    model.layers[0].dtype)
-    out = np.concatenate([model.forward(X[i:i + 500]) for i in range(0, len(X), 500)])
+    # averaged over shifted copies when the run evaluates so (data.tta.shift)
+    out = np.concatenate([outputs(model, X[i:i + 500], trained.tta_shift, trained.loss.score_activation)
+                          for i in range(0, len(X), 500)])
     # the loss the model was trained with says what its outputs mean (logits → softmax, or scores as they are)
     probs = trained.loss.class_scores(out)
     pred = out.argmax(axis=1)

@@ -51,7 +51,8 @@ def run(args):
     title = (summary or {}).get("name") or os.path.basename(os.path.normpath(run_dir))
     report = write_report(args.out or run_dir, title=f"cnnframe run {title}", history=history, summary=summary,
                           model=model, test_data=test_data, loss=loss, class_names=names,
-                          max_images=args.max_images, notes=notes)
+                          max_images=args.max_images, notes=notes,
+                          tta_shift=trained.tta_shift if has_ckpt else 0)
     print(f"wrote {report.html} with {len(report.images)} plot(s): "
           + (", ".join(os.path.basename(p) for p in report.images.values()) or "none"))
     for section, why in report.notes.items():
