@@ -45,23 +45,32 @@ def affine_sources(h, w, dy, dx, angle, zoom):
 
 
 def bilinear_sample(x, src):
-    """Sample x (N, C, H, W) at the source points src (N, 2, H·W), bilinearly, zero outside → (N, C, H, W)."""
+    """Sample x (N, C, H, W) at the source points src (N, 2, H·W), bilinearly, zero outside → (N, C, H, W).
+
+    out = (1−fr)(1−fc)·x[r, c] + (1−fr)fc·x[r, c+1] + fr(1−fc)·x[r+1, c] + fr·fc·x[r+1, c+1] with
+    (r, c) = ⌊src⌋ and (fr, fc) the fractions; whole-pixel sources give x itself, bit for bit.
+    """
     n, c, h, w = x.shape
-    r0 = np.floor(src[:, 0])
-    c0 = np.floor(src[:, 1])
-    fr, fc = src[:, 0] - r0, src[:, 1] - c0
-    r0, c0 = r0.astype(np.int64), c0.astype(np.int64)
-    flat = x.reshape(n, c, h * w)
-    out = np.zeros((n, c, h * w), dtype=np.float64)
-    for dr, wr in ((0, 1.0 - fr), (1, fr)):
-        rr = r0 + dr
-        for dc, wc in ((0, 1.0 - fc), (1, fc)):
-            cc = c0 + dc
-            inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-            weight = np.where(inside, wr * wc, 0.0)  # (N, H·W); zero fill outside the image
-            index = np.where(inside, rr * w + cc, 0)
-            out += weight[:, None, :] * np.take_along_axis(flat, index[:, None, :], axis=2)
-    return out.reshape(n, c, h, w).astype(x.dtype, copy=False)
+    hp, wp = h + 2, w + 2
+    # A one-pixel zero border: a corner index clipped to [−1, H] (or [−1, W]) lands on it exactly when it
+    # lies outside the image, so no per-corner masks are needed.
+    padded = np.zeros((n, c, hp, wp), dtype=x.dtype)
+    padded[:, :, 1:-1, 1:-1] = x
+    flat = padded.reshape(-1)
+    whole = np.floor(src)
+    frac = (src - whole).astype(x.dtype)
+    fr, fc = frac[:, None, 0], frac[:, None, 1]  # (N, 1, H·W)
+    r, col = whole[:, 0].astype(np.intp), whole[:, 1].astype(np.intp)
+    rows = [(np.clip(r + k, -1, h) + 1) * wp for k in (0, 1)]
+    cols = [np.clip(col + k, -1, w) + 1 for k in (0, 1)]
+    base = (np.arange(n * c, dtype=np.intp) * (hp * wp)).reshape(n, c, 1)
+
+    def at(i, j):
+        return flat[base + (rows[i] + cols[j])[:, None, :]]
+
+    one = x.dtype.type(1)
+    out = (one - fr) * ((one - fc) * at(0, 0) + fc * at(0, 1)) + fr * ((one - fc) * at(1, 0) + fc * at(1, 1))
+    return out.reshape(n, c, h, w)
 
 
 def random_affine(x, rng, shift=0, rotate=0.0, scale=0.0):
