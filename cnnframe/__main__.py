@@ -1,7 +1,10 @@
 """``python -m cnnframe ...``: see cnnframe/cli.py."""
 import sys
 
-from cnnframe.cli import main
-
 if __name__ == "__main__":
+    try:
+        from cnnframe.cli import main
+    except KeyboardInterrupt:  # Ctrl-C while the libraries load: stop as Ctrl-C does later, without a traceback
+        print("cnnframe: interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())

@@ -17,9 +17,9 @@ from collections import OrderedDict
 import numpy as np
 
 from cnnframe.errors import CheckpointError
-from cnnframe.io import atomic_save_npz, json_text, npz_entry, open_npz
+from cnnframe.io import atomic_write, json_text, npz_entry, npz_writer, open_npz
 
-__all__ = ["FORMAT", "Checkpoint", "write", "read", "read_meta"]
+__all__ = ["FORMAT", "Checkpoint", "writer", "write", "read", "read_meta"]
 
 FORMAT = "cnnframe-checkpoint/1"
 _FORMAT, _CONFIG, _META = "__format__", "__config__", "__meta__"
@@ -56,8 +56,9 @@ class Checkpoint:
         return 2 * int(held) + (64 << 20)
 
 
-def write(path, config, params, buffers, arrays=None, meta=None):
-    """Write one checkpoint file at ``path`` atomically (``config`` and ``meta`` must be JSON-ready)."""
+def writer(config, params, buffers, arrays=None, meta=None):
+    """A function ``write(f)`` putting one checkpoint into the binary file ``f`` (``config`` and ``meta``
+    must be JSON-ready; checked here, before anything is written)."""
     meta = {} if meta is None else meta
     if not isinstance(meta, dict):
         raise TypeError(f"checkpoint meta must be a dict, got {type(meta).__name__}")
@@ -76,7 +77,12 @@ def write(path, config, params, buffers, arrays=None, meta=None):
         if not isinstance(key, str) or not key:
             raise TypeError(f"checkpoint array names must be non-empty strings, got {key!r}")
         entries[_EXTRA + key] = value
-    atomic_save_npz(path, entries)
+    return npz_writer(entries)
+
+
+def write(path, config, params, buffers, arrays=None, meta=None):
+    """Write one checkpoint file at ``path`` atomically (``config`` and ``meta`` must be JSON-ready)."""
+    atomic_write(path, writer(config, params, buffers, arrays, meta))
 
 
 def _open(path):

@@ -1,17 +1,19 @@
 """Command line: ``python -m cnnframe COMMAND``; each command is one module in ``cnnframe/commands/``.
 
-Exit status: 0 success; 1 training stopped by a non-finite loss, or a failed gradient check;
-2 a user error (bad config, data, paths, arguments: one message on stderr, no traceback);
-130 interrupted with Ctrl-C (after saving the last completed epoch).
-Set ``CNNFRAME_DEBUG=1`` to see the traceback of a user error.
+Exit status (docs/cli.md): 0 success; 1 training stopped by a non-finite loss, or a failed check;
+2 a user error (bad config, data, paths, arguments, a run directory in use: one message on stderr, no
+traceback); 74 a file could not be written (a full or failing disk; what was written before is intact);
+130 interrupted with Ctrl-C (after saving the last completed epoch); 141 standard output closed by its
+reader (``| head``).  Set ``CNNFRAME_DEBUG=1`` to see the traceback of a user error.
 """
 import argparse
 import os
 import sys
 
+from cnnframe import parallel
 from cnnframe.commands import evaluate, export, gradcheck, info, predict, report, train, validate
-from cnnframe.commands.common import INTERRUPTED, USAGE_ERROR
-from cnnframe.errors import ConfigError, DataError, MemoryLimitError, UserError
+from cnnframe.commands.common import INTERRUPTED, USAGE_ERROR, WRITE_FAILED, output_closed
+from cnnframe.errors import ConfigError, DataError, MemoryLimitError, UserError, WriteError
 
 #: every command, in the order ``--help`` lists them (a new command: one module, one entry here)
 COMMANDS = (train, validate, evaluate, predict, export, report, gradcheck, info)
@@ -50,25 +52,29 @@ def build_parser():
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "stop_after", None) is not None and args.stop_after < 1:
-        parser.error("--stop-after must be >= 1")
-    if getattr(args, "batch", 1) < 1:
-        parser.error("--batch must be >= 1")
     errors = _user_errors()
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "stop_after", None) is not None and args.stop_after < 1:
+            parser.error("--stop-after must be >= 1")
+        if getattr(args, "batch", 1) < 1:
+            parser.error("--batch must be >= 1")
+        parallel.env_threads()  # a bad CNNFRAME_NUM_THREADS is named now, not blamed on the first layer later
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
         return code
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`): stop quietly, as other command-line tools do.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        # The reader went away (e.g. `| head`): stop quietly with the status a shell gives such a command.
+        return output_closed()
     except KeyboardInterrupt:
         print("cnnframe: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except WriteError as e:
+        if os.environ.get("CNNFRAME_DEBUG"):
+            raise
+        print(f"cnnframe: error: {e}", file=sys.stderr)
+        return WRITE_FAILED
     except errors as e:
         if os.environ.get("CNNFRAME_DEBUG"):
             raise

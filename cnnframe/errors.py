@@ -1,8 +1,9 @@
 """The exceptions cnnframe raises for problems in what the user gave it (configs, data, files, code).
 
-The command line turns each into one line on stderr and exit status 2 (see cli.py); from Python they
-are ordinary exceptions carrying where the problem is (a config key path, a file, a line).
+The command line turns each into one line on stderr and exit status 2 (``WriteError``: 74; see cli.py);
+from Python they are ordinary exceptions carrying where the problem is (a config key path, a file, a line).
 """
+import os
 
 
 class ConfigError(Exception):
@@ -56,3 +57,23 @@ class UntrustedTypeError(KeyError):
 
 class MemoryLimitError(MemoryError):
     """A model (or a layer of it) would need more memory than the limit allows; nothing was allocated."""
+
+
+class RunDirLocked(UserError):
+    """Another process is using the run directory (training it or resuming it); ``holder`` says who
+    (``pid``, ``host``, ``since``) when it could be read."""
+
+    def __init__(self, message, holder=None):
+        super().__init__(message)
+        self.holder = holder or {}
+
+
+class WriteError(OSError):
+    """A file could not be written: a full disk, a quota, a read-only or failing file system (``errno`` says
+    which).  The file it would have replaced is intact: every write is atomic."""
+
+    def __init__(self, path, cause):
+        super().__init__(cause.errno, cause.strerror or str(cause), os.fspath(path))
+
+    def __str__(self):
+        return f"cannot write {self.filename}: {self.strerror}"

@@ -15,7 +15,8 @@ knowledge of the built-in layers lives in this file).  Any other layer exports t
 
 (``graph`` is an ``OnnxGraph``; docs/extending.md, "Exporting to ONNX").  A layer without either is an
 ``ExportError`` naming it.  The model's metadata (``metadata_props``) records what the graph expects and
-gives: ``preprocessing`` (JSON: inputs are fed as ``(x - offset) * scale``, layout, shape), ``output``
+gives: ``preprocessing`` (JSON: the model's ``Preprocessing.to_dict()`` as checkpoints store it: inputs fed as
+``(x - offset) * scale``, layout, how image files are decoded; plus the input shape and dtype), ``output``
 (``probabilities`` or ``raw``), ``class_names`` (JSON list, when known) and ``cnnframe_version``.
 
 onnx (and onnxruntime, for ``run_onnxruntime``) are optional: the ``[onnx]`` extra; they are imported only
@@ -28,6 +29,7 @@ import warnings
 
 import numpy as np
 
+from cnnframe.data import Preprocessing
 from cnnframe.io import atomic_write_bytes
 from cnnframe.layers import (
     AvgPool2D,
@@ -267,8 +269,12 @@ def _converter(layer, where):
 
 # -- metadata ------------------------------------------------------------------------------------------------
 def _preprocessing(model, given):
-    pre = {"formula": "(x - offset) * scale", "offset": 0.0, "scale": 1.0, "layout": "NCHW",
-           "input_shape": list(model.input_shape), "dtype": "float32"}
+    """The metadata's preprocessing: ``given`` (a Preprocessing, or a dict of its entries and any other JSON-ready
+    keys), else the model's own (``model.preprocessing``), with the input shape and dtype the graph takes."""
+    given = getattr(model, "preprocessing", None) if given is None else given
+    if isinstance(given, Preprocessing):
+        given = given.to_dict()
+    pre = {**Preprocessing().to_dict(), "input_shape": list(model.input_shape), "dtype": "float32"}
     for key, value in (given or {}).items():
         if key in ("offset", "scale"):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -306,9 +312,10 @@ def export_onnx(model, path=None, *, output="probabilities", preprocessing=None,
 
     output: ``"probabilities"`` appends Softmax over axis 1 to the model's outputs (for models trained with
         softmax cross-entropy, whose outputs are logits); ``"raw"`` exports the outputs as they are.
-    preprocessing: what raw inputs go through before the model, recorded in the metadata; ``offset`` and
-        ``scale`` (inputs are fed as ``(x - offset) * scale``, a checkpoint's ``meta["data"]``) and any other
-        JSON-ready keys.  class_names: one name per output, recorded in the metadata.
+    preprocessing: what raw inputs go through before the model, recorded in the metadata: a
+        ``cnnframe.data.Preprocessing`` or a dict (``offset``, ``scale``: inputs are fed as ``(x - offset) * scale``,
+        and any other JSON-ready keys); default ``model.preprocessing`` (identity when that is None).
+        class_names: one name per output, recorded in the metadata; default ``model.class_names``.
     check: run ``onnx.checker.check_model(full_check=True)`` (shape inference included).
     ``path=None`` only builds the model.  Raises ExportError for a layer that cannot be exported.
     """
@@ -324,7 +331,8 @@ def export_onnx(model, path=None, *, output="probabilities", preprocessing=None,
                       "float64 Conv or AveragePool), so outputs differ from cnnframe's by float32 rounding",
                       UserWarning, stacklevel=2)
     out_shape = list(model.shapes[-1]) if model.layers else list(model.input_shape)
-    names = _class_names(class_names, math.prod(out_shape))
+    names = _class_names(getattr(model, "class_names", None) if class_names is None else class_names,
+                         math.prod(out_shape))
     pre = _preprocessing(model, preprocessing)
 
     g = OnnxGraph()

@@ -11,10 +11,12 @@ import numpy as np
 
 from cnnframe import checkpoint
 from cnnframe.checks import check_int
+from cnnframe.data import Preprocessing, check_class_names, store_inputs, stored_class_names
 from cnnframe.errors import CheckpointError
 from cnnframe.export import export_onnx
-from cnnframe.io import json_text
+from cnnframe.io import atomic_write, json_text
 from cnnframe.layers.base import allocation_limit
+from cnnframe.layers.blocks import check_distinct
 from cnnframe.layers.spec import at, build_layer
 from cnnframe.locate import code_location, where
 from cnnframe.plugins import Plugins
@@ -44,6 +46,10 @@ class Sequential:
     every layer has its parameters and ``shapes`` lists each layer's per-sample output shape.
     ``seed`` (optional) calls ``initialize(seed)`` and ``reseed(seed)``.
     Parameters and buffers are named ``"<layer index>.<name>"``, e.g. ``"0.weight"``.
+
+    ``preprocessing`` (a ``cnnframe.data.Preprocessing``, or None: not known) says what raw inputs go through
+    before ``forward``, and ``class_names`` names the outputs; the trainer sets both from its data, ``save``
+    stores them and ``load_checkpoint`` restores them, so ``predict`` and ONNX export know what the model expects.
     """
 
     def __init__(self, layers, input_shape=None, *, seed=None):
@@ -51,10 +57,13 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not all(callable(getattr(layer, m, None)) for m in ("forward", "backward", "output_shape")):
                 raise TypeError(f"Sequential: layers[{i}] is not a layer (got {type(layer).__name__})")
+        check_distinct([(f"layers[{i}]", layer) for i, layer in enumerate(layers)], "Sequential")
         self.layers = layers
         self.input_shape = None
         self.shapes = None
         self.training = True
+        self.preprocessing = None
+        self.class_names = None
         if seed is not None:
             self.initialize(seed)
             self.reseed(seed)
@@ -111,6 +120,11 @@ class Sequential:
         self.shapes = self._walk(input_shape, build=True)
         self.input_shape = tuple(int(s) for s in input_shape)
         return self
+
+    @property
+    def num_outputs(self):
+        """Values per sample the model gives (the classes of a classifier); the model must be built."""
+        return int(np.prod(self.shapes[-1] if self.layers else self.input_shape))
 
     @property
     def built(self):
@@ -356,11 +370,27 @@ class Sequential:
             self.train(was)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def save(self, path, arrays=None, meta=None):
+    def save(self, path, arrays=None, meta=None, *, preprocessing=None, class_names=None):
         """Write the model (config, parameters, buffers), ``arrays`` (name → array, e.g. optimizer state)
-        and ``meta`` (a JSON-serialisable dict) to one ``.npz`` at ``path``, atomically."""
+        and ``meta`` (a JSON-serialisable dict) to one ``.npz`` at ``path``, atomically.
+
+        ``preprocessing`` (a ``Preprocessing`` or its dict; default ``self.preprocessing``) and ``class_names``
+        (default ``self.class_names``) are recorded in ``meta["data"]`` (``cnnframe.data.store_inputs``); a model
+        saved without preprocessing is fed inputs as they are, and ``predict`` says so."""
+        atomic_write(path, self.checkpoint_writer(arrays, meta, preprocessing=preprocessing, class_names=class_names))
+
+    def checkpoint_writer(self, arrays=None, meta=None, *, preprocessing=None, class_names=None, state=None):
+        """What ``save`` writes, as a function ``write(f)`` filling a binary file (a run directory stages
+        several files and commits them together).  Everything is checked here; the function writes the
+        arrays the model holds when it is called, or those of ``state`` (as ``state_dict`` names them, e.g. a
+        weight average) in their place."""
         if self.input_shape is None:
             raise RuntimeError("Sequential.save: the model is not built; give input_shape or call build() first")
+        pre = self.preprocessing if preprocessing is None else Preprocessing.of(preprocessing)
+        names = self.class_names if class_names is None else class_names
+        if names is not None:
+            names = check_class_names(names, self.num_outputs)
+        meta = store_inputs(meta, pre, names)
         config = self.get_config()
         for i, lc in enumerate(config["layers"]):
             try:
@@ -368,8 +398,11 @@ class Sequential:
             except (TypeError, ValueError) as e:
                 raise TypeError(f"Sequential.save: layer {i} ({type(self.layers[i]).__name__}) get_config() is not "
                                 f"JSON-serialisable: {e}") from None
-        checkpoint.write(path, config, {k: p.data for k, p in self.parameters().items()}, self.buffers(),
-                         arrays=arrays, meta=meta)
+        params = {k: p.data for k, p in self.parameters().items()}
+        buffers = self.buffers()
+        if state is not None:
+            params, buffers = ({k: state[k] for k in part} for part in (params, buffers))
+        return checkpoint.writer(config, params, buffers, arrays=arrays, meta=meta)
 
     @classmethod
     def load(cls, path, plugins=()):
@@ -385,7 +418,8 @@ def load_checkpoint(path, plugins=()):
     """Load a checkpoint written by ``Sequential.save`` → ``(model, arrays, meta)``.
 
     The model is rebuilt from the stored config and gets the stored parameters and buffers bit for
-    bit; it is in training mode (call ``.eval()`` for inference).  Layer types resolve from the
+    bit, and the preprocessing and class names the checkpoint records (``model.preprocessing``,
+    ``model.class_names``: None when not recorded); it is in training mode (call ``.eval()`` for inference).  Layer types resolve from the
     registry and from ``plugins`` (the ``.py`` files and modules that define your layers, imported
     here): a checkpoint never makes cnnframe import a module you did not name.  Building may
     allocate no more than the stored arrays need (with some slack), so a crafted config cannot
@@ -402,7 +436,9 @@ def load_checkpoint(path, plugins=()):
         if not model.built:
             raise ValueError("the stored config has no input_shape")
         model.load_state_dict(ckpt.state)
-    except Exception as e:  # a stored config that does not build, or state that does not fit
+        model.preprocessing = Preprocessing.from_meta(ckpt.meta)
+        model.class_names = stored_class_names(ckpt.meta, model.num_outputs)
+    except Exception as e:  # a stored config that does not build, or state that does not fit, or bad preprocessing
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise CheckpointError(f"checkpoint {ckpt.path!r}: {message}") from e
     return model, ckpt.arrays, ckpt.meta

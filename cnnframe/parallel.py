@@ -18,15 +18,24 @@ _num_threads = None
 _blas_libs = None
 
 
-def _default_threads():
+def env_threads():
+    """``CNNFRAME_NUM_THREADS`` as an int, None when it is unset or empty; ValueError naming the variable
+    when it is not a positive integer (the command line checks it before anything else)."""
     env = os.environ.get("CNNFRAME_NUM_THREADS", "").strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(f"CNNFRAME_NUM_THREADS must be a positive integer, got {env!r}") from None
-        if n < 1:
-            raise ValueError(f"CNNFRAME_NUM_THREADS must be a positive integer, got {env!r}")
+    if not env:
+        return None
+    try:
+        n = int(env)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"the environment variable CNNFRAME_NUM_THREADS must be a positive integer, got {env!r}")
+    return n
+
+
+def _default_threads():
+    n = env_threads()
+    if n is not None:
         return n
     try:
         return max(1, len(os.sched_getaffinity(0)))

@@ -1,8 +1,8 @@
 """What a run directory and its checkpoint tell about a trained model, read without training: the metrics
 per epoch, the summary, the class names, the preprocessing and what the model's outputs are.
 
-Newer checkpoints may record class names and the preprocessing in ``meta["data"]``; for older ones they are
-recovered from the data set named in the stored config when its files are still there.
+Checkpoints record class names and the preprocessing in ``meta["data"]`` (``cnnframe.data.store_inputs``); for
+older ones they are recovered from the data set named in the stored config when its files are still there.
 """
 import csv
 import json
@@ -10,7 +10,8 @@ import math
 import os
 
 from cnnframe.config import build_dataset, build_loss
-from cnnframe.errors import ConfigError, DataError, UserError
+from cnnframe.data import Preprocessing, stored_class_names
+from cnnframe.errors import CheckpointError, ConfigError, DataError, UserError
 
 
 def read_metrics(run_dir):
@@ -63,34 +64,37 @@ def class_names(meta, cfg=None, plugins=()):
     From ``meta["data"]["class_names"]`` when recorded, else from the stored config's data set (``class_names()``)
     while its files are still in place; a list whose length is not the number of classes is ignored.
     """
-    data = (meta or {}).get("data") or {}
-    names = data.get("class_names")
-    if names is None and cfg:
+    meta = meta or {}
+    data = meta.get("data") or {}
+    if data.get("class_names") is None and cfg:
         ds = _dataset(cfg, plugins)
         try:
             names = ds.class_names() if ds is not None else None
         except (DataError, OSError, ValueError):
             names = None
-    if names is None:
-        return None
-    k = data.get("num_classes")
-    if k is not None and len(names) != int(k):
-        return None
-    return [str(n) for n in names]
+        if names is not None:
+            meta = {**meta, "data": {**data, "class_names": list(names)}}
+    return stored_class_names(meta)
 
 
 def preprocessing(meta, cfg=None, plugins=()):
-    """What raw inputs go through before the model: ``offset`` and ``scale`` (inputs fed as ``(x - offset) *
-    scale``), plus how files are decoded (e.g. an image data set's mode and size) when that is known."""
+    """What raw inputs go through before a checkpoint's model (a ``cnnframe.data.Preprocessing``), or None when
+    the checkpoint records none (a model saved from Python without it).
+
+    ``meta["data"]["preprocessing"]`` when recorded; checkpoints written before it give ``offset`` and ``scale``,
+    and how files are decoded comes from the stored config's data set (``preprocessing()``) when it can be made.
+    CheckpointError for a record that is not one cnnframe writes."""
+    try:
+        pre = Preprocessing.from_meta(meta)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the checkpoint's recorded preprocessing is not valid: {e}") from None
     data = (meta or {}).get("data") or {}
-    pre = {"offset": float(data.get("offset", 0.0)), "scale": float(data.get("scale", 1.0))}
-    decode = data.get("preprocessing")
-    if decode is None and cfg:
+    if pre is not None and pre.decode is None and data.get("preprocessing") is None and cfg:
         ds = _dataset(cfg, plugins)
         describe = getattr(ds, "preprocessing", None)
         decode = describe() if callable(describe) else None
-    if decode:
-        pre["decode"] = decode
+        if decode:
+            pre = Preprocessing(pre.offset, pre.scale, decode)
     return pre
 
 

@@ -14,7 +14,10 @@ layer and what went wrong.  The checks (names usable in ``skip``):
   dtype is the layer's;
 - ``input_unchanged``: forward and backward do not modify their arguments;
 - ``accumulate``: a second forward/backward adds into ``.grad`` (grads double), ``zero_grad`` clears;
-- ``gradcheck``: float64 central differences for the input and every parameter (cnnframe.gradcheck);
+- ``gradcheck``: float64 central differences for the input and every parameter (cnnframe.gradcheck), at
+  the layer's initial parameters and again at randomised ones (each value scaled by U(0.5, 1.5) and
+  shifted by N(0, 0.1²)), so a gradient that is right only while a parameter is 1, 0 or equal on every
+  channel fails;
 - ``dtypes``: float32 and float64 layers with the same parameters agree (forward, input and
   parameter gradients) to float32 precision;
 - ``batch1``: in eval mode, a batch of one gives the same output as that sample inside a batch, and
@@ -205,7 +208,22 @@ class _Battery:
         report = check_layer(self.make("float64"), self.input_shape, **kwargs)
         if not report.passed:
             self.fail("gradcheck", "\n" + str(report))
+        moved = check_layer(self.randomised("float64"), self.input_shape, **kwargs)
+        if not moved.passed:
+            self.fail("gradcheck", "at randomised parameter values (right at the initial values only: is a parameter "
+                                   "that starts at 1, 0 or equal on every channel left out of a gradient?)\n"
+                      + str(moved))
         return report
+
+    def randomised(self, dtype):
+        """A built layer whose parameters are moved off their initial values: w·U(0.5, 1.5) + N(0, 0.1²)."""
+        layer = self.make(dtype)
+        self.forward(layer, self.x.astype(dtype))  # builds it
+        layer.zero_grad()
+        rng = np.random.default_rng(self.seed + 2)
+        for p in layer.parameters().values():
+            p.data[...] = p.data * rng.uniform(0.5, 1.5, p.data.shape) + rng.normal(0.0, 0.1, p.data.shape)
+        return layer
 
     def dtypes(self, rtol, atol):
         l64, l32 = self.built_pair()

@@ -13,14 +13,18 @@ Evaluation.  With ``ema_decay`` the trainer keeps a moving average of the weight
 report and the checkpoints' model are the average's (the trained weights go into the checkpoints as
 ``train/`` arrays).  With ``tta_shift`` every evaluation averages over shifted copies (``cnnframe/tta.py``).
 
-Run directory ``<run_dir>/<name>-<YYYYmmdd-HHMMSS>/``:
+Run directory ``<run_dir>/<name>-<YYYYmmdd-HHMMSS>/`` (``cnnframe/rundir.py``: locked while a process
+trains it; ``<run_dir>/latest`` names the newest):
 
-    config.yaml    the resolved config          metrics.csv   one row per epoch (appended on resume)
+    config.yaml    the resolved config          metrics.csv   one row per completed epoch
     last.npz       state after the latest epoch  best.npz      the best model by the monitored metric
-    summary.json   final metrics, written atomically at the end (and on interruption)
+    summary.json   final metrics, written at the end (and on interruption)
 
-Ctrl-C and a non-finite loss both write ``last.npz`` with the state of the last *completed* epoch
-(the interrupted epoch is discarded), so ``--resume`` continues exactly.
+The files an epoch changes (its metrics row, ``best.npz`` when it improved, ``last.npz`` when due --
+always together with ``best.npz``) are committed as one step, and Ctrl-C waits until a commit ends, so
+``best.npz``, ``last.npz`` and ``metrics.csv`` always tell the same story, even after a kill.  Ctrl-C and
+a non-finite loss both write ``last.npz`` with the state of the last *completed* epoch (the interrupted
+epoch is discarded), so ``--resume`` continues exactly.
 """
 import csv
 import io as _io
@@ -33,14 +37,15 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 from tqdm import tqdm
 
-from cnnframe import checkpoint, parallel
+from cnnframe import checkpoint, parallel, runinfo
 from cnnframe import io as cio
 from cnnframe.augment import random_affine
 from cnnframe.config import Setup, dump_config, load, resolve
 from cnnframe.config.model_section import layer_errors
 from cnnframe.data import batches, random_shift
 from cnnframe.ema import WeightAverage, swapped
-from cnnframe.errors import CheckpointError
+from cnnframe.errors import CheckpointError, UserError, WriteError
+from cnnframe.rundir import RunDir, deferred_signals
 from cnnframe.optim.schedules import Constant
 from cnnframe.seeds import derive_seed
 from cnnframe.tta import outputs
@@ -54,7 +59,7 @@ _TRAIN = "train/"
 
 
 class TrainingError(Exception):
-    """Training stopped abnormally; ``status`` is 'diverged' or 'interrupted'."""
+    """Training stopped abnormally; ``status`` is 'diverged', 'interrupted' or 'write_failed'."""
 
     status = "failed"
 
@@ -65,6 +70,16 @@ class TrainingDiverged(TrainingError):
 
 class TrainingInterrupted(TrainingError):
     status = "interrupted"
+
+
+class OutputClosed(TrainingInterrupted):
+    """The reader of the progress lines went away (``train ... | head``); the run was saved as on Ctrl-C."""
+
+
+class TrainingWriteFailed(TrainingError):
+    """The run directory could not be written (a full disk, ...); its files hold the last committed epoch."""
+
+    status = "write_failed"
 
 
 class Monitor:
@@ -133,6 +148,7 @@ class Trainer:
         self.best = Monitor(ck.get("monitor", "val_loss"))
         self.test_checkpoint = test_checkpoint
         self.run_dir = run_dir
+        self.rundir = None  # the RunDir while this trainer holds the run directory (cnnframe/rundir.py)
         self.config = config
         self.quiet = quiet
         self.out = out if out is not None else sys.stdout
@@ -140,8 +156,15 @@ class Trainer:
         self.history = []
         self.best_state = None
         self.status = "new"
+        self._training = None  # the epoch being trained, None between epochs
+        self._last_saved = None  # the epoch last.npz holds
         if not model.built:
             model.build(data.input_shape)
+        # what raw inputs go through and what the classes are called travel with the model into its checkpoints
+        if getattr(data, "preprocessing", None) is not None:
+            model.preprocessing = data.preprocessing
+        if getattr(data, "class_names", None) is not None:
+            model.class_names = data.class_names
         if initialize:
             model.initialize(self.seed)
         model.check(data.input_shape, data.train[0].dtype)
@@ -166,32 +189,54 @@ class Trainer:
                           checkpoint=tr["checkpoint"], test_checkpoint=tr["test_checkpoint"], config=cfg,
                           quiet=quiet, out=out)
         if create_run_dir:  # only once everything is built, so a failure leaves no empty run directory
-            trainer.run_dir = make_run_dir(run_root or tr["run_dir"], tr["name"])
+            trainer.rundir = RunDir.create(run_root or tr["run_dir"], tr["name"])
+            trainer.run_dir = trainer.rundir.path
+            try:  # from here on the run can be resumed, even before its first epoch ends
+                trainer.rundir.commit({"config.yaml": dump_config(cfg)})
+            except BaseException:
+                trainer.rundir.release()
+                raise
         return trainer
 
     @classmethod
-    def resume(cls, run_dir, cfg=None, quiet=False, out=None, plugins=(), overrides=()):
-        """Continue the run in ``run_dir`` from its ``last.npz``.
+    def resume(cls, run_dir, cfg=None, quiet=False, out=None, plugins=(), overrides=(), writer=True):
+        """Continue the run in ``run_dir`` (a ``latest`` link is followed) from its ``last.npz``, or from the
+        start when it was stopped before its first checkpoint.
 
-        The config is ``cfg`` (a ``Setup`` or a config dict you give), else the run's ``config.yaml`` with
-        ``overrides`` (``--set``), which is a stored file: its ``plugins`` are not imported, and its types
-        resolve from the registry and ``plugins`` (the files and modules you name) only.  The checkpoints are read as
-        arrays into the model the config builds; nothing is built from them.
+        The run directory is locked first (RunDirLocked when another process has it), then a commit a
+        stopped process left half done is finished and its temporary files removed (``rundir.recovered``
+        says what was done).  The config is ``cfg`` (a ``Setup`` or a config dict you give), else the run's
+        ``config.yaml`` with ``overrides`` (``--set``), which is a stored file: its ``plugins`` are not
+        imported, and its types resolve from the registry and ``plugins`` (the files and modules you name)
+        only.  The checkpoints are read as arrays into the model the config builds; nothing is built from them.
+
+        ``writer=False``: a process that reads the run but never writes, locks or recovers it (a data-parallel
+        rank other than 0); open it only after the writing process has, since its recovery may be renaming.
         """
-        last = os.path.join(run_dir, "last.npz")
-        if not os.path.isdir(run_dir):
-            raise FileNotFoundError(f"run directory not found: {run_dir}")
-        if not os.path.exists(last):
-            raise FileNotFoundError(f"{run_dir} has no last.npz to resume from")
-        saved = checkpoint.read(last)
+        run = RunDir.open(run_dir, writer)
+        try:
+            return cls._resume(run, cfg, quiet, out, plugins, overrides)
+        except BaseException:
+            run.release()
+            raise
+
+    @classmethod
+    def _resume(cls, run, cfg, quiet, out, plugins, overrides):
+        last, stored = run.file("last.npz"), run.file("config.yaml")
+        saved = checkpoint.read(last) if os.path.exists(last) else None
+        if saved is None and (cfg is None and not os.path.exists(stored)):
+            raise FileNotFoundError(f"{run.path} has no last.npz to resume from (and no config.yaml: is it a run "
+                                    f"directory?)")
         if cfg is None:
-            cfg = load(os.path.join(run_dir, "config.yaml"), overrides, safe=True, plugins=plugins,
-                       parameter_bytes=saved.build_budget)
+            cfg = load(stored, overrides, safe=True, plugins=plugins,
+                       parameter_bytes=saved.build_budget if saved is not None else None)
         elif not isinstance(cfg, Setup):
             cfg = resolve(cfg, plugins=plugins)
         trainer = cls.from_config(cfg, quiet=quiet, out=out, create_run_dir=False)
-        trainer.run_dir = run_dir
-        best_path = os.path.join(run_dir, "best.npz")
+        trainer.run_dir, trainer.rundir = run.path, run
+        if saved is None:  # stopped during the first epoch: start again, as the seed makes it the same
+            return trainer
+        best_path = run.file("best.npz")
         if trainer.keep_best and os.path.exists(best_path):
             checkpoint.read(best_path).load_into(trainer.model)
             trainer.best_state = _copy_state(trainer.model.state_dict())
@@ -205,9 +250,29 @@ class Trainer:
             trainer.best.load_state_dict(saved.meta["best"])
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{last} is not a trainer's checkpoint: its meta lacks {e}") from None
-        trainer.history = _read_metrics(os.path.join(run_dir, "metrics.csv"), upto=trainer.epoch)
+        trainer._last_saved = trainer.epoch
+        trainer.history = _read_metrics(run.file("metrics.csv"), upto=trainer.epoch)
         trainer.status = "resumed"
         return trainer
+
+    def finished(self):
+        """Why the run has nothing left to do (a sentence), or None: it would stop before another epoch (all
+        epochs done, or early stopping) and its ``summary.json`` already records that end."""
+        if self.epoch >= self.epochs:
+            why = (f"has already completed {self.epoch} of {self.epochs} epochs; to train longer, resume with "
+                   f"--set trainer.epochs=N")
+        elif self.patience is not None and self.early_stopping.bad_epochs >= self.patience:
+            why = (f"stopped early after epoch {self.epoch} ({self.early_stopping.metric} did not improve for "
+                   f"{self.early_stopping.bad_epochs} epochs); to train on, resume with "
+                   f"--set trainer.early_stopping.patience=N")
+        else:
+            return None
+        try:
+            summary = runinfo.read_summary(self.run_dir) if self.run_dir else None
+        except UserError:
+            summary = None
+        done = (summary or {}).get("status") in ("completed", "early_stopped")
+        return why if done and summary.get("epochs_completed") == self.epoch else None
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _say(self, text=""):
@@ -221,32 +286,59 @@ class Trainer:
         return {"epoch": self.epoch, "model": _copy_state(self.model.state_dict()),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optim": self.optimizer.state_dict(), "early_stopping": self.early_stopping.state_dict(),
-                "best": self.best.state_dict()}
+                "best": self.best.state_dict(), "best_state": self.best_state}
 
     def _evaluated(self):
         """A context in which the model holds the weights evaluations use: the averages with ``ema_decay``."""
         return self.ema.swapped_in() if self.ema is not None else swapped(self.model, None)
 
+    def _restore(self, snap):
+        """Go back to the state of ``snap`` (the last committed epoch): model, optimizer, monitors, history."""
+        self.model.load_state_dict(snap["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(snap["ema"])
+        self.optimizer.load_state_dict(snap["optim"])
+        self.early_stopping.load_state_dict(snap["early_stopping"])
+        self.best.load_state_dict(snap["best"])
+        self.best_state = snap["best_state"]
+        self.epoch = snap["epoch"]
+        self.history = self.history[: self.epoch]
+
     def _meta(self, snap, kind):
         return {"kind": kind, "epoch": snap["epoch"], "epochs": self.epochs, "seed": self.seed,
                 "early_stopping": snap["early_stopping"], "best": snap["best"],
-                "data": {"name": self.data.name, "offset": self.data.offset, "scale": self.data.scale,
-                         "num_classes": self.data.num_classes, "input_shape": list(self.data.input_shape)},
+                "data": {"name": self.data.name, "num_classes": self.data.num_classes,
+                         "input_shape": list(self.data.input_shape)},  # model.save adds preprocessing, class names
                 "threads": parallel.get_num_threads(), "cnnframe_version": __version__, "config": self.config,
                 **({"ema": {"decay": self.ema.decay, "updates": snap["ema"]["updates"]}} if snap["ema"] else {})}
 
-    def _save(self, name, snap):
-        """Write the model (which must hold ``snap``'s state) and ``snap`` to ``<run_dir>/<name>.npz``.
+    def _checkpoint(self, kind, snap):
+        """A writer of ``<kind>.npz``: the model (which must hold ``snap``'s state) and ``snap``.
 
         With a weight average the file's parameters and buffers are the averages (what ``evaluate``,
         ``predict`` and ``export`` use) and the training weights go with the optimizer state (``train/``)."""
-        if self.run_dir is None:
-            return
         arrays = {f"optim/{k}": v for k, v in snap["optim"].items()}
+        state = None
         if snap["ema"] is not None:
             arrays.update({f"{_TRAIN}{k}": v for k, v in snap["model"].items()})
-        with self._evaluated():
-            self.model.save(os.path.join(self.run_dir, f"{name}.npz"), arrays=arrays, meta=self._meta(snap, name))
+            state = snap["ema"]["average"]
+        return self.model.checkpoint_writer(arrays=arrays, meta=self._meta(snap, kind), state=state)
+
+    def _commit(self, snap, last=False, best=False, summary=None):
+        """Write the run directory's files for ``snap`` as one step: metrics.csv always, and as asked
+        ``best.npz``, ``last.npz`` and ``summary.json`` (RunDir.commit)."""
+        if self.rundir is None:
+            return
+        files = {"metrics.csv": _metrics_text(self.history[: snap["epoch"]])}
+        if best:
+            files["best.npz"] = self._checkpoint("best", snap)
+        if last:
+            files["last.npz"] = self._checkpoint("last", snap)
+        if summary is not None:
+            files["summary.json"] = _summary_text(summary)
+        self.rundir.commit(files)
+        if last:
+            self._last_saved = snap["epoch"]
 
     # -- the loop ------------------------------------------------------------------------------------
     def train_epoch(self, epoch):
@@ -305,10 +397,33 @@ class Trainer:
     def fit(self, stop_after=None):
         """Train until ``epochs`` (or early stopping, or ``stop_after`` completed epochs); returns the summary.
 
-        Raises TrainingInterrupted (Ctrl-C) or TrainingDiverged after saving the last completed epoch.
+        Holds the run directory's lock while it runs.  Raises TrainingInterrupted (Ctrl-C; OutputClosed when
+        stdout's reader went away) or TrainingDiverged after saving the last completed epoch, and
+        TrainingWriteFailed when the run directory cannot be written (its files keep the last committed epoch).
         """
-        if self.run_dir is not None:
-            self._prepare_run_dir()
+        self._open_run_dir()
+        try:
+            return self._fit(stop_after)
+        finally:
+            if self.rundir is not None:
+                self.rundir.release()
+
+    def _open_run_dir(self):
+        if self.run_dir is None:
+            return
+        if self.rundir is None:  # a run directory given in Python: made if needed, then like a resumed one
+            os.makedirs(self.run_dir, exist_ok=True)
+            self.rundir = RunDir.open(self.run_dir)
+        else:
+            self.rundir.lock()
+        # Rows after the checkpoint's epoch belong to an epoch that will be re-run: drop them.
+        self.history = self.history[: self.epoch]
+        files = {"metrics.csv": _metrics_text(self.history)}
+        if self.config is not None:
+            files["config.yaml"] = dump_config(self.config)
+        self.rundir.commit(files)
+
+    def _fit(self, stop_after):
         Xv, yv = self.data.val
         snap = self._snapshot()
         t_start = time.perf_counter()
@@ -322,65 +437,79 @@ class Trainer:
                     self.status = "paused"
                     break
                 e = self.epoch
+                self._training = e + 1
                 t0 = time.perf_counter()
                 tr_loss, tr_acc, lr = self.train_epoch(e)
                 val = self.evaluate(Xv, yv)
-                row = {"epoch": e + 1, "lr": lr, "train_loss": tr_loss, "train_acc": tr_acc,
-                       "val_loss": val["loss"], "val_acc": val["acc"], "seconds": time.perf_counter() - t0}
-                self.epoch = e + 1
-                self.history.append(row)
-                self.early_stopping.update(row)
-                improved = self.best.update(row)
-                snap = self._snapshot()
-                if improved and self.keep_best:
-                    self.best_state = snap["ema"]["average"] if snap["ema"] is not None else snap["model"]
-                    self._save("best", snap)
-                if self.run_dir is not None:
-                    self._append_metrics(row)
-                    finishing = (self.epoch == self.epochs or self.epoch == stop_after or
-                                 (self.patience is not None and self.early_stopping.bad_epochs >= self.patience))
-                    if self.epoch % self.every == 0 or finishing:
-                        self._save("last", snap)
+                with deferred_signals():  # Ctrl-C waits until the epoch is recorded and committed
+                    row = {"epoch": e + 1, "lr": lr, "train_loss": tr_loss, "train_acc": tr_acc,
+                           "val_loss": val["loss"], "val_acc": val["acc"], "seconds": time.perf_counter() - t0}
+                    snap = self._end_epoch(row, stop_after)
                 self._say(_epoch_line(row, self.epochs, val_part=len(yv) > 0))
             else:
                 self.status = "completed"
+            summary = self._finish(time.perf_counter() - t_start)
         except KeyboardInterrupt:
             self._abort(snap, "interrupted")
-            raise TrainingInterrupted(
-                f"interrupted during epoch {snap['epoch'] + 1}; "
-                + (f"{self.run_dir}/last.npz holds the state after epoch {snap['epoch']}; "
-                   f"continue with: python -m cnnframe train --resume {self.run_dir}" if self.run_dir else
-                   "the model holds the state after the last completed epoch")
-            ) from None
+            raise TrainingInterrupted(self._stopped("interrupted", snap)) from None
+        except BrokenPipeError:
+            self._abort(snap, "interrupted")
+            raise OutputClosed(self._stopped("output closed (broken pipe)", snap)) from None
         except TrainingDiverged as err:
             self._abort(snap, "diverged")
             where = f"; {self.run_dir}/last.npz keeps the state after epoch {snap['epoch']}" if self.run_dir else ""
             raise TrainingDiverged(str(err) + where) from None
-        elapsed = time.perf_counter() - t_start
-        return self._finish(elapsed)
-
-    def _abort(self, snap, status):
-        self.model.load_state_dict(snap["model"])
-        if self.ema is not None:
-            self.ema.load_state_dict(snap["ema"])
-        self.optimizer.load_state_dict(snap["optim"])
-        self.epoch = snap["epoch"]
-        self.status = status
-        if self.run_dir is not None:
-            self._save("last", snap)
-            self._write_summary(self._summary(None))
-
-    def _finish(self, elapsed):
-        test = None
-        if self.status in ("completed", "early_stopped"):
-            test = self.test()
-        summary = self._summary(test, elapsed)
-        if self.run_dir is not None:
-            self._write_summary(summary)
-        if test is not None:
-            self._say(format_test(test, self.data.name))
+        except WriteError as err:
+            self._restore(snap)
+            self.status = "write_failed"
+            raise TrainingWriteFailed(f"{err}; {self._kept()}; make room and continue with: "
+                                      f"python -m cnnframe train --resume {self.run_dir}") from None
+        if summary["test"] is not None:
+            self._say(format_test(summary["test"], self.data.name))
         if self.run_dir is not None:
             self._say(f"run directory: {self.run_dir}")
+        return summary
+
+    def _end_epoch(self, row, stop_after):
+        """Record a completed epoch and commit it; returns its snapshot."""
+        self.epoch = row["epoch"]
+        self.history.append(row)
+        self.early_stopping.update(row)
+        improved = self.best.update(row) and self.keep_best
+        snap = self._snapshot()
+        if improved:
+            self.best_state = snap["best_state"] = snap["ema"]["average"] if snap["ema"] else snap["model"]
+        finishing = (self.epoch == self.epochs or self.epoch == stop_after or
+                     (self.patience is not None and self.early_stopping.bad_epochs >= self.patience))
+        # best.npz never gets ahead of last.npz: both record the same best epoch
+        self._commit(snap, last=improved or self.epoch % self.every == 0 or finishing, best=improved)
+        self._training = None
+        return snap
+
+    def _stopped(self, what, snap):
+        when = f"during epoch {self._training}" if self._training else f"after epoch {snap['epoch']}"
+        if not self.run_dir:
+            return f"{what} {when}; the model holds the state after the last completed epoch"
+        return (f"{what} {when}; {self.run_dir}/last.npz holds the state after epoch {snap['epoch']}; "
+                f"continue with: python -m cnnframe train --resume {self.run_dir}")
+
+    def _kept(self):
+        if self._last_saved is None:
+            return f"{self.run_dir} has no checkpoint yet (resuming starts from the first epoch)"
+        return f"{self.run_dir}/last.npz still holds the state after epoch {self._last_saved}"
+
+    def _abort(self, snap, status):
+        self._restore(snap)
+        self._training = None
+        self.status = status
+        self._commit(snap, last=self._last_saved != snap["epoch"], summary=self._summary(None))
+
+    def _finish(self, elapsed):
+        """The test report (when the run stopped as planned) and the summary, committed; returns the summary."""
+        test = self.test() if self.status in ("completed", "early_stopped") else None
+        summary = self._summary(test, elapsed)
+        if self.rundir is not None:
+            self.rundir.commit({"summary.json": _summary_text(summary)})
         return summary
 
     def test(self, split="test"):
@@ -404,32 +533,6 @@ class Trainer:
                 "data": {"name": self.data.name, "train": int(len(self.data.train[1])),
                          "val": int(len(self.data.val[1])), "test": int(len(self.data.test[1]))},
                 "cnnframe_version": __version__}
-
-    # -- files ------------------------------------------------------------------------------------------
-    def _prepare_run_dir(self):
-        os.makedirs(self.run_dir, exist_ok=True)
-        if self.config is not None:
-            cio.atomic_write_text(os.path.join(self.run_dir, "config.yaml"), dump_config(self.config))
-        # Rows after the checkpoint's epoch belong to an epoch that will be re-run: drop them.
-        path = os.path.join(self.run_dir, "metrics.csv")
-        self.history = self.history[: self.epoch]
-        buf = _io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
-        w.writeheader()
-        for row in self.history:
-            w.writerow(_csv_row(row))
-        cio.atomic_write_text(path, buf.getvalue())
-
-    def _append_metrics(self, row):
-        with open(os.path.join(self.run_dir, "metrics.csv"), "a", encoding="utf-8", newline="") as f:
-            csv.DictWriter(f, fieldnames=METRIC_FIELDS, lineterminator="\n").writerow(_csv_row(row))
-            f.flush()
-            os.fsync(f.fileno())
-
-    def _write_summary(self, summary):
-        # Strict JSON: NaN (e.g. the metrics of an empty validation part) is written as null.
-        cio.atomic_write_text(os.path.join(self.run_dir, "summary.json"),
-                              cio.json_text(_nan_to_none(summary), indent=2, allow_nan=False) + "\n")
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
@@ -510,6 +613,20 @@ def _nan_to_none(obj):
     return obj
 
 
+def _metrics_text(rows):
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow(_csv_row(row))
+    return buf.getvalue()
+
+
+def _summary_text(summary):
+    # Strict JSON: NaN (e.g. the metrics of an empty validation part) is written as null.
+    return cio.json_text(_nan_to_none(summary), indent=2, allow_nan=False) + "\n"
+
+
 def _csv_row(row):
     # repr() keeps every bit of a float, so two identical runs give byte-identical files.
     return {k: (repr(float(v)) if k not in ("epoch",) else int(v)) for k, v in row.items()}
@@ -528,20 +645,6 @@ def _read_metrics(path, upto):
             if row["epoch"] <= upto:
                 rows.append(row)
     return rows
-
-
-def make_run_dir(root, name):
-    """Create ``root/<name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... when taken) and return its path."""
-    os.makedirs(root, exist_ok=True)
-    base = os.path.join(root, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    path, n = base, 1
-    while True:
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            n += 1
-            path = f"{base}-{n}"
 
 
 def _pct(v):

@@ -1,11 +1,14 @@
 """End-to-end command line: train, resume, evaluate, predict, validate, gradcheck, info, and user errors."""
 import csv
+import errno
 import glob
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -31,8 +34,8 @@ def cli(capsys, *args):
 
 
 def train_tiny(capsys, tmp_path, *extra, name="t"):
-    code, out, err = cli(capsys, "train", TINY, "-q", "--run-dir", str(tmp_path), "--set", f"trainer.name={name}",
-                         *extra)
+    code, out, err = cli(capsys, "train", TINY, "-q", "--no-report", "--run-dir", str(tmp_path), "--set",
+                         f"trainer.name={name}", *extra)
     assert code == 0, err
     runs = glob.glob(os.path.join(str(tmp_path), f"{name}-*"))
     assert len(runs) == 1
@@ -61,7 +64,7 @@ def test_validate_prints_summary(capsys):
 
 
 def test_train_evaluate_predict(capsys, tmp_path):
-    code, out, err = cli(capsys, "train", TINY, "--run-dir", str(tmp_path), "--set", "trainer.name=full")
+    code, out, err = cli(capsys, "train", TINY, "--no-report", "--run-dir", str(tmp_path), "--set", "trainer.name=full")
     assert code == 0, err
     assert "# resolved config" in out and "Total parameters" in out and "epoch 2/2" in out
     assert "confusion matrix" in out and "accuracy" in out
@@ -103,7 +106,7 @@ def test_resume_equals_straight(capsys, tmp_path):
     straight, _ = train_tiny(capsys, tmp_path, name="straight")
     part, out = train_tiny(capsys, tmp_path, "--stop-after", "1", name="part")
     assert "--resume" in out
-    code, _, err = cli(capsys, "train", "--resume", part, "-q")
+    code, _, err = cli(capsys, "train", "--resume", part, "-q", "--no-report")
     assert code == 0, err
     a, a_arrays, _ = load_checkpoint(os.path.join(straight, "last.npz"))
     b, b_arrays, meta = load_checkpoint(os.path.join(part, "last.npz"))
@@ -185,7 +188,7 @@ def test_train_on_npz(capsys, tmp_path):
     cfg = tmp_path / "npz.yaml"
     cfg.write_text(open(TINY).read().replace("dataset: digits", "dataset: npz\n  path: mine.npz\n  normalize: standardize")
                    .replace("out_features: 10", "out_features: 3"))
-    code, out, err = cli(capsys, "train", str(cfg), "-q", "--run-dir", str(tmp_path / "runs"))
+    code, out, err = cli(capsys, "train", str(cfg), "-q", "--no-report", "--run-dir", str(tmp_path / "runs"))
     assert code == 0, err
     assert "test accuracy" in out
 
@@ -318,3 +321,185 @@ def test_validate_and_gradcheck_a_resnet_config(capsys):
     code, out, _ = cli(capsys, "gradcheck", resnet)
     assert code == 0, out
     assert "9 of 9 layers pass" in out and "[ok] layer  4 Residual" in out and "shortcut.0.weight" in out
+
+
+# -- stopping and resuming: Ctrl-C, a closed pipe, a full disk, a finished run, run directories --------------------
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path):
+    """Ctrl-C while the libraries load, and again while the config, data and model are being made."""
+    for wait_for_output in (False, True):
+        proc = subprocess.Popen([sys.executable, "-m", "cnnframe", "train", TINY, "--run-dir", str(tmp_path)],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if wait_for_output:
+            proc.stdout.readline()  # "# resolved config": the run is made, its model being summarised
+        else:
+            time.sleep(0.5)  # well inside `import cnnframe` (numpy, scipy, scikit-learn)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err and "interrupted" in err
+
+
+def test_a_closed_pipe_stops_training_resumably_with_status_141(capsys, tmp_path):
+    """`train ... | head`: the reader goes after the first lines; the next epoch line finds the pipe closed."""
+    proc = subprocess.Popen([sys.executable, "-m", "cnnframe", "train", TINY, "--run-dir", str(tmp_path),
+                             "--set", "trainer.epochs=3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stdout:
+        if line.startswith("threads:"):  # the last line before the first epoch
+            break
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err and "output closed (broken pipe) after epoch 1" in err
+    (run,) = glob.glob(os.path.join(str(tmp_path), "digits-tiny-*"))
+    assert f"continue with: python -m cnnframe train --resume {run}" in err
+    code, _, err = cli(capsys, "train", "--resume", os.path.join(str(tmp_path), "latest"), "-q", "--no-report")
+    assert code == 0, err
+    assert [r["epoch"] for r in rows_without_seconds(run)] == ["1", "2", "3"]
+
+
+def test_resuming_a_finished_run_that_lost_its_summary_writes_it(capsys, tmp_path):
+    run, _ = train_tiny(capsys, tmp_path, name="done")
+    with open(os.path.join(run, "summary.json")) as f:
+        summary = json.load(f)
+    os.remove(os.path.join(run, "summary.json"))  # as when killed while writing it (test_trainer kills it there)
+    code, out, err = cli(capsys, "train", "--resume", run, "--no-report")
+    assert code == 0, err
+    assert f"finishing {run} after epoch 2 of 2" in out and "confusion matrix" in out
+    with open(os.path.join(run, "summary.json")) as f:
+        again = json.load(f)
+    assert again["status"] == "completed" and again["test"] == summary["test"]
+    assert [r["epoch"] for r in rows_without_seconds(run)] == ["1", "2"]
+    code, _, err = cli(capsys, "train", "--resume", run, "-q")  # now it is finished
+    assert code == 2 and "already completed 2 of 2 epochs" in err and "--set trainer.epochs=N" in err
+
+
+def test_a_full_disk_keeps_the_checkpoints_and_exits_74(capsys, tmp_path, monkeypatch):
+    """Every file written from epoch 2 on fails with ENOSPC part-way: the run keeps epoch 1 intact."""
+    straight, _ = train_tiny(capsys, tmp_path, "--set", "trainer.epochs=3", name="straight")
+    from cnnframe import io as cio
+    from cnnframe.trainer import Trainer
+
+    fdopen, train_epoch, full = os.fdopen, Trainer.train_epoch, []
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(bytes(data)[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def filling(self, epoch):
+        if epoch == 1:
+            full.append(True)
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(cio.os, "fdopen", lambda *a, **k: FullDisk(fdopen(*a, **k)) if full else fdopen(*a, **k))
+    monkeypatch.setattr(Trainer, "train_epoch", filling)
+    code, out, err = cli(capsys, "train", TINY, "-q", "--no-report", "--run-dir", str(tmp_path),
+                         "--set", "trainer.name=full", "--set", "trainer.epochs=3")
+    (run,) = glob.glob(os.path.join(str(tmp_path), "full-*"))
+    assert code == 74 and len(err.strip().splitlines()) == 1, err
+    assert "No space left on device" in err and "last.npz still holds the state after epoch 1" in err
+    assert f"--resume {run}" in err
+    _, _, meta = load_checkpoint(os.path.join(run, "last.npz"))
+    assert meta["epoch"] == 1 and [r["epoch"] for r in rows_without_seconds(run)] == ["1"]
+    assert sorted(f for f in os.listdir(run) if f.startswith(".")) == [".lock"]  # no temporary file, no journal
+    monkeypatch.undo()  # space again
+    code, _, err = cli(capsys, "train", "--resume", run, "-q", "--no-report")
+    assert code == 0, err
+    assert rows_without_seconds(run) == rows_without_seconds(straight)
+    for name in ("last.npz", "best.npz"):
+        a, b = load_checkpoint(os.path.join(straight, name)), load_checkpoint(os.path.join(run, name))
+        for k, v in a[0].state_dict().items():
+            assert np.array_equal(v, b[0].state_dict()[k]), (name, k)
+
+
+def test_a_full_disk_when_predictions_are_written_exits_74(capsys, tmp_path, monkeypatch):
+    run, _ = train_tiny(capsys, tmp_path, "--set", "trainer.epochs=1", name="p")
+    np.save(tmp_path / "x.npy", np.zeros((2, 8, 8)))
+    (tmp_path / "preds.csv").write_text("before\n")
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    code, _, err = cli(capsys, "predict", run, "--input", str(tmp_path / "x.npy"),
+                       "--output", str(tmp_path / "preds.csv"))
+    assert code == 74 and err == f"cnnframe: error: cannot write {tmp_path / 'preds.csv'}: No space left on device\n"
+    assert (tmp_path / "preds.csv").read_text() == "before\n" and not glob.glob(str(tmp_path / ".*.tmp"))
+
+
+def test_run_directory_mistakes_are_user_errors(capsys, tmp_path):
+    run, _ = train_tiny(capsys, tmp_path, "--set", "trainer.epochs=1", name="r")
+    code, _, err = cli(capsys, "train", "--resume", run, "--run-dir", str(tmp_path / "elsewhere"))
+    assert code == 2 and "--run-dir" in err and "leave out --run-dir" in err
+    (tmp_path / "afile").write_text("")
+    code, _, err = cli(capsys, "train", TINY, "--run-dir", str(tmp_path / "afile"))
+    assert code == 2 and "afile" in err and "is a file, not a directory" in err and "Traceback" not in err
+
+
+def test_bad_thread_count_names_the_environment_variable(capsys, monkeypatch):
+    monkeypatch.setenv("CNNFRAME_NUM_THREADS", "0")
+    code, _, err = cli(capsys, "train", TINY)
+    assert code == 2 and err == ("cnnframe: error: the environment variable CNNFRAME_NUM_THREADS must be a positive "
+                                 "integer, got '0'\n")
+
+
+def test_predict_names_its_own_mistakes(capsys, tmp_path):
+    run, _ = train_tiny(capsys, tmp_path, "--set", "trainer.epochs=1", name="q")
+    np.save(tmp_path / "x.npy", np.zeros((2, 8, 8)))
+    code, _, err = cli(capsys, "predict", run, "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path))
+    assert code == 2 and f"--output {tmp_path} is a directory" in err and ".tmp" not in err
+    for name, content, why in [("random.npy", bytes(range(256)) * 4, "not a .npy array or an .npz archive"),
+                               ("empty.npy", b"", "the file is empty"),
+                               ("objects.npy", None, "holds Python objects")]:
+        if content is None:
+            np.save(tmp_path / name, np.array([{}, 1], dtype=object), allow_pickle=True)
+        else:
+            (tmp_path / name).write_bytes(content)
+        code, _, err = cli(capsys, "predict", run, "--input", str(tmp_path / name))
+        assert code == 2 and why in err and "allow_pickle" not in err and "Traceback" not in err, err
+    np.save(tmp_path / "huge.npy", np.full((2, 8, 8), 1e40))  # finite in float64; 1e40 / 16 overflows float32
+    code, out, err = cli(capsys, "predict", run, "--input", str(tmp_path / "huge.npy"))
+    assert code == 2 and "not finite as float32" in err and "huge.npy" in err and out == ""
+
+
+def test_data_that_overflows_the_model_dtype_and_empty_data_files(capsys, tmp_path):
+    X = np.zeros((30, 8, 8))
+    X[3, 2, 2] = 1e300  # finite in float64, infinite in float32
+    np.savez(tmp_path / "huge.npz", X=X, y=np.arange(30) % 3)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    base = ["--set", "data.dataset=npz", "--set", "model.layers[6].out_features=3", "--run-dir", str(tmp_path)]
+    code, _, err = cli(capsys, "train", TINY, *base, "--set", f"data.path={tmp_path / 'huge.npz'}")
+    assert code == 2 and "1 input value(s) are not finite as float32" in err and "Traceback" not in err
+    code, _, err = cli(capsys, "train", TINY, *base, "--set", "trainer.dtype=float64",  # fits float64
+                       "--set", f"data.path={tmp_path / 'huge.npz'}", "--set", "trainer.epochs=1", "-q", "--no-report")
+    assert code == 0, err
+    code, _, err = cli(capsys, "validate", TINY, "--set", "data.dataset=npz",
+                       "--set", f"data.path={tmp_path / 'empty.npz'}")
+    assert code == 2 and "data.path" in err and "the file is empty" in err
+
+
+def test_runs_latest_works_in_the_readme_flow_with_several_runs(capsys, tmp_path):
+    """README: train, then evaluate / predict / resume `runs/latest`, however many runs the folder holds."""
+    runs = tmp_path / "runs"
+    first, _ = train_tiny(capsys, runs, name="first")
+    second, out = train_tiny(capsys, runs, "--stop-after", "1", name="second")
+    assert os.path.realpath(runs / "latest") == os.path.realpath(second)
+    code, out, err = cli(capsys, "train", "--resume", str(runs / "latest"), "-q", "--no-report")
+    assert code == 0 and f"run: {second}" in out, err  # the run is called by its own name, not 'latest'
+    with open(os.path.join(second, "summary.json")) as f:
+        assert json.load(f)["name"] == os.path.basename(second)
+    code, out, _ = cli(capsys, "evaluate", str(runs / "latest"))
+    assert code == 0 and f"checkpoint: {runs / 'latest' / 'last.npz'}" in out
+    np.save(tmp_path / "x.npy", np.zeros((2, 8, 8)))
+    code, out, _ = cli(capsys, "predict", str(runs / "latest"), "--input", str(tmp_path / "x.npy"))
+    assert code == 0 and len(out.strip().splitlines()) == 3
+    assert sorted(os.listdir(runs)) == sorted([os.path.basename(first), os.path.basename(second), "latest"])

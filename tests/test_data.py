@@ -1,10 +1,24 @@
-"""Data sets, splits, augmentation and batching."""
+"""Data sets, splits, augmentation, batching and the preprocessing stored with a model."""
+import json
+import re
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from cnnframe.data import batches, load_dataset, preprocess, random_shift, split_dataset, split_indices
+from cnnframe.data import (
+    Preprocessing,
+    Splits,
+    batches,
+    load_dataset,
+    preprocess,
+    random_shift,
+    split_dataset,
+    split_indices,
+    store_inputs,
+    stored_class_names,
+)
 from cnnframe.datasets import NpzData
 from cnnframe.errors import DataError
 
@@ -169,3 +183,50 @@ def test_one_preprocessing_function():
     np.testing.assert_array_equal(fed, (raw / 16).astype(np.float32))
     np.testing.assert_array_equal(s.preprocess(raw), fed)
     assert {tuple(x.ravel()) for x in s.test[0][:20]} <= {tuple(x.ravel()) for x in fed}
+
+
+# -- the preprocessing stored with a model ---------------------------------------------------------------------
+def test_preprocessing_record_round_trips_and_is_checked():
+    pre = Preprocessing.for_images("rgb", [6, 5], offset=10, scale=0.5)
+    d = pre.to_dict()
+    assert d == {"formula": "(x - offset) * scale", "offset": 10.0, "scale": 0.5, "layout": "NCHW",
+                 "decode": {"kind": "image", "mode": "rgb", "size": [6, 5], "channel_order": "RGB",
+                            "resample": "bilinear", "exif_transpose": True, "dtype": "uint8"}}
+    assert Preprocessing.from_dict(json.loads(json.dumps(d))) == pre
+    assert Preprocessing().to_dict() == {"formula": "(x - offset) * scale", "offset": 0.0, "scale": 1.0,
+                                         "layout": "NCHW"}  # arrays: no decode entry
+    np.testing.assert_array_equal(pre(np.full((1, 3, 6, 5), 12), np.float64), np.ones((1, 3, 6, 5)))
+    assert "image files read as rgb, resized to 5×6" in pre.describe()
+    for bad, needle in [({"scale": float("nan")}, "scale must be a finite number"), ({"offset": "0"}, "offset"),
+                        ({"formula": "x * scale"}, "is not '(x - offset) * scale'"),
+                        ({"decode": {"kind": "image", "mode": "cmyk"}}, "mode must be one of grayscale, rgb"),
+                        ({"decode": {"kind": "image", "mode": "rgb", "size": [0, 3]}}, "decode: must be [height"),
+                        ({"decode": "png"}, "decode must be a JSON object")]:
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            Preprocessing.from_dict(bad)
+
+
+def test_preprocessing_and_class_names_in_a_checkpoints_meta():
+    pre = Preprocessing(0.5, 2.0)
+    meta = store_inputs({"epoch": 3, "data": {"name": "x"}}, pre, ["a", "b"])
+    assert meta["epoch"] == 3 and meta["data"]["name"] == "x"
+    assert meta["data"]["preprocessing"] == pre.to_dict() and meta["data"]["class_names"] == ["a", "b"]
+    assert (meta["data"]["offset"], meta["data"]["scale"]) == (0.5, 2.0)  # mirrored for older readers
+    assert Preprocessing.from_meta(meta) == pre and stored_class_names(meta, 2) == ["a", "b"]
+    assert stored_class_names(meta, 3) is None  # not one name per class: not used
+    assert store_inputs({"epoch": 1}) == {"epoch": 1}
+    assert Preprocessing.from_meta({"data": {"offset": 1.0, "scale": 0.25}}) == Preprocessing(1.0, 0.25)  # older
+    assert Preprocessing.from_meta({"data": {"name": "x"}}) is None and Preprocessing.from_meta({}) is None
+
+
+def test_splits_carry_the_data_sets_preprocessing_and_class_names(tmp_path):
+    s = load_dataset("digits", seed=0)
+    assert s.preprocessing == Preprocessing(0.0, 1 / 16) and s.class_names is None  # digits: arrays, classes 0..9
+    path = make_npz(tmp_path, shape=(1, 4, 4))
+    s = split_dataset(NpzData(path, normalize="unit"), seed=0, test_size=0.25, val_fraction=0.0)
+    assert s.preprocessing.decode is None and s.scale == s.preprocessing.scale > 0
+    hand = Splits(s.train, s.val, s.test, 3)  # arrays given as they are fed: nothing known to record
+    assert hand.preprocessing is None and (hand.offset, hand.scale) == (0.0, 1.0)
+    assert Splits(s.train, s.val, s.test, 3, scale=0.5).preprocessing == Preprocessing(0.0, 0.5)
+    with pytest.raises(ValueError, match="has 2 names for 3 classes"):
+        Splits(s.train, s.val, s.test, 3, class_names=["a", "b"])

@@ -36,7 +36,7 @@ def test_custom_layer_yaml_trains_and_gradchecks(tmp_path):
     assert len(re.findall(r"^\[ok\] layer +\d+ Swish ", r.stdout, re.M)) == 3
     assert "15 of 15 layers pass" in r.stdout
 
-    r = run(["-m", "cnnframe", "train", cfg, "-q", "--set", "trainer.epochs=2", "--run-dir", str(tmp_path / "runs")],
+    r = run(["-m", "cnnframe", "train", cfg, "-q", "--no-report", "--set", "trainer.epochs=2", "--run-dir", str(tmp_path / "runs")],
             cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     m = re.search(r"test accuracy ([\d.]+)% \(360 samples\).*run: (\S+)", r.stdout)

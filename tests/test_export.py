@@ -179,6 +179,21 @@ def test_metadata_records_preprocessing_output_and_classes(tmp_path):
     assert read_metadata(raw)["output"] == "raw"
 
 
+def test_metadata_records_the_models_own_preprocessing_as_checkpoints_do(tmp_path):
+    """A model carrying its preprocessing (as the trainer and load_checkpoint leave it) exports the same record."""
+    from cnnframe.data import Preprocessing
+
+    model = cf.Sequential([cf.Flatten(), cf.Dense(2)], input_shape=(3, 4, 5), seed=0)
+    model.preprocessing = Preprocessing.for_images("rgb", [4, 5], offset=0.0, scale=1 / 255)
+    model.class_names = ["cat", "dog"]
+    model.save(str(tmp_path / "m.npz"))
+    loaded = cf.load(str(tmp_path / "m.npz"))
+    meta = read_metadata(loaded.to_onnx(str(tmp_path / "m.onnx")))
+    stored = cf.checkpoint.read_meta(str(tmp_path / "m.npz"))["data"]["preprocessing"]
+    assert meta["preprocessing"] == {**stored, "input_shape": [3, 4, 5], "dtype": "float32"}
+    assert meta["preprocessing"]["decode"]["mode"] == "rgb" and meta["class_names"] == ["cat", "dog"]
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"output": "logits"}, "output must be one of probabilities, raw"),
     ({"class_names": ["a", "b"]}, "2 class names given for a model with 3 outputs"),
@@ -328,7 +343,7 @@ def test_broken_hooks_are_reported_with_the_layer():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    assert main(["train", TINY, "--quiet", "--run-dir", str(root)]) == 0
+    assert main(["train", TINY, "--quiet", "--no-report", "--run-dir", str(root)]) == 0
     (run,) = glob.glob(os.path.join(str(root), "digits-tiny-*"))
     return run
 

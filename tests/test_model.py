@@ -405,6 +405,37 @@ def test_save_requires_built_model_and_json_meta(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_save_records_preprocessing_and_class_names_and_load_restores_them(tmp_path):
+    from cnnframe.data import Preprocessing
+
+    m = _tiny()
+    assert m.preprocessing is None and m.class_names is None
+    m.save(tmp_path / "bare.npz")
+    bare = load_checkpoint(tmp_path / "bare.npz")[0]
+    assert bare.preprocessing is None and bare.class_names is None  # nothing recorded: nothing made up
+    pre = Preprocessing(0.5, 2.0)
+    m.save(tmp_path / "given.npz", meta={"epoch": 4}, preprocessing=pre.to_dict(), class_names=["a", "b", "c"])
+    loaded, _, meta = load_checkpoint(tmp_path / "given.npz")
+    assert loaded.preprocessing == pre and loaded.class_names == ["a", "b", "c"] and meta["epoch"] == 4
+    assert meta["data"]["preprocessing"] == pre.to_dict()
+    # the attributes are what save stores by default, so a loaded model saved again keeps them
+    loaded.save(tmp_path / "again.npz")
+    again = load_checkpoint(tmp_path / "again.npz")[0]
+    assert again.preprocessing == pre and again.class_names == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="has 2 names for 3 classes"):
+        m.save(tmp_path / "x.npz", class_names=["a", "b"])
+    with pytest.raises(ValueError, match="scale must be a finite number"):
+        m.save(tmp_path / "x.npz", preprocessing={"scale": float("inf")})
+    assert sorted(os.listdir(tmp_path)) == ["again.npz", "bare.npz", "given.npz"]
+
+
+def test_load_refuses_a_garbled_preprocessing_record(tmp_path):
+    m = _tiny()
+    m.save(tmp_path / "x.npz", meta={"data": {"preprocessing": {"offset": "zero"}}})
+    with pytest.raises(cnnframe.CheckpointError, match="offset must be a finite number"):
+        load_checkpoint(tmp_path / "x.npz")
+
+
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     m = _tiny()
     path = tmp_path / "last.npz"
@@ -594,3 +625,17 @@ def test_summary_shows_the_nesting():
     assert rows[cat + 6] == ["shortcut:", "identity", "(4,", "6,", "6)", "0"]
     assert f"Total parameters: {_block_model().num_parameters():,}" in s
     assert rows[-4][:2] == ["5", "Dense"]
+
+
+def test_the_same_layer_object_twice_is_refused():
+    """A layer keeps what its backward needs from its last forward: used twice, its gradients are wrong and the
+    optimizer steps it twice.  Equal but separate layers are fine."""
+    conv, relu = cnnframe.Conv2D(2, 1), cnnframe.ReLU()
+    with pytest.raises(ValueError, match=r"Sequential: layers\[2\] is the same layer object as layers\[1\]; each use "
+                                         r"needs its own layer .* make another, e.g. ReLU"):
+        Sequential([conv, relu, relu])
+    with pytest.raises(ValueError, match=r"layers\[2\] is the same layer object as layers\[1\]\.shortcut\.0"):
+        Sequential([conv, cnnframe.Residual([cnnframe.Conv2D(2, 1)], shortcut=[relu]), relu])
+    with pytest.raises(ValueError, match=r"layers\[1\]\.layers\.0\.layers\.0 is the same layer object as layers\[0\]"):
+        Sequential([conv, cnnframe.Residual([cnnframe.Residual([conv])])])
+    Sequential([cnnframe.Conv2D(2, 1), cnnframe.ReLU(), cnnframe.ReLU()], input_shape=(1, 4, 4))

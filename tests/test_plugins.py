@@ -99,7 +99,8 @@ def run_module(*args, cwd, pythonpath=None):
 
 def train(cfg, tmp_path, cwd, pythonpath=None):
     """Train one epoch in a subprocess; returns (run directory, test accuracy text)."""
-    r = run_module("train", str(cfg), "-q", "--run-dir", str(tmp_path / "runs"), cwd=cwd, pythonpath=pythonpath)
+    r = run_module("train", str(cfg), "-q", "--no-report", "--run-dir", str(tmp_path / "runs"), cwd=cwd,
+                   pythonpath=pythonpath)
     assert r.returncode == 0, r.stdout + r.stderr
     m = re.search(r"test accuracy ([\d.]+)% .*run: (\S+)", r.stdout)
     assert m, r.stdout
@@ -454,11 +455,11 @@ def test_resume_a_plugin_run_names_its_plugin(tmp_path):
     cfg.write_text(model_yaml("{type: plug_scale_resume}", plugins=["scale.py"], epochs=2))
     r = run_module("train", str(cfg), "-q", "--stop-after", "1", "--run-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*"))
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*-*"))
     r = run_module("train", "--resume", run_dir, "-q", cwd=tmp_path)  # the recorded plugin list imports nothing
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "unknown layer 'plug_scale_resume'" in r.stderr and f"trained with plugins: {plugin}" in r.stderr
-    r = run_module("train", "--resume", run_dir, "-q", "--plugin", str(plugin), cwd=tmp_path)
+    r = run_module("train", "--resume", run_dir, "-q", "--no-report", "--plugin", str(plugin), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "test accuracy" in r.stdout
 
@@ -485,7 +486,7 @@ def tiny_run(tmp_path, capsys):
                  str(tmp_path / "runs")])
     capsys.readouterr()
     assert code == 0
-    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*"))
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*-*"))
     return run_dir
 
 
@@ -521,7 +522,7 @@ def test_crafted_checkpoint_runs_no_code(tmp_path, capsys, monkeypatch, tiny_run
     with pytest.raises(cnnframe.CheckpointError, match="not a subclass of cnnframe's Layer"):
         Sequential.load(best, plugins=["subprocess"])
     # --resume reads best.npz as arrays only (they fit the run's model): the stored config is never built
-    assert main(["train", "--resume", tiny_run, "-q"]) == 0
+    assert main(["train", "--resume", tiny_run, "-q", "--no-report"]) == 0
     assert not (tmp_path / "PWNED").exists()
     # and a crafted config.yaml in the run directory is a stored config like any other
     with open(os.path.join(tiny_run, "config.yaml"), "w") as f:

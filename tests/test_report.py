@@ -20,7 +20,7 @@ SECTIONS = ("curves", "confusion", "misclassified", "filters")
 
 
 def train(root, *extra):
-    assert main(["train", TINY, "--quiet", "--run-dir", str(root), *extra]) == 0
+    assert main(["train", TINY, "--quiet", "--no-report", "--run-dir", str(root), *extra]) == 0
     (run,) = glob.glob(os.path.join(str(root), "*-*"))
     return run
 
@@ -118,7 +118,7 @@ def test_image_folder_run_shows_class_names_and_survives_missing_data(tmp_path, 
     cfg.write_text("data: {dataset: image_folder, root: imgs, mode: rgb}\n"
                    "model: {layers: [{type: conv2d, out_channels: 2, kernel_size: 3}, {type: flatten},"
                    " {type: dense, out_features: 2}]}\ntrainer: {epochs: 1, batch_size: 8}\n")
-    assert main(["train", str(cfg), "-q", "--run-dir", str(tmp_path / "runs")]) == 0
+    assert main(["train", str(cfg), "-q", "--no-report", "--run-dir", str(tmp_path / "runs")]) == 0
     (run,) = glob.glob(str(tmp_path / "runs" / "pets-*"))
     assert main(["report", run]) == 0
     page = open(os.path.join(run, "report.html"), encoding="utf-8").read()

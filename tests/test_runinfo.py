@@ -2,7 +2,6 @@
 import math
 import os
 
-import numpy as np
 import pytest
 
 from cnnframe import runinfo
@@ -48,13 +47,24 @@ def test_class_names_from_meta_or_from_the_data_set(tmp_path):
     assert runinfo.class_names({}, None) is None
 
 
-def test_preprocessing_and_output_kind(tmp_path):
-    meta = {"data": {"offset": 0.5, "scale": 2.0}}
-    assert runinfo.preprocessing(meta) == {"offset": 0.5, "scale": 2.0}
-    assert runinfo.preprocessing({}) == {"offset": 0.0, "scale": 1.0}
-    pre = runinfo.preprocessing(meta, image_folder_cfg(tmp_path))
-    assert pre["decode"]["mode"] == "rgb" and pre["decode"]["size"] == [4, 5] and pre["decode"]["kind"] == "image"
+def test_preprocessing_recorded_older_or_missing(tmp_path):
+    from cnnframe.data import Preprocessing
+    from cnnframe.errors import CheckpointError
+
+    recorded = Preprocessing.for_images("rgb", [4, 5], offset=0.25, scale=0.5)
+    meta = {"data": {"offset": 9.0, "scale": 9.0, "preprocessing": recorded.to_dict()}}
+    assert runinfo.preprocessing(meta, image_folder_cfg(tmp_path)) == recorded  # the record, not the mirror
+    older = {"data": {"offset": 0.5, "scale": 2.0}}  # a checkpoint from before the record: offset and scale only
+    assert runinfo.preprocessing(older) == Preprocessing(0.5, 2.0)
+    pre = runinfo.preprocessing(older, image_folder_cfg(tmp_path))  # ... and the decoding its data set describes
+    assert (pre.offset, pre.scale) == (0.5, 2.0)
+    assert pre.decode["mode"] == "rgb" and pre.decode["size"] == [4, 5] and pre.decode["kind"] == "image"
+    assert runinfo.preprocessing({}) is None and runinfo.preprocessing({"data": {"name": "x"}}) is None
+    with pytest.raises(CheckpointError, match="scale must be a finite number"):
+        runinfo.preprocessing({"data": {"preprocessing": {"offset": 0, "scale": "big"}}})
+
+
+def test_output_kind():
     assert runinfo.output_kind(None) == "probabilities"
     assert runinfo.output_kind({"loss": {"type": "cross_entropy"}}) == "probabilities"
     assert runinfo.output_kind({"loss": {"type": "mse"}}) == "raw"
-    assert np.isfinite(pre["scale"])

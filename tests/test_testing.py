@@ -203,3 +203,52 @@ def test_gradcheck_options_are_passed_on():
     report = check_layer_contract(lambda d: Scale(dtype=d), (50,), gradcheck_kwargs={"max_checks": 7})
     assert report.tensors["input"].checked == 7
     assert check_layer_contract(lambda d: Scale(dtype=d), (4,), skip=("gradcheck",)) is None
+
+
+class ChannelAffine(Layer):
+    """docs/extending.md's layer: y = γ[c]·x + β[c]; γ starts at 1 and β at 0 on every channel."""
+
+    def __init__(self, num_features=None, dtype="float32"):
+        super().__init__(dtype)
+        self.num_features = num_features
+
+    def build(self, input_shape):
+        if not self.built:
+            self.num_features = int(input_shape[0])
+            self.add_parameter("weight", np.ones(self.num_features), weight_decay=False)
+            self.add_parameter("bias", np.zeros(self.num_features), weight_decay=False)
+        super().build(input_shape)
+
+    def _per_channel(self, v, ndim):
+        return v.reshape((-1,) + (1,) * (ndim - 2))
+
+    def forward(self, x):
+        x = np.asarray(x, dtype=self.dtype)
+        self._ensure_built(x)
+        self._x = x
+        w, b = self._params["weight"].data, self._params["bias"].data
+        return self._per_channel(w, x.ndim) * x + self._per_channel(b, x.ndim)
+
+    def backward(self, grad_out):
+        x = self._x
+        axes = (0,) + tuple(range(2, x.ndim))
+        self._params["weight"].grad += (grad_out * x).sum(axis=axes)
+        self._params["bias"].grad += grad_out.sum(axis=axes)
+        return self._per_channel(self._params["weight"].data, x.ndim) * grad_out
+
+    def get_config(self):
+        return {**super().get_config(), "num_features": self.num_features}
+
+
+class GammaDropped(ChannelAffine):
+    """dL/dx = G instead of γ·G: right while γ is 1, as it is when the layer is made."""
+
+    def backward(self, grad_out):
+        super().backward(grad_out)
+        return grad_out
+
+
+def test_a_gradient_right_only_at_the_initial_parameters_fails():
+    assert check_layer_contract(lambda d: ChannelAffine(dtype=d), (3, 4, 4)).passed
+    with pytest.raises(AssertionError, match=r"(?s)GammaDropped \[gradcheck\]: at randomised parameter values.*input"):
+        check_layer_contract(lambda d: GammaDropped(dtype=d), (3, 4, 4))

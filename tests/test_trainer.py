@@ -1,14 +1,20 @@
-"""The training loop: Python API, determinism, resume, interruption, divergence, early stopping."""
+"""The training loop: Python API, determinism, resume, interruption, divergence, early stopping, kills."""
 import csv
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
 
 import cnnframe
+from cnnframe import checkpoint
 from cnnframe.config import load_config
-from cnnframe.data import load_dataset
+from cnnframe.data import Preprocessing, Splits, load_dataset
 from cnnframe.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from cnnframe.model import load_checkpoint
 from cnnframe.errors import CheckpointError
@@ -96,7 +102,9 @@ def test_run_dir_contents(tmp_path):
     summary = trainer.fit()
     run = trainer.run_dir
     assert os.path.basename(run).startswith("digits-tiny-")
-    assert sorted(os.listdir(run)) == ["best.npz", "config.yaml", "last.npz", "metrics.csv", "summary.json"]
+    # the lock file stays (a note; the lock itself went with the process), no temporary file or journal
+    assert sorted(os.listdir(run)) == [".lock", "best.npz", "config.yaml", "last.npz", "metrics.csv", "summary.json"]
+    assert os.readlink(os.path.join(str(tmp_path), "latest")) == os.path.basename(run)
     assert load_config(os.path.join(run, "config.yaml")) == cfg
     rows = metric_rows(run)
     assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
@@ -108,6 +116,26 @@ def test_run_dir_contents(tmp_path):
     assert meta["epoch"] == 2 and meta["config"] == cfg and meta["kind"] == "last"
     assert any(k.startswith("optim/momentum_buffer/") for k in arrays)
     assert meta["data"]["scale"] == 1 / 16
+    assert meta["data"]["preprocessing"] == Preprocessing(0.0, 1 / 16).to_dict()  # digits: arrays, fed as x / 16
+
+
+def test_the_data_preprocessing_and_class_names_travel_with_the_model(digits, tmp_path):
+    named = Splits(digits.train, digits.val, digits.test, 10, preprocessing=digits.preprocessing,
+                   class_names=[f"digit {k}" for k in range(10)])
+    model = cnnframe.Sequential([Flatten(), Dense(10)], input_shape=digits.input_shape)
+    trainer = Trainer(model, cnnframe.SoftmaxCrossEntropy(), cnnframe.SGD(model.parameters(), lr=0.1), named,
+                      epochs=1, run_dir=str(tmp_path / "named"), quiet=True)
+    assert model.preprocessing == digits.preprocessing and model.class_names[3] == "digit 3"
+    trainer.fit()
+    loaded, _, meta = load_checkpoint(os.path.join(str(tmp_path / "named"), "last.npz"))
+    assert loaded.preprocessing == digits.preprocessing and meta["data"]["class_names"][9] == "digit 9"
+    # arrays handed over as they are fed: the trainer records no preprocessing it does not know
+    bare = Splits(digits.train, digits.val, digits.test, 10)
+    model = cnnframe.Sequential([Flatten(), Dense(10)], input_shape=digits.input_shape)
+    Trainer(model, cnnframe.SoftmaxCrossEntropy(), cnnframe.SGD(model.parameters(), lr=0.1), bare, epochs=1,
+            run_dir=str(tmp_path / "bare"), quiet=True).fit()
+    _, _, meta = load_checkpoint(os.path.join(str(tmp_path / "bare"), "last.npz"))
+    assert "preprocessing" not in meta["data"] and "offset" not in meta["data"] and meta["data"]["num_classes"] == 10
 
 
 def test_straight_equals_interrupted_and_resumed(tmp_path):
@@ -315,3 +343,237 @@ def test_a_loaded_config_is_built_once(tmp_path, monkeypatch):
     assert len(built) == 1  # nothing built again: the trainer takes the setup's objects
     assert trainer.model is setup.model and trainer.model.layers[0] is built[0]
     assert trainer.optimizer is setup.optimizer and trainer.loss is setup.loss and trainer.schedule is setup.schedule
+
+
+# -- a kill at any write of a commit ------------------------------------------------------------------------------
+# Imports cnnframe once, then forks one process per kill point (forking before any kernel has run, so no
+# OpenMP team exists yet), in two lanes side by side: the process trains with os.open (creating), its first
+# write, os.fsync, os.replace and os.unlink counted from the start of Trainer.fit, sends itself the signal at
+# the chosen one, and a second process resumes the run with `train --resume`.  Prints each pair's exit
+# statuses as JSON.
+KILL_DRIVER = r'''
+import json
+import os
+import signal
+import sys
+import traceback
+
+from cnnframe import cli
+from cnnframe.trainer import Trainer
+
+spec = json.loads(sys.argv[1])
+real = {name: getattr(os, name) for name in ("open", "fsync", "replace", "unlink", "fdopen")}
+state = {"armed": False, "n": 0, "at": None, "signal": None, "log": []}
+
+
+def event(kind, what):
+    if state["armed"]:
+        state["n"] += 1
+        state["log"].append(f"{kind} {what}")
+        if state["n"] == state["at"]:
+            os.kill(os.getpid(), state["signal"])
+
+
+class CountedFile:
+    """A file whose first write is an event (the moment a temporary file starts to fill)."""
+
+    def __init__(self, f):
+        self.f, self.written = f, False
+
+    def write(self, data):
+        if not self.written:
+            self.written = True
+            event("write", os.path.basename(self.f.name) if isinstance(self.f.name, str) else "fd")
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def patch():
+    def open_(path, flags, *a, **k):
+        if flags & os.O_CREAT:
+            event("create", os.path.basename(path))
+        return real["open"](path, flags, *a, **k)
+
+    def fsync(fd):
+        event("fsync", "")
+        return real["fsync"](fd)
+
+    def replace(src, dst, *a, **k):
+        event("rename", os.path.basename(dst))
+        return real["replace"](src, dst, *a, **k)
+
+    def unlink(path, *a, **k):
+        event("unlink", os.path.basename(path))
+        return real["unlink"](path, *a, **k)
+
+    os.open, os.fsync, os.replace, os.unlink = open_, fsync, replace, unlink
+    os.fdopen = lambda *a, **k: CountedFile(real["fdopen"](*a, **k))
+    fit = Trainer.fit
+
+    def armed_fit(self, *a, **k):
+        state["armed"] = True
+        return fit(self, *a, **k)
+
+    Trainer.fit = armed_fit
+
+
+def in_child(run):
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            code = run()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def kill_and_resume(point):
+    def train():
+        patch()
+        state["at"], state["signal"] = point.get("at"), getattr(signal, point.get("signal") or "SIGKILL")
+        code = cli.main(["train", spec["config"], "-q", "--run-dir", point["root"], *spec["sets"]])
+        if point.get("log"):
+            with open(point["log"], "w") as f:
+                json.dump(state["log"], f)
+        return code
+
+    def resume():
+        return cli.main(["train", "--resume", os.path.join(point["root"], "latest"), "-q", "--no-report"])
+
+    first = in_child(train)
+    return {"train": first, "resume": in_child(resume) if point.get("at") else None}
+
+
+# Two lanes of points side by side (a lane forks its points' processes one after another).
+points = list(enumerate(spec["points"]))
+lanes = []
+for lane in (points[0::2], points[1::2]):
+    if lane:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r)
+                os.write(w, json.dumps([(i, kill_and_resume(p)) for i, p in lane]).encode())
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(w)
+        lanes.append((pid, r))
+results = [None] * len(points)
+for pid, r in lanes:
+    with os.fdopen(r, "rb") as f:
+        done = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    if status:
+        sys.exit("a lane of kill points failed")
+    for i, result in json.loads(done):
+        results[i] = result
+print(json.dumps(results))
+'''
+
+
+def _kill_points(log):
+    """Event numbers (1-based) of the commit of epoch 2 (all of them) and of the summary, and three of epoch 1's."""
+    ends = [i + 1 for i, e in enumerate(log) if e == "unlink .commit.json"]  # the run's opening commit, epochs 1-3
+    assert len(ends) == 4 and log[-2] == "rename summary.json", log
+    epoch1, epoch2 = range(ends[0] + 1, ends[1] + 1), range(ends[1] + 1, ends[2] + 1)
+    return [epoch1[0], epoch1[len(epoch1) // 2], epoch1[-1], *epoch2, *range(ends[3] + 1, len(log) + 1)], epoch2
+
+
+def test_a_kill_at_any_write_of_a_commit_resumes_to_the_uninterrupted_run(tmp_path):
+    """SIGKILL before each file operation of epoch 2's commit and of the summary's (and a few of epoch 1's), SIGINT
+    at some: after `train --resume`, every epoch's metrics row is there once, the weights and the optimizer
+    state are the uninterrupted run's, best.npz holds the epoch summary.json and last.npz name as best, and no
+    temporary file or journal is left."""
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # fsync costs nothing there; the events are the same
+    base = tempfile.mkdtemp(prefix="cnnframe-kills-", dir=shm or str(tmp_path))
+    spec = {"config": TINY, "sets": ["--set", "trainer.dtype=float64", "--set", "trainer.epochs=3",  # few steps:
+                                    "--set", "trainer.batch_size=512", "--no-report"]}  # this is about the files
+
+    def drive(points):
+        r = subprocess.run([sys.executable, "-c", KILL_DRIVER, json.dumps({**spec, "points": points})],
+                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    try:
+        ref = os.path.join(base, "ref")
+        assert drive([{"root": ref, "log": os.path.join(base, "log.json")}]) == [{"train": 0, "resume": None}]
+        with open(os.path.join(base, "log.json")) as f:
+            log = json.load(f)
+        kills, epoch2 = _kill_points(log)
+        points = [{"root": os.path.join(base, f"kill{k}"), "at": k, "signal": "SIGKILL"} for k in kills]
+        points += [{"root": os.path.join(base, f"int{k}"), "at": k, "signal": "SIGINT"}
+                   for k in (epoch2[0], epoch2[len(epoch2) // 2], epoch2[-1], len(log) - 1)]
+        results = drive(points)
+
+        ref_run = os.path.realpath(os.path.join(ref, "latest"))
+        expected = {name: checkpoint.read(os.path.join(ref_run, name)) for name in ("last.npz", "best.npz")}
+        with open(os.path.join(ref_run, "summary.json")) as f:
+            ref_summary = json.load(f)
+        summary_written = log.index("rename summary.json") + 1  # a kill after this event finds the run finished
+        for point, result in zip(points, results):
+            what = f"{point['signal']} before event {point['at']} ({log[point['at'] - 1]})"
+            kill = point["signal"] == "SIGKILL"
+            assert result["train"] == (-9 if kill else 130), what
+            finished = kill and point["at"] > summary_written
+            assert result["resume"] == (2 if finished else 0), what  # 2: "already completed"
+            run = os.path.realpath(os.path.join(point["root"], "latest"))
+            assert sorted(f for f in os.listdir(run) if f.startswith(".")) == [".lock"], what
+            assert [r["epoch"] for r in metric_rows(run)] == ["1", "2", "3"], what
+            assert ([{k: v for k, v in r.items() if k != "seconds"} for r in metric_rows(run)] ==
+                    [{k: v for k, v in r.items() if k != "seconds"} for r in metric_rows(ref_run)]), what
+            for name, want in expected.items():
+                got = checkpoint.read(os.path.join(run, name))
+                assert got.meta["epoch"] == want.meta["epoch"], (what, name)
+                for k, v in {**want.params, **want.buffers, **want.arrays}.items():
+                    assert np.array_equal(v, {**got.params, **got.buffers, **got.arrays}[k]), (what, name, k)
+            with open(os.path.join(run, "summary.json")) as f:
+                summary = json.load(f)
+            assert summary["status"] == "completed" and summary["test"] == ref_summary["test"], what
+            best_epoch = summary["best"]["best_epoch"]
+            assert best_epoch == ref_summary["best"]["best_epoch"] == expected["best.npz"].meta["epoch"], what
+            assert checkpoint.read(os.path.join(run, "last.npz")).meta["best"]["best_epoch"] == best_epoch, what
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_ctrl_c_during_an_epochs_commit_waits_for_it_and_names_the_saved_epoch(tmp_path, monkeypatch):
+    """Ctrl-C as last.npz of epoch 2 is renamed into place: the commit ends first, so epoch 2's row, best.npz
+    and last.npz are all there, and the message says the run stopped after epoch 2 (not during it)."""
+    trainer = Trainer.from_config(tiny_cfg(tmp_path, "trainer.epochs=3"), quiet=True)
+    replace, fired = os.replace, []
+
+    def ctrl_c_at_last_of_epoch_2(src, dst):
+        if os.path.basename(dst) == "last.npz" and trainer.epoch == 2 and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # arrives here, between two renames of one commit
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", ctrl_c_at_last_of_epoch_2)
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.fit()
+    assert fired and str(info.value).startswith("interrupted after epoch 2; ")
+    assert f"{trainer.run_dir}/last.npz holds the state after epoch 2" in str(info.value)
+    assert [r["epoch"] for r in metric_rows(trainer.run_dir)] == ["1", "2"]
+    last, best = weights(trainer.run_dir)[2], weights(trainer.run_dir, "best.npz")[2]
+    assert last["epoch"] == 2 and best["epoch"] == last["best"]["best_epoch"]
+    with open(os.path.join(trainer.run_dir, "summary.json")) as f:
+        assert json.load(f)["status"] == "interrupted"

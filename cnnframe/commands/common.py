@@ -1,6 +1,7 @@
 """What several commands share: exit codes, the ``--set`` and ``--plugin`` options, and finding a
 trained model (a checkpoint, or the right one in a run directory) and the code it may use."""
 import os
+import sys
 
 from cnnframe import checkpoint, config, parallel
 from cnnframe.errors import ConfigError, UserError
@@ -8,8 +9,28 @@ from cnnframe.losses import SoftmaxCrossEntropy
 from cnnframe.model import load_checkpoint
 from cnnframe.plugins import Plugins
 
+# Exit status (docs/cli.md): 1 is training's divergence and a failed check, said by the commands themselves.
 USAGE_ERROR = 2
-INTERRUPTED = 130
+WRITE_FAILED = 74  # sysexits.h EX_IOERR: a full or failing disk; what was written before is intact
+INTERRUPTED = 130  # 128 + SIGINT
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader went away
+
+
+def output_closed(message=None):
+    """Stop writing to a standard output whose reader went away (``... | head``): send stdout to the null
+    device, so nothing fails again at exit, say ``message`` on stderr if it can, and return BROKEN_PIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    if message:
+        try:
+            print(f"cnnframe: {message}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):  # stderr went too (``2>&1 | head``)
+            pass
+    return BROKEN_PIPE
 
 
 def add_set(p):

@@ -10,6 +10,7 @@ import numpy as np
 
 from cnnframe import runinfo
 from cnnframe.commands.common import add_plugin, load_trained, named_plugins
+from cnnframe.data import Preprocessing
 from cnnframe.export import IR_VERSION, OPSET, OUTPUTS, export_onnx, reference_outputs, run_onnxruntime
 from cnnframe.io import atomic_write_bytes
 from cnnframe.optional import available, require
@@ -40,13 +41,13 @@ def run(args):
     model, meta, cfg, ckpt = trained.model, trained.meta, trained.config, trained.path
     output = runinfo.output_kind(cfg, plugins) if args.outputs == "auto" else args.outputs
     names = runinfo.class_names(meta, cfg, plugins)
-    if not (meta or {}).get("data"):
+    pre = runinfo.preprocessing(meta, cfg, plugins)
+    if pre is None:
         print(f"cnnframe: note: {ckpt} records no preprocessing; the exported model takes inputs as they are",
               file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        proto = export_onnx(model, None, output=output, preprocessing=runinfo.preprocessing(meta, cfg, plugins),
-                            class_names=names)
+        proto = export_onnx(model, None, output=output, preprocessing=pre or Preprocessing(), class_names=names)
     for w in caught:
         print(f"cnnframe: note: {w.message}", file=sys.stderr)
     checked = "checked by onnx.checker"

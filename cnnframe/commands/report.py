@@ -29,19 +29,37 @@ def run(args):
                         f"{run_dir} is a file; report takes a run directory (made by train)")
     if args.max_images < 1:
         raise UserError("--max-images must be >= 1")
+    report = report_run(run_dir, named_plugins(args), args.out, args.max_images)
+    print(f"wrote {report.html} with {len(report.images)} plot(s): "
+          + (", ".join(os.path.basename(p) for p in report.images.values()) or "none"))
+    print_notes(report)
+    return 0
+
+
+def print_notes(report):
+    """Each section the report could not draw, and why, on stderr."""
+    for section, why in report.notes.items():
+        print(f"cnnframe: note: no {section} plot: {why}", file=sys.stderr)
+
+
+def report_run(run_dir, plugins, out_dir=None, max_images=32, test_data=None):
+    """Write the report of the run in ``run_dir`` (into ``out_dir``, default the run directory) → ``Report``.
+
+    Reads what the run wrote: metrics, summary, the tested checkpoint (its model, class names and loss) and, for
+    the misclassified images, the test part of the data reloaded from the stored config (``test_data`` = (X, y)
+    as fed to the model, when the caller holds it already: ``train``)."""
     history, summary = runinfo.read_metrics(run_dir), runinfo.read_summary(run_dir)
     has_ckpt = any(os.path.exists(os.path.join(run_dir, f)) for f in ("last.npz", "best.npz"))
     if not history and summary is None and not has_ckpt:
         raise UserError(f"{run_dir} is not a run directory: it has no metrics.csv, summary.json or checkpoint")
-    notes, model, cfg, test_data, loss, names = {}, None, None, None, None, None
-    plugins = named_plugins(args)
+    notes, model, cfg, loss, names, tta_shift = {}, None, None, None, None, 0
     if has_ckpt:
         trained = load_trained(run_dir, plugins)
-        model, cfg, loss = trained.model, trained.config, trained.loss
+        model, cfg, loss, tta_shift = trained.model, trained.config, trained.loss, trained.tta_shift
         names = runinfo.class_names(trained.meta, cfg, plugins)
     else:
         notes["filters"] = notes["misclassified"] = f"no checkpoint in {run_dir}"
-    if cfg and (summary or {}).get("test"):
+    if test_data is None and cfg and (summary or {}).get("test"):
         try:
             test_data = load_data(cfg, plugins=plugins).test
         except (ConfigError, DataError, OSError, KeyError, ValueError) as e:
@@ -49,12 +67,6 @@ def run(args):
     elif model is not None and not cfg:
         notes["misclassified"] = "the checkpoint carries no config, so its test images cannot be reloaded"
     title = (summary or {}).get("name") or os.path.basename(os.path.normpath(run_dir))
-    report = write_report(args.out or run_dir, title=f"cnnframe run {title}", history=history, summary=summary,
-                          model=model, test_data=test_data, loss=loss, class_names=names,
-                          max_images=args.max_images, notes=notes,
-                          tta_shift=trained.tta_shift if has_ckpt else 0)
-    print(f"wrote {report.html} with {len(report.images)} plot(s): "
-          + (", ".join(os.path.basename(p) for p in report.images.values()) or "none"))
-    for section, why in report.notes.items():
-        print(f"cnnframe: note: no {section} plot: {why}", file=sys.stderr)
-    return 0
+    return write_report(out_dir or run_dir, title=f"cnnframe run {title}", history=history, summary=summary,
+                        model=model, test_data=test_data, loss=loss, class_names=names, max_images=max_images,
+                        notes=notes, tta_shift=tta_shift)

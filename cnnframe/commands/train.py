@@ -1,11 +1,14 @@
-"""``python -m cnnframe train CONFIG``: train from a YAML config (or ``--resume RUN_DIR``)."""
+"""``python -m cnnframe train CONFIG``: train from a YAML config (or ``--resume RUN_DIR``); at the end, the run's
+report (``report.html``, as ``python -m cnnframe report RUN_DIR`` writes it) when matplotlib is installed."""
 import os
 import sys
 
-from cnnframe import config, parallel
-from cnnframe.commands.common import INTERRUPTED, add_plugin, add_set, named_plugins
+from cnnframe import config, optional, parallel
+from cnnframe.commands.common import (INTERRUPTED, WRITE_FAILED, add_plugin, add_set, named_plugins,
+                                      output_closed)
+from cnnframe.commands.report import print_notes, report_run
 from cnnframe.errors import UserError
-from cnnframe.trainer import Trainer, TrainingDiverged, TrainingInterrupted
+from cnnframe.trainer import OutputClosed, Trainer, TrainingDiverged, TrainingInterrupted, TrainingWriteFailed
 
 NAME = "train"
 HELP = "train from a YAML config"
@@ -14,26 +17,34 @@ HELP = "train from a YAML config"
 def add_arguments(p):
     p.add_argument("config", nargs="?", help="YAML config (optional with --resume: the run's config.yaml)")
     add_set(p)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.npz")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR (e.g. runs/latest) from its last.npz")
     add_plugin(p, "the resumed run")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop cleanly once N epochs are complete (continue later with --resume)")
     p.add_argument("--run-dir", metavar="DIR", help="directory for run directories (overrides trainer.run_dir)")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write report.html and its plots into the run directory at the end")
 
 
 def run(args):
     out = sys.stdout
     plugins = named_plugins(args)
+    setup = None
     if args.resume:
+        if args.run_dir:
+            raise UserError(f"--run-dir chooses where a new run is made; a resumed run stays in its own directory "
+                            f"({args.resume}): leave out --run-dir")
         if not os.path.isdir(args.resume):
             raise UserError(f"--resume: run directory not found: {args.resume}")
         # A CONFIG the user names is theirs (its plugins load); without one, the run's stored config.yaml
         # is data, and only --plugin names code.
         setup = config.load(args.config, args.set, plugins=plugins) if args.config else None
         trainer = Trainer.resume(args.resume, setup, quiet=args.quiet, out=out, plugins=plugins, overrides=args.set)
-        if not args.quiet:
-            print(f"resuming {args.resume} after epoch {trainer.epoch} of {trainer.epochs}", file=out)
+        done = trainer.finished()
+        if done:
+            raise UserError(f"{trainer.run_dir} {done}")
     else:
         if not args.config:
             raise UserError("train needs a CONFIG file (or --resume RUN_DIR)")
@@ -41,24 +52,25 @@ def run(args):
         if args.run_dir:
             setup.config["trainer"]["run_dir"] = args.run_dir
         trainer = Trainer.from_config(setup, quiet=args.quiet, out=out)
+    try:
         if not args.quiet:
-            print("# resolved config", file=out)
-            print(config.dump_config(setup.config), file=out)
-    if not args.quiet:
-        print(trainer.model.summary(), file=out)
-        print(f"data: {trainer.data!r}", file=out)
-        print(f"threads: {parallel.get_num_threads()}   run directory: {trainer.run_dir}", file=out, flush=True)
-    if trainer.epoch >= trainer.epochs:
-        raise UserError(f"{trainer.run_dir} has already completed {trainer.epoch} of {trainer.epochs} epochs; "
-                        f"to train longer, resume with --set trainer.epochs=N")
+            _introduce(trainer, setup if not args.resume else None, out)
+    except BrokenPipeError:
+        return output_closed(f"output closed (broken pipe) before training started; the run can be started "
+                             f"with: python -m cnnframe train --resume {trainer.run_dir}")
     try:
         summary = trainer.fit(stop_after=args.stop_after)
+    except OutputClosed as e:
+        return output_closed(str(e))
     except TrainingInterrupted as e:
         print(f"cnnframe: {e}", file=sys.stderr)
         return INTERRUPTED
     except TrainingDiverged as e:
         print(f"cnnframe: {e}", file=sys.stderr)
         return 1
+    except TrainingWriteFailed as e:
+        print(f"cnnframe: error: {e}", file=sys.stderr)
+        return WRITE_FAILED
     if args.quiet and summary["test"] is not None:
         t = summary["test"]
         print(f"test accuracy {100 * t['acc']:.2f}% ({t['samples']} samples)  loss {t['loss']:.4f}  "
@@ -68,4 +80,41 @@ def run(args):
               f"python -m cnnframe train --resume {trainer.run_dir}", file=out)
     elif summary["status"] == "early_stopped" and not args.quiet:
         print(f"early stopping after epoch {trainer.epoch}", file=out)
+    if not args.no_report and summary["status"] in ("completed", "early_stopped"):  # not after --stop-after
+        write_report(trainer, setup.plugins if setup is not None else plugins, out, args.quiet)
     return 0
+
+
+def _introduce(trainer, setup, out):
+    """What a run prints before its first epoch: the resolved config of a new run, or what resuming found."""
+    if setup is None:
+        for note in trainer.rundir.recovered:
+            print(f"{trainer.run_dir}: {note}", file=out)
+        what = "finishing" if trainer.epoch >= trainer.epochs else "resuming"
+        print(f"{what} {trainer.run_dir} after epoch {trainer.epoch} of {trainer.epochs}", file=out)
+    else:
+        print("# resolved config", file=out)
+        print(config.dump_config(setup.config), file=out)
+    print(trainer.model.summary(), file=out)
+    print(f"data: {trainer.data!r}", file=out)
+    print(f"threads: {parallel.get_num_threads()}   run directory: {trainer.run_dir}", file=out, flush=True)
+
+
+def write_report(trainer, plugins, out, quiet):
+    """The run's report at the end of training, when matplotlib is installed (else a line saying how to get one).
+    A failure here is a note on stderr: the run itself is complete and intact."""
+    if not optional.available("matplotlib"):
+        if not quiet:
+            print('no run report: pip install "cnnframe[plot]" (matplotlib) and train writes report.html with '
+                  f'plots; for this run: python -m cnnframe report {trainer.run_dir}', file=out)
+        return
+    try:
+        report = report_run(trainer.run_dir, plugins, test_data=trainer.data.test)
+    except Exception as e:  # the run is saved; nothing in drawing it may turn a finished run into a failed one
+        print(f"cnnframe: note: the run report could not be written ({type(e).__name__}: {e}); the run in "
+              f"{trainer.run_dir} is complete; try again with: python -m cnnframe report {trainer.run_dir}",
+              file=sys.stderr)
+        return
+    if not quiet:
+        print(f"report: {report.html} ({len(report.images)} plot(s))", file=out)
+        print_notes(report)

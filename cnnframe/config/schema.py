@@ -74,7 +74,7 @@ EARLY_STOPPING_FIELDS = {
     "min_delta": Field(float, 0.0, ge=0.0),
 }
 CHECKPOINT_FIELDS = {
-    "every": Field(int, 1, ge=1, doc="write last.npz every N epochs (and always after the last one)"),
+    "every": Field(int, 1, ge=1, doc="write last.npz every N epochs (and after the last one, and with every best.npz)"),
     "best": Field(bool, True, doc="keep best.npz, the model with the best monitored value"),
     "monitor": Field(str, "val_loss", choices=MONITORS),
 }

@@ -5,7 +5,11 @@
 - ``load()`` → (X of shape (N, C, H, W), integer labels y of shape (N,)), raw values;
 - ``transform(X_train)`` → (offset, scale): inputs are fed as ``(X - offset) * scale``; computed from the
   training part only and saved in checkpoints so ``predict`` preprocesses new inputs the same way;
-- ``class_names()`` (optional) → one name per class, or None when the classes are just 0..K-1.
+- ``class_names()`` (optional) → one name per class, or None when the classes are just 0..K-1;
+- ``preprocessing()`` (optional) → how a file becomes a raw sample, for sources that read files a user may
+  also give ``predict`` (``image_folder``: ``decode_settings``), or None for arrays.
+
+The transform, the decoding and the class names are stored with every checkpoint (``data.Preprocessing``).
 """
 import numpy as np
 
@@ -31,6 +35,9 @@ class Dataset:
         return 0.0, 1.0
 
     def class_names(self):
+        return None
+
+    def preprocessing(self):
         return None
 
 

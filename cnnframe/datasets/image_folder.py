@@ -1,8 +1,9 @@
 """``dataset: image_folder``: images in one folder per class (``root/<class>/*.png``), read with Pillow.
 
 Pillow is optional (the ``[images]`` extra) and imported only when images are read.  ``read_image`` is the
-one place a file becomes a sample, so whatever reads image files for a trained model (``predict``) applies
-exactly the same decoding, colour conversion and resize as training did (``preprocessing()`` describes it).
+one place a file becomes a sample, so whatever reads image files for a trained model (``predict``, through
+``read_images``) applies exactly the same decoding, colour conversion and resize as training did
+(``decode_settings`` describes it; it is stored with the model's preprocessing).
 """
 import os
 
@@ -35,6 +36,32 @@ def _size(size, key="data.size"):
     return int(size[0]), int(size[1])
 
 
+def decode_settings(mode="grayscale", size=None):
+    """How ``read_image`` turns a file into a raw sample, as recorded with a trained model (its preprocessing's
+    ``decode``): ``{"kind": "image", "mode", "size": [H, W] or None, "channel_order", "resample", "exif_transpose",
+    "dtype": "uint8"}``.  DataError for a ``mode`` or ``size`` that ``read_image`` does not take."""
+    if mode not in MODES:
+        raise DataError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", key="data.mode")
+    size = _size(size)
+    return {"kind": "image", "mode": mode, "size": None if size is None else list(size),
+            "channel_order": "RGB" if mode == "rgb" else "L", "resample": "bilinear", "exif_transpose": True,
+            "dtype": "uint8"}
+
+
+def list_images(folder, recursive=False):
+    """The image files (``EXTENSIONS``, any case) in ``folder``, and with ``recursive`` in its sub-folders, sorted by
+    path; names starting with '.' (files and folders) are skipped."""
+    found = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and entry.name.lower().endswith(EXTENSIONS):
+            found.append(entry.path)
+        elif recursive and entry.is_dir():
+            found += list_images(entry.path, recursive=True)
+    return found
+
+
 def read_image(path, mode="grayscale", size=None):
     """The image file at ``path`` as a uint8 array (C, H, W): EXIF orientation applied, converted to ``mode``
     (``grayscale``: 1 channel; ``rgb``: 3 channels in R, G, B order; alpha dropped), and resized to
@@ -56,6 +83,30 @@ def read_image(path, mode="grayscale", size=None):
     return a[None] if channels == 1 else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
+def read_images(paths, decode, input_shape):
+    """The image files ``paths`` as raw samples (N, C, H, W) uint8 for a model taking ``input_shape`` = (C, H, W)
+    samples, each read by ``read_image`` as ``decode`` (``decode_settings``: mode and size) says.
+
+    DataError naming the file when ``decode``'s mode gives another number of channels than C, or an image is not
+    H×W pixels and ``decode`` records no resize."""
+    c, h, w = (int(s) for s in input_shape)
+    mode, size = decode["mode"], decode.get("size")
+    channels = MODES[mode][1]
+    if channels != c:
+        raise DataError(f"{paths[0]}: the model takes {c}-channel samples, but its preprocessing reads images as "
+                        f"{mode} ({channels} channel{'s' if channels > 1 else ''})", key=None)
+    X = np.empty((len(paths), c, h, w), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        a = read_image(path, mode, size)
+        if a.shape[1:] != (h, w):
+            how = (f"its preprocessing resizes to {size[1]}×{size[0]}" if size is not None else
+                   "its preprocessing records no resize (a model trained with data.size: [H, W] resizes every image)")
+            raise DataError(f"{path} is {a.shape[2]}×{a.shape[1]} pixels but the model takes {w}×{h} images and {how}",
+                            key=None)
+        X[i] = a
+    return X
+
+
 @register_dataset("image_folder")
 class ImageFolder(Dataset):
     """Images from ``root/<class>/<file>``: class names are the sorted sub-folder names, labels their indices.
@@ -72,8 +123,7 @@ class ImageFolder(Dataset):
         if not isinstance(root, str) or not root:
             raise DataError(f"root must be the path of a folder with one sub-folder per class, got {root!r}",
                             key="data.root")
-        if mode not in MODES:
-            raise DataError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", key="data.mode")
+        decode_settings(mode, size)  # checks mode and size
         if normalize not in NORMALIZE:
             raise DataError(f"normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}",
                             key="data.normalize")
@@ -97,8 +147,7 @@ class ImageFolder(Dataset):
         files = []
         for label, name in enumerate(classes):
             folder = os.path.join(self.root, name)
-            found = sorted(e.path for e in os.scandir(folder)
-                           if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(EXTENSIONS))
+            found = list_images(folder)
             if not found:
                 raise DataError(f"class folder {folder} holds no image files ({', '.join(EXTENSIONS)})",
                                 key="data.root")
@@ -111,9 +160,7 @@ class ImageFolder(Dataset):
 
     def preprocessing(self):
         """How a raw image file becomes a sample before ``(x - offset) * scale`` (see ``read_image``)."""
-        return {"kind": "image", "mode": self.mode, "size": None if self.size is None else list(self.size),
-                "channel_order": "RGB" if self.mode == "rgb" else "L", "resample": "bilinear",
-                "exif_transpose": True, "dtype": "uint8"}
+        return decode_settings(self.mode, self.size)
 
     # -- the Dataset interface ---------------------------------------------------------------------------------
     def describe(self):

@@ -6,6 +6,7 @@ import numpy as np
 
 from cnnframe.datasets.base import Dataset
 from cnnframe.errors import DataError
+from cnnframe.io import npz_entry, open_npz
 from cnnframe.registry import register_dataset
 
 
@@ -43,12 +44,10 @@ class NpzData(Dataset):
         if os.path.isdir(self.path):
             raise DataError(f"is a directory, expected an .npz file: {self.path}", key="data.path")
         try:
-            npz = np.load(self.path, allow_pickle=False)
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise DataError(f"cannot read {self.path} as .npz: {e}", key="data.path") from None
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise DataError(f"{self.path} holds a single array (.npy); expected an .npz with arrays "
-                            f"{self.x_key!r} and {self.y_key!r} (np.savez(path, X=X, y=y))", key="data.path")
+            npz = open_npz(self.path)
+        except (OSError, ValueError) as e:  # empty, a single .npy array, other bytes: said in plain words
+            raise DataError(f"cannot read {self.path}: {e}; expected an .npz with arrays {self.x_key!r} and "
+                            f"{self.y_key!r} (np.savez(path, X=X, y=y))", key="data.path") from None
         for k in (self.x_key, self.y_key):
             if k not in npz.files:
                 npz.close()
@@ -73,9 +72,9 @@ class NpzData(Dataset):
 
     def _array(self, npz, name):
         try:
-            return npz[name]
-        except ValueError as e:  # object arrays with allow_pickle=False, corrupt data
-            raise DataError(f"cannot read array {name!r} of {self.path}: {e}", key="data.path") from None
+            return npz_entry(npz, name)
+        except ValueError as e:  # object arrays (never unpickled), corrupt data
+            raise DataError(f"cannot read {self.path}: {e}", key="data.path") from None
 
     def _check_x_shape(self, shape, dtype):
         x = self.x_key

@@ -25,7 +25,7 @@ from cnnframe.layers.spec import build_layer, join_key, prefixed
 from cnnframe.registry import LAYERS, register_layer
 from cnnframe.seeds import seed_for_path
 
-__all__ = ["Residual", "Concat", "build_children"]
+__all__ = ["Residual", "Concat", "build_children", "check_distinct"]
 
 
 def build_children(specs, dtype, where="layers"):
@@ -57,6 +57,26 @@ def build_children(specs, dtype, where="layers"):
             )
         layers.append(layer)
     return layers
+
+
+def check_distinct(named, owner):
+    """ValueError when one layer object appears twice among ``named`` ((path, layer) pairs), its blocks' children
+    included at any depth: a layer keeps what its backward needs from its last forward, so a second use would
+    overwrite it (wrong gradients), and the optimizer would update its parameters twice per step."""
+    seen = {}
+
+    def visit(path, layer):
+        if id(layer) in seen:
+            raise ValueError(f"{owner}: {path} is the same layer object as {seen[id(layer)]}; each use needs its own "
+                             f"layer (a layer keeps what its backward needs from its last forward): make another, "
+                             f"e.g. {type(layer).__name__}(...) with the same arguments")
+        seen[id(layer)] = path
+        children = getattr(layer, "named_children", None)
+        for child_path, child in (children() if callable(children) else ()):
+            visit(f"{path}.{child_path}", child)
+
+    for path, layer in named:
+        visit(path, layer)
 
 
 def _spec_error(message, key):
@@ -121,14 +141,7 @@ class Block(Layer):
         return out
 
     def _check_unique(self):
-        seen = {}
-        for path, layer in self.named_children():
-            if id(layer) in seen:
-                raise ValueError(
-                    f"{type(self).__name__}: {path} is the same layer object as {seen[id(layer)]}; each child must "
-                    f"be its own layer (a layer keeps what its backward needs from its last forward)"
-                )
-            seen[id(layer)] = path
+        check_distinct(self.named_children(), type(self).__name__)
 
     def _walk(self, path_name, layers, shape, build):
         """Per-sample output shape of one child list for input ``shape``; builds unbuilt children if asked."""

@@ -98,7 +98,7 @@ def test_trains_and_evaluates_end_to_end(tmp_path):
         "trainer: {epochs: 3, batch_size: 16}\n")
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    r = subprocess.run([sys.executable, "-m", "cnnframe", "train", str(cfg_dir / "folder.yaml"), "--quiet",
+    r = subprocess.run([sys.executable, "-m", "cnnframe", "train", str(cfg_dir / "folder.yaml"), "--quiet", "--no-report",
                         "--run-dir", str(tmp_path / "runs")], cwd=str(elsewhere), capture_output=True, text=True,
                        timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
     assert r.returncode == 0, r.stderr

@@ -507,3 +507,10 @@ def test_residual_matches_pytorch():
                                        rtol=1e-10, atol=1e-12, err_msg=f"{name}.{p}")
         if isinstance(mod, nn.BatchNorm2d):
             np.testing.assert_allclose(block.buffers()[f"{name}.running_var"], mod.running_var.numpy(), rtol=1e-12)
+
+
+def test_a_layer_object_may_appear_once_at_any_depth():
+    conv = L.Conv2D(2, 1)
+    with pytest.raises(ValueError,
+                       match=r"Concat: branches\.1\.0\.layers\.0 is the same layer object as branches\.0\.0"):
+        L.Concat([[conv], [L.Residual([conv])]])
