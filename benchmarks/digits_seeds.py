@@ -68,7 +68,7 @@ def run_cnnframe(config, seed, overrides, threads, split):
         seconds = time.perf_counter() - t0
         if r.returncode != 0:
             sys.exit(f"seed {seed}: cnnframe train failed (exit {r.returncode}):\n{r.stderr.strip()}")
-        (run,) = os.listdir(tmp)
+        (run,) = [d for d in os.listdir(tmp) if d != "latest"]  # the run directory; runs/latest links to it
         with open(os.path.join(tmp, run, "summary.json"), encoding="utf-8") as f:
             summary = json.load(f)
     if split == "val":
