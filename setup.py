@@ -5,6 +5,7 @@ The OpenMP probe compiles, links and runs a tiny ``#pragma omp parallel`` progra
 in ``tests/test_build.py`` then fails unless ``CNNFRAME_SERIAL_BUILD=1`` says this was expected.
 Set ``CNNFRAME_NO_OPENMP=1`` to force a serial build.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -90,6 +91,8 @@ def _extensions():
             f"cnnframe._ext.{name}",
             [f"cnnframe/_ext/{name}.pyx"],
             include_dirs=["cnnframe/_ext"],
+            # the C headers (micro-kernel, SIMD helpers, depthwise loops): a change rebuilds
+            depends=sorted(glob.glob("cnnframe/_ext/*.h")),
         )
         for name in names
     ]

@@ -16,7 +16,7 @@ import inspect
 import math
 import numbers
 
-__all__ = ["check_number", "check_int", "check_bool", "check_str", "check_choice", "check_keywords",
+__all__ = ["check_number", "check_int", "pair", "check_bool", "check_str", "check_choice", "check_keywords",
            "KeywordError", "did_you_mean", "show", "signature", "keyword_defaults", "plain"]
 
 
@@ -58,6 +58,30 @@ def describe_number(kind, gt=None, ge=None, lt=None, le=None, nullable=False):
         text = ("an integer" if kind == "integer" else "a number") + "".join(
             (" " if i == 0 else " and ") + f"{op} {b}" for i, (op, b) in enumerate(bounds))
     return text + (" or null" if nullable else "")
+
+
+def pair(value, name, minimum, owner=None):
+    """An int or an (h, w) pair → a tuple of two ints >= ``minimum`` (kernel sizes, strides, padding, dilation).
+
+    Layers normalise their pairs once at construction and the ops once per call, so the common case
+    (plain ints, or a tuple of ints) takes a fast path: the ABC checks below cost microseconds.
+    """
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if value[0] >= minimum and value[1] >= minimum:
+            return value
+    elif type(value) is int and value >= minimum:
+        return (value, value)
+    head = f"{owner}: {name}" if owner else name
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        items = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+        items = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{head} must be an int or a pair of ints, got {value!r}")
+    if min(items) < minimum:
+        raise ValueError(f"{head} must be >= {minimum}, got {value!r}")
+    return items
 
 
 def check_number(name, value, owner, gt=None, ge=None, lt=None, le=None, nullable=False, what=None):

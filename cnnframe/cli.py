@@ -12,16 +12,11 @@ import sys
 
 from cnnframe import parallel
 from cnnframe.commands import evaluate, export, gradcheck, info, predict, report, train, validate
-from cnnframe.commands.common import INTERRUPTED, USAGE_ERROR, WRITE_FAILED, output_closed
-from cnnframe.errors import ConfigError, DataError, MemoryLimitError, UserError, WriteError
+from cnnframe.commands.common import INTERRUPTED, USAGE_ERROR, USER_ERRORS, WRITE_FAILED, output_closed
+from cnnframe.errors import DataError, JobStopped, WriteError
 
 #: every command, in the order ``--help`` lists them (a new command: one module, one entry here)
 COMMANDS = (train, validate, evaluate, predict, export, report, gradcheck, info)
-
-
-def _user_errors():
-    return (UserError, ConfigError, DataError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-            PermissionError, ValueError, KeyError, MemoryLimitError)
 
 
 def _message(e):
@@ -52,7 +47,6 @@ def build_parser():
 
 
 def main(argv=None):
-    errors = _user_errors()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -67,6 +61,8 @@ def main(argv=None):
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly with the status a shell gives such a command.
         return output_closed()
+    except JobStopped as e:  # another process of a data-parallel job failed and said why
+        return e.code
     except KeyboardInterrupt:
         print("cnnframe: interrupted", file=sys.stderr)
         return INTERRUPTED
@@ -75,7 +71,7 @@ def main(argv=None):
             raise
         print(f"cnnframe: error: {e}", file=sys.stderr)
         return WRITE_FAILED
-    except errors as e:
+    except USER_ERRORS as e:
         if os.environ.get("CNNFRAME_DEBUG"):
             raise
         print(f"cnnframe: error: {_message(e)}", file=sys.stderr)

@@ -77,3 +77,12 @@ class WriteError(OSError):
 
     def __str__(self):
         return f"cannot write {self.filename}: {self.strerror}"
+
+
+class JobStopped(Exception):
+    """This process of a data-parallel job stops with exit status ``code`` because another process
+    failed and reported why (so the message appears once); the command line exits silently with ``code``."""
+
+    def __init__(self, code):
+        super().__init__(f"stopped with exit status {code}: another process of the job failed")
+        self.code = int(code)

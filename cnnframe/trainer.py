@@ -25,7 +25,14 @@ always together with ``best.npz``) are committed as one step, and Ctrl-C waits u
 ``best.npz``, ``last.npz`` and ``metrics.csv`` always tell the same story, even after a kill.  Ctrl-C and
 a non-finite loss both write ``last.npz`` with the state of the last *completed* epoch (the interrupted
 epoch is discarded), so ``--resume`` continues exactly.
+
+Data-parallel (``group``, docs/distributed.md): every process draws the same batch order and
+augmentation for the global batch and computes its own samples of it (``cnnframe.shards``); gradients,
+BatchNorm statistics and the batch loss are summed over the processes in a fixed order before they are
+used.  The root process alone has a run directory (so it alone writes files and prints), validates
+and tests, and sends the others its training state when ``fit`` starts and its metrics each epoch.
 """
+import contextlib
 import csv
 import io as _io
 import math
@@ -37,17 +44,18 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 from tqdm import tqdm
 
-from cnnframe import checkpoint, parallel, runinfo
+from cnnframe import checkpoint, distributed, parallel, runinfo
 from cnnframe import io as cio
 from cnnframe.augment import random_affine
 from cnnframe.config import Setup, dump_config, load, resolve
 from cnnframe.config.model_section import layer_errors
 from cnnframe.data import batches, random_shift
 from cnnframe.ema import WeightAverage, swapped
-from cnnframe.errors import CheckpointError, UserError, WriteError
+from cnnframe.errors import CheckpointError, ConfigError, UserError, WriteError
 from cnnframe.rundir import RunDir, deferred_signals
 from cnnframe.optim.schedules import Constant
 from cnnframe.seeds import derive_seed
+from cnnframe.shards import ChunkError, check_chunks, concat, gather_chunks, plan_shard, tree_sum, use_shard
 from cnnframe.tta import outputs
 from cnnframe.version import __version__
 
@@ -127,14 +135,23 @@ class Trainer:
     declared shapes raises ValueError naming it).  ``run_dir`` (optional) is the directory to write
     checkpoints and metrics into; ``config``, when the run comes from YAML, is the resolved config saved
     with it.
+
+    Data-parallel: ``group`` is the ``cnnframe.distributed`` group of processes training together (default:
+    this one alone); ``batch_size`` is the global batch.  ``batch_chunks`` (default: the number of
+    processes) cuts each batch into that many fixed sample ranges whose sums are added in a fixed order,
+    so runs on any number of processes that is a power of two dividing it give bit-identical results.
     """
 
     def __init__(self, model, loss, optimizer, data, *, schedule=None, epochs=10, batch_size=64, seed=0, shift=0,
                  rotate=0.0, scale=0.0, tta_shift=0, ema_decay=None, early_stopping=None, checkpoint=None,
                  test_checkpoint="last", run_dir=None, config=None, threads=None, quiet=False, initialize=True,
-                 out=None):
+                 out=None, group=None, batch_chunks=None):
         if threads is not None:
             parallel.set_num_threads(threads)
+        self.threads = threads
+        self.group = group if group is not None else distributed.SINGLE
+        self.batch_chunks = check_chunks(batch_chunks, self.group.size, len(data.train[1]), int(batch_size))
+        self._flat_grads = None  # the gradients' one buffer while several processes train (fit)
         self.model, self.loss, self.optimizer, self.data = model, loss, optimizer, data
         self.epochs, self.batch_size, self.seed, self.shift = int(epochs), int(batch_size), int(seed), int(shift)
         self.rotate, self.scale, self.tta_shift = float(rotate), float(scale), int(tta_shift)
@@ -147,10 +164,10 @@ class Trainer:
         self.keep_best = bool(ck.get("best", True))
         self.best = Monitor(ck.get("monitor", "val_loss"))
         self.test_checkpoint = test_checkpoint
-        self.run_dir = run_dir
+        self.run_dir = run_dir if self.group.is_root else None  # the root alone writes (and prints)
         self.rundir = None  # the RunDir while this trainer holds the run directory (cnnframe/rundir.py)
         self.config = config
-        self.quiet = quiet
+        self.quiet = quiet or not self.group.is_root
         self.out = out if out is not None else sys.stdout
         self.epoch = 0  # completed epochs
         self.history = []
@@ -173,33 +190,43 @@ class Trainer:
 
     # -- construction from a resolved config -----------------------------------------------------
     @classmethod
-    def from_config(cls, cfg, run_root=None, quiet=False, out=None, create_run_dir=True):
+    def from_config(cls, cfg, run_root=None, quiet=False, out=None, create_run_dir=True, group=None):
         """A trainer for a config: a ``Setup`` (``cnnframe.config.load(path)``, used as built) or a
-        resolved config dict (resolved and built here).  Loads the data; makes the run directory."""
+        resolved config dict (resolved and built here).  Loads the data; makes the run directory (on the
+        root process of ``group`` only)."""
         setup = cfg if isinstance(cfg, Setup) else resolve(cfg)
         cfg = setup.config
         tr = cfg["trainer"]
         if tr["threads"] is not None:
             parallel.set_num_threads(tr["threads"])
         data = setup.load_data()
-        with layer_errors():
+        with layer_errors(), _chunk_errors():
             trainer = cls(setup.model, setup.loss, setup.optimizer, data, schedule=setup.schedule,
                           epochs=tr["epochs"], batch_size=tr["batch_size"], seed=tr["seed"],
                           **augment_options(cfg), ema_decay=tr["ema_decay"], early_stopping=tr["early_stopping"],
                           checkpoint=tr["checkpoint"], test_checkpoint=tr["test_checkpoint"], config=cfg,
-                          quiet=quiet, out=out)
+                          quiet=quiet, out=out, threads=tr["threads"], group=group,
+                          batch_chunks=tr["batch_chunks"])
         if create_run_dir:  # only once everything is built, so a failure leaves no empty run directory
-            trainer.rundir = RunDir.create(run_root or tr["run_dir"], tr["name"])
-            trainer.run_dir = trainer.rundir.path
-            try:  # from here on the run can be resumed, even before its first epoch ends
-                trainer.rundir.commit({"config.yaml": dump_config(cfg)})
-            except BaseException:
-                trainer.rundir.release()
-                raise
+            trainer.make_run_dir(run_root)
         return trainer
 
+    def make_run_dir(self, run_root=None):
+        """Make the run directory of a run from a config (``<run_root or trainer.run_dir>/<name>-<time>``),
+        locked, with its ``config.yaml``; only the root process of a group has one."""
+        if not self.group.is_root:
+            return
+        tr = self.config["trainer"]
+        self.rundir = RunDir.create(run_root or tr["run_dir"], tr["name"])
+        self.run_dir = self.rundir.path
+        try:  # from here on the run can be resumed, even before its first epoch ends
+            self.rundir.commit({"config.yaml": dump_config(self.config)})
+        except BaseException:
+            self.rundir.release()
+            raise
+
     @classmethod
-    def resume(cls, run_dir, cfg=None, quiet=False, out=None, plugins=(), overrides=(), writer=True):
+    def resume(cls, run_dir, cfg=None, quiet=False, out=None, plugins=(), overrides=(), writer=True, group=None):
         """Continue the run in ``run_dir`` (a ``latest`` link is followed) from its ``last.npz``, or from the
         start when it was stopped before its first checkpoint.
 
@@ -210,18 +237,19 @@ class Trainer:
         imported, and its types resolve from the registry and ``plugins`` (the files and modules you name)
         only.  The checkpoints are read as arrays into the model the config builds; nothing is built from them.
 
-        ``writer=False``: a process that reads the run but never writes, locks or recovers it (a data-parallel
-        rank other than 0); open it only after the writing process has, since its recovery may be renaming.
+        ``writer=False``: a process that reads the run but never writes, locks or recovers it; open it only
+        after the writing process has, since its recovery may be renaming.  With several processes
+        (``group``) the command line has only the root resume, and ``fit`` sends the others the state it read.
         """
         run = RunDir.open(run_dir, writer)
         try:
-            return cls._resume(run, cfg, quiet, out, plugins, overrides)
+            return cls._resume(run, cfg, quiet, out, plugins, overrides, group)
         except BaseException:
             run.release()
             raise
 
     @classmethod
-    def _resume(cls, run, cfg, quiet, out, plugins, overrides):
+    def _resume(cls, run, cfg, quiet, out, plugins, overrides, group):
         last, stored = run.file("last.npz"), run.file("config.yaml")
         saved = checkpoint.read(last) if os.path.exists(last) else None
         if saved is None and (cfg is None and not os.path.exists(stored)):
@@ -232,7 +260,7 @@ class Trainer:
                        parameter_bytes=saved.build_budget if saved is not None else None)
         elif not isinstance(cfg, Setup):
             cfg = resolve(cfg, plugins=plugins)
-        trainer = cls.from_config(cfg, quiet=quiet, out=out, create_run_dir=False)
+        trainer = cls.from_config(cfg, quiet=quiet, out=out, create_run_dir=False, group=group)
         trainer.run_dir, trainer.rundir = run.path, run
         if saved is None:  # stopped during the first epoch: start again, as the seed makes it the same
             return trainer
@@ -309,7 +337,8 @@ class Trainer:
                 "early_stopping": snap["early_stopping"], "best": snap["best"],
                 "data": {"name": self.data.name, "num_classes": self.data.num_classes,
                          "input_shape": list(self.data.input_shape)},  # model.save adds preprocessing, class names
-                "threads": parallel.get_num_threads(), "cnnframe_version": __version__, "config": self.config,
+                "threads": parallel.get_num_threads(), "processes": self.group.size,
+                "cnnframe_version": __version__, "config": self.config,
                 **({"ema": {"decay": self.ema.decay, "updates": snap["ema"]["updates"]}} if snap["ema"] else {})}
 
     def _checkpoint(self, kind, snap):
@@ -357,22 +386,30 @@ class Trainer:
             for i, idx in enumerate(parts):
                 lr = self.schedule.lr_at(epoch + i / steps)
                 self.optimizer.lr = lr
+                # the whole global batch: every process makes the same draws, then keeps its own samples
                 xb = self._augment(X[idx], rng)
                 yb = y[idx]
+                shard = self._shard(len(idx))
+                if shard is not None:
+                    xb, yb = xb[shard.start:shard.stop], yb[shard.start:shard.stop]
                 self.optimizer.zero_grad()
-                out = self.model.forward(xb)
-                loss = self.loss.forward(out, self._targets(yb))
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the loss became {loss} at epoch {epoch + 1}, step {i + 1}/{steps} (lr {lr:.4g}); "
-                        f"training stopped. Try a smaller optimizer.lr or optimizer.clip_norm"
-                    )
-                self.model.backward(self.loss.backward(), input_grad=False)
+                with use_shard(shard):
+                    out = self.model.forward(xb)
+                    loss_sum, hits, grad = self._loss_step(out, yb, shard)
+                    loss = loss_sum / len(idx)
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"the loss became {loss} at epoch {epoch + 1}, step {i + 1}/{steps} (lr {lr:.4g}); "
+                            f"training stopped. Try a smaller optimizer.lr or optimizer.clip_norm"
+                        )
+                    self.model.backward(grad, input_grad=False)
+                if self._flat_grads is not None:
+                    self._flat_grads.sum(self.group)
                 self.optimizer.step()
                 if self.ema is not None:
                     self.ema.update()
-                total_loss += loss * len(idx)
-                correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
+                total_loss += loss_sum
+                correct += hits
                 seen += len(idx)
                 bar.update(1)
                 if i % 4 == 3 or i == steps - 1:
@@ -387,6 +424,28 @@ class Trainer:
         if self.rotate or self.scale:
             return random_affine(x, rng, self.shift, self.rotate, self.scale)
         return random_shift(x, self.shift, rng) if self.shift else x
+
+    def _shard(self, n):
+        """This process's part of a global batch of ``n`` (None: one process computing it as one batch)."""
+        return plan_shard(n, self.batch_chunks, self.group.rank, self.group.size,
+                          self.group.gather if self.group.size > 1 else None)
+
+    def _loss_step(self, out, yb, shard):
+        """(Σ loss over the global batch, correct predictions in it, dL/dout for this process's samples).
+
+        With a shard the loss runs per chunk (a mean over the chunk), its gradient scaled by
+        chunk/global samples, and every chunk's sums are added in chunk order on every process."""
+        if shard is None:
+            loss = self.loss.forward(out, self._targets(yb))
+            return loss * len(yb), int(np.count_nonzero(out.argmax(axis=1) == yb)), self.loss.backward()
+        rows, grads = [], []
+        for a, b in shard.bounds:
+            loss = self.loss.forward(out[a:b], self._targets(yb[a:b]))
+            g = self.loss.backward()
+            grads.append(g * g.dtype.type((b - a) / shard.total))
+            rows.append([loss * (b - a), np.count_nonzero(out[a:b].argmax(axis=1) == yb[a:b])])
+        total = tree_sum(list(gather_chunks(np.array(rows, dtype=np.float64))))
+        return float(total[0]), int(total[1]), concat(grads)
 
     def evaluate(self, X, y, batch_size=500):
         """Eval-mode pass with the evaluated weights and test-time shifts → {"loss", "acc", "pred", "probs"}
@@ -403,6 +462,7 @@ class Trainer:
         """
         self._open_run_dir()
         try:
+            self.join()
             return self._fit(stop_after)
         finally:
             if self.rundir is not None:
@@ -440,7 +500,7 @@ class Trainer:
                 self._training = e + 1
                 t0 = time.perf_counter()
                 tr_loss, tr_acc, lr = self.train_epoch(e)
-                val = self.evaluate(Xv, yv)
+                val = self.group.from_root(lambda: _metrics(self.evaluate(Xv, yv)))
                 with deferred_signals():  # Ctrl-C waits until the epoch is recorded and committed
                     row = {"epoch": e + 1, "lr": lr, "train_loss": tr_loss, "train_acc": tr_acc,
                            "val_loss": val["loss"], "val_acc": val["acc"], "seconds": time.perf_counter() - t0}
@@ -469,6 +529,24 @@ class Trainer:
         if self.run_dir is not None:
             self._say(f"run directory: {self.run_dir}")
         return summary
+
+    def join(self):
+        """With several processes (once; ``fit`` calls it): the threads per process (``trainer.threads``, else
+        ``CNNFRAME_NUM_THREADS``, else the node's cores shared by its processes); the root's training state
+        on every process (the same initial or resumed weights, optimizer state, epoch, counters, history);
+        one flat gradient buffer."""
+        if self.group.size == 1 or self._flat_grads is not None:
+            return
+        if self.threads is None and parallel.env_threads() is None:
+            parallel.set_num_threads(self.group.threads_per_process())
+        state = self.group.from_root(lambda: {**self._snapshot(), "best_state": None, "history": self.history})
+        if not self.group.is_root:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optim"])
+            self.epoch, self.history = state["epoch"], state["history"]
+            self.early_stopping.load_state_dict(state["early_stopping"])
+            self.best.load_state_dict(state["best"])
+        self._flat_grads = distributed.FlatGradients(self.optimizer.params)
 
     def _end_epoch(self, row, stop_after):
         """Record a completed epoch and commit it; returns its snapshot."""
@@ -506,7 +584,7 @@ class Trainer:
 
     def _finish(self, elapsed):
         """The test report (when the run stopped as planned) and the summary, committed; returns the summary."""
-        test = self.test() if self.status in ("completed", "early_stopped") else None
+        test = self.group.from_root(self.test) if self.status in ("completed", "early_stopped") else None
         summary = self._summary(test, elapsed)
         if self.rundir is not None:
             self.rundir.commit({"summary.json": _summary_text(summary)})
@@ -530,6 +608,7 @@ class Trainer:
                 "final": last, "test": test,
                 "train_seconds": sum(r["seconds"] for r in self.history),
                 "wall_seconds_this_session": elapsed, "threads": parallel.get_num_threads(), "seed": self.seed,
+                "processes": self.group.size,
                 "data": {"name": self.data.name, "train": int(len(self.data.train[1])),
                          "val": int(len(self.data.val[1])), "test": int(len(self.data.test[1]))},
                 "cnnframe_version": __version__}
@@ -597,6 +676,19 @@ def _load_weight_average(trainer, saved):
     except (KeyError, TypeError, ValueError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise CheckpointError(f"{saved.path}: its training weights do not fit the configured model: {message}") from None
+
+
+def _metrics(res):
+    """The loss and accuracy of an ``evaluate_model`` result (what other processes are sent)."""
+    return {"loss": res["loss"], "acc": res["acc"]}
+
+
+@contextlib.contextmanager
+def _chunk_errors():
+    try:
+        yield
+    except ChunkError as e:
+        raise ConfigError(str(e), key="trainer.batch_chunks") from None
 
 
 def _copy_state(state):

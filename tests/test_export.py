@@ -63,6 +63,8 @@ LAYER_CASES = {
     "conv-nonsquare-stride-dilation": (
         lambda: [cf.Conv2D(5, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1))], (3, 9, 8)),
     "conv-1x1-stride2-nobias": (lambda: [cf.Conv2D(3, 1, stride=2, bias=False)], (2, 7, 5)),
+    "conv-grouped": (lambda: [cf.Conv2D(6, 3, padding=1, groups=2)], (4, 6, 5)),
+    "conv-depthwise-stride2": (lambda: [cf.Conv2D(3, 3, stride=2, padding=1, groups=3)], (3, 7, 7)),
     "maxpool-2": (lambda: [cf.MaxPool2D(2)], (3, 8, 8)),
     "maxpool-3x2-stride-pad": (lambda: [cf.MaxPool2D((3, 2), stride=(2, 1), padding=1)], (2, 7, 6)),
     "avgpool-2": (lambda: [cf.AvgPool2D(2)], (3, 8, 6)),

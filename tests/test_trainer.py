@@ -287,26 +287,34 @@ def test_mse_loss_trains_on_one_hot_targets(digits):
     assert res["probs"].shape == (len(digits.val[1]), 10)  # raw outputs for a non-softmax loss
 
 
-@pytest.mark.parametrize("levers", [(), LEVERS], ids=["plain", "levers"])
-def test_thread_count_does_not_change_a_run(tmp_path, monkeypatch, levers):
+@pytest.mark.parametrize("levers, chunks", [((), "null"), ((), "2"), (LEVERS, "null")],
+                         ids=["plain", "chunks", "levers"])
+def test_thread_count_does_not_change_a_run(tmp_path, monkeypatch, levers, chunks):
     """The kernels cut work into fixed spans, so 1 and 2 threads train to the same bits (small
-    layers included: the size threshold that keeps them on one thread is lowered to zero here)."""
+    layers included: the size threshold that keeps them on one thread is lowered to zero here);
+    so do runs computing each batch in chunks, as data-parallel runs do."""
     from cnnframe.ops import conv, pool
 
     monkeypatch.setattr(conv, "GRAIN_FLOPS", 1)
     monkeypatch.setattr(pool, "GRAIN_ELEMS", 1)
     monkeypatch.setattr(cnnframe.parallel, "_dynamic", False)
     monkeypatch.setattr(cnnframe.parallel, "_num_threads", cnnframe.get_num_threads())  # restored after
-    one = Trainer.from_config(tiny_cfg(tmp_path, "trainer.epochs=2", "trainer.name=one", "trainer.threads=1", *levers),
-                              quiet=True)
+    sets = ("trainer.epochs=2", f"trainer.batch_chunks={chunks}", *levers)
+    one = Trainer.from_config(tiny_cfg(tmp_path, *sets, "trainer.name=one", "trainer.threads=1"), quiet=True)
     one.fit()
-    two = Trainer.from_config(tiny_cfg(tmp_path, "trainer.epochs=2", "trainer.name=two", "trainer.threads=3", *levers),
-                              quiet=True)
+    two = Trainer.from_config(tiny_cfg(tmp_path, *sets, "trainer.name=two", "trainer.threads=3"), quiet=True)
     two.fit()
     a, a_opt, _ = weights(one.run_dir)
     b, b_opt, _ = weights(two.run_dir)
     assert_same_state(a, b)
     assert_same_state(a_opt, b_opt)
+
+
+def test_batch_chunks_must_fit_the_smallest_batch(tmp_path):
+    # 1293 training samples in batches of 64: 21 batches of 61 or 62 samples
+    with pytest.raises(cnnframe.ConfigError, match=r"trainer\.batch_chunks: 62 chunks .* smallest batch has 61"):
+        Trainer.from_config(tiny_cfg(tmp_path, "trainer.batch_chunks=62"), quiet=True)
+    assert os.listdir(tmp_path) == []  # checked before the run directory is made
 
 
 # -- the API's errors; a config built once ---------------------------------------------------------------------

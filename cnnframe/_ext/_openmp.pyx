@@ -1,4 +1,4 @@
-"""OpenMP facts known only at compile time, plus the thread id helper the kernels share."""
+"""OpenMP facts known only at compile time: whether the kernels were built with it, and its default team size."""
 
 cdef extern from *:
     """

@@ -4,10 +4,11 @@ import os
 import sys
 
 from cnnframe import checkpoint, config, parallel
-from cnnframe.errors import ConfigError, UserError
+from cnnframe.errors import ConfigError, DataError, MemoryLimitError, UserError, WriteError
 from cnnframe.losses import SoftmaxCrossEntropy
 from cnnframe.model import load_checkpoint
 from cnnframe.plugins import Plugins
+from cnnframe.trainer import TrainingWriteFailed
 
 # Exit status (docs/cli.md): 1 is training's divergence and a failed check, said by the commands themselves.
 USAGE_ERROR = 2
@@ -31,6 +32,21 @@ def output_closed(message=None):
         except (OSError, ValueError):  # stderr went too (``2>&1 | head``)
             pass
     return BROKEN_PIPE
+#: what the command line reports as one line with exit status 2 (the user's input is at fault)
+USER_ERRORS = (UserError, ConfigError, DataError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+               PermissionError, ValueError, KeyError, MemoryLimitError)
+
+
+def exit_code(error):
+    """The exit status the command line gives an exception (docs/cli.md): 130 for Ctrl-C, 74 for a file
+    that could not be written, 141 for a closed standard output, 2 for a user error, else 1."""
+    if isinstance(error, KeyboardInterrupt):
+        return INTERRUPTED
+    if isinstance(error, (WriteError, TrainingWriteFailed)):
+        return WRITE_FAILED
+    if isinstance(error, BrokenPipeError):
+        return BROKEN_PIPE
+    return USAGE_ERROR if isinstance(error, USER_ERRORS) else 1
 
 
 def add_set(p):

@@ -1,13 +1,18 @@
 """``python -m cnnframe train CONFIG``: train from a YAML config (or ``--resume RUN_DIR``); at the end, the run's
-report (``report.html``, as ``python -m cnnframe report RUN_DIR`` writes it) when matplotlib is installed."""
+report (``report.html``, as ``python -m cnnframe report RUN_DIR`` writes it) when matplotlib is installed.
+
+Under ``mpiexec -n P`` (docs/distributed.md) the P processes train data-parallel.  Setting up (config,
+data, model, the run directory) is agreed: it fails on every process, with one message, or on none.
+Then the root process alone prints and writes, and a failure on any process ends the whole job.
+"""
 import os
 import sys
 
-from cnnframe import config, optional, parallel
-from cnnframe.commands.common import (INTERRUPTED, WRITE_FAILED, add_plugin, add_set, named_plugins,
+from cnnframe import config, distributed, optional, parallel
+from cnnframe.commands.common import (INTERRUPTED, WRITE_FAILED, add_plugin, add_set, exit_code, named_plugins,
                                       output_closed)
 from cnnframe.commands.report import print_notes, report_run
-from cnnframe.errors import UserError
+from cnnframe.errors import JobStopped, UserError
 from cnnframe.trainer import OutputClosed, Trainer, TrainingDiverged, TrainingInterrupted, TrainingWriteFailed
 
 NAME = "train"
@@ -29,48 +34,57 @@ def add_arguments(p):
 
 
 def run(args):
+    group = distributed.group_from_environment()
     out = sys.stdout
-    plugins = named_plugins(args)
-    setup = None
-    if args.resume:
-        if args.run_dir:
-            raise UserError(f"--run-dir chooses where a new run is made; a resumed run stays in its own directory "
-                            f"({args.resume}): leave out --run-dir")
-        if not os.path.isdir(args.resume):
-            raise UserError(f"--resume: run directory not found: {args.resume}")
-        # A CONFIG the user names is theirs (its plugins load); without one, the run's stored config.yaml
-        # is data, and only --plugin names code.
-        setup = config.load(args.config, args.set, plugins=plugins) if args.config else None
-        trainer = Trainer.resume(args.resume, setup, quiet=args.quiet, out=out, plugins=plugins, overrides=args.set)
-        done = trainer.finished()
-        if done:
-            raise UserError(f"{trainer.run_dir} {done}")
-    else:
-        if not args.config:
-            raise UserError("train needs a CONFIG file (or --resume RUN_DIR)")
-        setup = config.load(args.config, args.set, plugins=plugins)
-        if args.run_dir:
-            setup.config["trainer"]["run_dir"] = args.run_dir
-        trainer = Trainer.from_config(setup, quiet=args.quiet, out=out)
+    quiet = args.quiet or not group.is_root
+    setup = trainer = None
     try:
-        if not args.quiet:
-            _introduce(trainer, setup if not args.resume else None, out)
-    except BrokenPipeError:
-        return output_closed(f"output closed (broken pipe) before training started; the run can be started "
-                             f"with: python -m cnnframe train --resume {trainer.run_dir}")
-    try:
-        summary = trainer.fit(stop_after=args.stop_after)
-    except OutputClosed as e:
-        return output_closed(str(e))
-    except TrainingInterrupted as e:
-        print(f"cnnframe: {e}", file=sys.stderr)
-        return INTERRUPTED
-    except TrainingDiverged as e:
-        print(f"cnnframe: {e}", file=sys.stderr)
-        return 1
-    except TrainingWriteFailed as e:
-        print(f"cnnframe: error: {e}", file=sys.stderr)
-        return WRITE_FAILED
+        with distributed.agreement(group, exit_code):
+            plugins = named_plugins(args)
+            if not args.resume:
+                setup, trainer = _new(args, plugins, group, quiet, out)
+            elif group.is_root:  # the root reads the run directory; the others get its config, then its state
+                setup, trainer = _resumed(args, plugins, group, quiet, out)
+        with distributed.agreement(group, exit_code):
+            if not args.resume and group.is_root:  # once every process is ready: no run directory otherwise
+                trainer.make_run_dir()
+        if args.resume and group.size > 1:
+            stored = group.bcast(trainer.config if group.is_root else None)
+            with distributed.agreement(group, exit_code):
+                if not group.is_root:  # trusted as the root trusted it: the user's CONFIG, or a stored file
+                    base = os.path.dirname(os.path.abspath(args.config)) if args.config else "."
+                    setup = config.resolve(stored, base_dir=base, plugins=plugins, safe=not args.config)
+                    trainer = Trainer.from_config(setup, quiet=True, out=out, create_run_dir=False, group=group)
+    except JobStopped:
+        if trainer is not None and trainer.rundir is not None:
+            trainer.rundir.release()
+        raise
+    with distributed.abort_on_failure(group, exit_code):
+        trainer.join()
+        try:
+            if not quiet:
+                _introduce(trainer, setup if not args.resume else None, out, group)
+        except BrokenPipeError:
+            return distributed.end_job(group, output_closed(
+                f"output closed (broken pipe) before training started; the run can be started with: "
+                f"python -m cnnframe train --resume {trainer.run_dir}"))
+        try:
+            summary = trainer.fit(stop_after=args.stop_after)
+        except OutputClosed as e:  # the root's reader went away
+            return distributed.end_job(group, output_closed(str(e)))
+        except TrainingInterrupted as e:
+            if group.is_root:
+                print(f"cnnframe: {e}", file=sys.stderr)
+            return distributed.stop_interrupted(group, INTERRUPTED)
+        except TrainingDiverged as e:  # every process stops at the same step (the loss is summed over them)
+            if group.is_root:
+                print(f"cnnframe: {e}", file=sys.stderr)
+            return 1
+        except TrainingWriteFailed as e:  # the root's disk
+            print(f"cnnframe: error: {e}", file=sys.stderr)
+            return distributed.end_job(group, WRITE_FAILED)
+    if not group.is_root:
+        return 0
     if args.quiet and summary["test"] is not None:
         t = summary["test"]
         print(f"test accuracy {100 * t['acc']:.2f}% ({t['samples']} samples)  loss {t['loss']:.4f}  "
@@ -85,7 +99,36 @@ def run(args):
     return 0
 
 
-def _introduce(trainer, setup, out):
+def _new(args, plugins, group, quiet, out):
+    """(setup, trainer) of a new run, its run directory not made yet."""
+    if not args.config:
+        raise UserError("train needs a CONFIG file (or --resume RUN_DIR)")
+    setup = config.load(args.config, args.set, plugins=plugins)
+    if args.run_dir:
+        setup.config["trainer"]["run_dir"] = args.run_dir
+    return setup, Trainer.from_config(setup, quiet=quiet, out=out, create_run_dir=False, group=group)
+
+
+def _resumed(args, plugins, group, quiet, out):
+    """(setup or None, trainer) of the run in ``--resume RUN_DIR``, its directory locked."""
+    if args.run_dir:
+        raise UserError(f"--run-dir chooses where a new run is made; a resumed run stays in its own directory "
+                        f"({args.resume}): leave out --run-dir")
+    if not os.path.isdir(args.resume):
+        raise UserError(f"--resume: run directory not found: {args.resume}")
+    # A CONFIG the user names is theirs (its plugins load); without one, the run's stored config.yaml
+    # is data, and only --plugin names code.
+    setup = config.load(args.config, args.set, plugins=plugins) if args.config else None
+    trainer = Trainer.resume(args.resume, setup, quiet=quiet, out=out, plugins=plugins, overrides=args.set,
+                             group=group)
+    done = trainer.finished()
+    if done:
+        trainer.rundir.release()
+        raise UserError(f"{trainer.run_dir} {done}")
+    return setup, trainer
+
+
+def _introduce(trainer, setup, out, group):
     """What a run prints before its first epoch: the resolved config of a new run, or what resuming found."""
     if setup is None:
         for note in trainer.rundir.recovered:
@@ -97,7 +140,8 @@ def _introduce(trainer, setup, out):
         print(config.dump_config(setup.config), file=out)
     print(trainer.model.summary(), file=out)
     print(f"data: {trainer.data!r}", file=out)
-    print(f"threads: {parallel.get_num_threads()}   run directory: {trainer.run_dir}", file=out, flush=True)
+    procs = f"{group.size} processes x " if group.size > 1 else ""
+    print(f"threads: {procs}{parallel.get_num_threads()}   run directory: {trainer.run_dir}", file=out, flush=True)
 
 
 def write_report(trainer, plugins, out, quiet):

@@ -58,7 +58,8 @@ TRAINER_FIELDS = {
     "epochs": Field(int, 10, ge=1),
     "batch_size": Field(int, 64, ge=1),
     "seed": Field(int, 0, ge=0),
-    "threads": Field(int, None, ge=1, nullable=True, doc="OpenMP threads; null = CNNFRAME_NUM_THREADS or all cores"),
+    "threads": Field(int, None, ge=1, nullable=True, doc="OpenMP threads; null = CNNFRAME_NUM_THREADS or all cores "
+                                                         "(under mpiexec: the node's cores / its processes)"),
     "dtype": Field(str, "float32", choices=("float32", "float64")),
     "run_dir": Field(str, "runs", doc="directory that holds the run directories"),
     "name": Field(str, None, nullable=True, doc="run name; null = the config file's name"),
@@ -67,6 +68,9 @@ TRAINER_FIELDS = {
                           doc="GiB the model's estimated memory at the batch size may reach; null = no limit"),
     "ema_decay": Field(float, None, gt=0.0, lt=1.0, nullable=True,
                        doc="evaluate and save a moving average of the weights with this decay; null = off"),
+    "batch_chunks": Field(int, None, ge=1, nullable=True,
+                          doc="data-parallel: fixed sample ranges of each batch whose sums are added in a fixed "
+                              "order; null = the number of processes"),
 }
 EARLY_STOPPING_FIELDS = {
     "patience": Field(int, None, ge=1, nullable=True, doc="epochs without improvement before stopping; null = off"),

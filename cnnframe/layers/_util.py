@@ -72,21 +72,6 @@ def check_per_sample(layer, input_shape, ndim, layout):
     return shape
 
 
-def pair(value, name, owner, minimum):
-    """Normalise an int or (h, w) pair to a tuple of two ints >= ``minimum``."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        items = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
-    ):
-        items = (int(value[0]), int(value[1]))
-    else:
-        raise TypeError(f"{owner}: {name} must be an int or a pair of ints, got {value!r}")
-    if min(items) < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value!r}")
-    return items
-
-
 def pair_config(items):
     """The config form of a pair: an int when both entries agree, else a list (JSON/YAML friendly)."""
     return items[0] if items[0] == items[1] else [items[0], items[1]]

@@ -299,11 +299,11 @@ class Block(Layer):
 @register_layer("residual")
 class Residual(Block):
     """y = act(F(x) + S(x)): a body F (``layers``), a shortcut S (``shortcut``; the identity when None) and
-    an optional activation on the sum; math.md eq. (5)–(7).
+    an optional activation on the sum; math.md eq. (6)–(8).
 
     x: (N, *s) → y: (N, *F.output_shape(s)); F(x) and S(x) must have the same shape (a ValueError names
     both).  Backward with G = dL/dy: G_z = act'(z)·G (the activation's backward), then the sum passes G_z
-    unchanged to both paths, eq. (6), and the two input gradients add, eq. (7):
+    unchanged to both paths, eq. (7), and the two input gradients add, eq. (8):
     dL/dx = F.backward(G_z) + S.backward(G_z)  (+ G_z itself for the identity shortcut).
 
     ``layers``, ``shortcut``: lists of layers or layer configs (``build_children``); ``activation``: a
@@ -370,7 +370,7 @@ class Residual(Block):
             short = "the identity shortcut" if self.shortcut is None else "the shortcut"
             raise ValueError(f"Residual: the body (layers) returned {f.shape} but {short} {s.shape}; "
                              f"they must match to be added")
-        y = f + s  # eq. (5); a new array, so neither path's output is written to
+        y = f + s  # eq. (6); a new array, so neither path's output is written to
         act = self._extra.get("activation")
         if act is not None:
             y = act.forward(y)
@@ -382,12 +382,12 @@ class Residual(Block):
         act = self._extra.get("activation")
         gz = g if act is None else act.backward(g)
         need = self.need_input_grad
-        # eq. (6): the sum hands G_z unchanged to both paths
+        # eq. (7): the sum hands G_z unchanged to both paths
         df = self._backward_path("layers", self.layers, gz, need)
         ds = gz if self.shortcut is None else self._backward_path("shortcut", self.shortcut, gz, need)
         if not need:
             return None
-        return df + ds  # eq. (7): x fed both paths, so their gradients add (a new array: either may alias G)
+        return df + ds  # eq. (8): x fed both paths, so their gradients add (a new array: either may alias G)
 
     def get_config(self):
         return {
@@ -405,7 +405,7 @@ class Residual(Block):
 
 @register_layer("concat")
 class Concat(Block):
-    """y = [B_1(x), ..., B_k(x)] joined along channels; math.md eq. (8).
+    """y = [B_1(x), ..., B_k(x)] joined along channels; math.md eq. (9).
 
     x: (N, C, H, W) → y: (N, C_1 + ... + C_k, H', W'); every branch must output images (N, C_i, H', W')
     with the same H', W' (a ValueError names the branches and their shapes).  An empty branch is the
@@ -450,7 +450,7 @@ class Concat(Block):
             raise ValueError(f"Concat: branch outputs {[o.shape for o in outs]} differ in height or width")
         bounds = np.cumsum([0] + [o.shape[1] for o in outs])
         self._splits = list(zip(bounds[:-1], bounds[1:]))
-        y = np.concatenate(outs, axis=1)  # eq. (8)
+        y = np.concatenate(outs, axis=1)  # eq. (9)
         self._y_shape = y.shape
         return y
 
@@ -459,7 +459,7 @@ class Concat(Block):
         need = self.need_input_grad
         dx, owned = None, False
         for i, (b, (lo, hi)) in enumerate(zip(self.branches, self._splits)):
-            # eq. (8): branch i gets its channels of G; x fed every branch, so the input gradients add
+            # eq. (9): branch i gets its channels of G; x fed every branch, so the input gradients add
             d = self._backward_path(f"branches[{i}]", b, g[:, lo:hi], need)
             if not need:
                 continue

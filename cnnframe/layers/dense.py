@@ -15,6 +15,7 @@ from cnnframe.layers._util import (
 )
 from cnnframe.layers.base import Layer
 from cnnframe.registry import register_layer
+from cnnframe.shards import chunks, concat, map_chunks, tree_sum
 
 _FLATTEN_HINT = "; Dense takes (N, F) features only: put a Flatten layer before it"
 
@@ -81,7 +82,9 @@ class Dense(Layer):
         self._ensure_built(x)
         check_size(self, x, 1, self.in_features, "features")
         self._x = x
-        y = x @ self._params["weight"].data.T
+        w = self._params["weight"].data
+        # chunk by chunk in data-parallel training (a GEMM's rounding depends on its row count); one GEMM otherwise
+        y = concat(map_chunks(lambda i, j: x[i:j] @ w.T, len(x)))
         if self.use_bias:
             y += self._params["bias"].data
         return y
@@ -90,10 +93,11 @@ class Dense(Layer):
         x = self._x
         g = check_grad(self, grad_out, None if x is None else (x.shape[0], self.out_features))
         w = self._params["weight"]
-        w.grad += g.T @ x
+        spans = chunks(len(g))
+        w.grad += tree_sum([g[i:j].T @ x[i:j] for i, j in spans])
         if self.use_bias:
-            self._params["bias"].grad += g.sum(axis=0)
-        return g @ w.data
+            self._params["bias"].grad += tree_sum([g[i:j].sum(axis=0) for i, j in spans])
+        return concat([g[i:j] @ w.data for i, j in spans])
 
     def get_config(self):
         return {

@@ -3,6 +3,7 @@ from cnnframe.checks import check_number
 from cnnframe.layers._util import check_grad, check_input, config_seed, make_rng
 from cnnframe.layers.base import Layer
 from cnnframe.registry import register_layer
+from cnnframe.shards import global_rows
 
 
 @register_layer("dropout")
@@ -34,7 +35,10 @@ class Dropout(Layer):
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
-        keep = self._rng.random(x.shape) >= self.p
+        # Masks are drawn for the whole global batch, so every process of a data-parallel run keeps the
+        # rows of its own samples and the masks do not depend on how the batch is split.
+        total, start, stop = global_rows(len(x))
+        keep = self._rng.random((total,) + x.shape[1:])[start:stop] >= self.p
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
         self._mask = keep.astype(self.dtype) * self.dtype.type(scale)
         return x * self._mask

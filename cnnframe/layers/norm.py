@@ -5,6 +5,7 @@ from cnnframe.checks import check_int, check_number
 from cnnframe.layers._util import check_grad, check_input, check_per_sample, check_size
 from cnnframe.layers.base import Layer
 from cnnframe.registry import register_layer
+from cnnframe.shards import batch_total, chunk_sizes, gather_chunks, map_chunks, tree_sum
 
 
 class _BatchNorm(Layer):
@@ -20,6 +21,10 @@ class _BatchNorm(Layer):
       training:   dx = γ/√(σ² + eps) · (G − mean(G) − x̂ · mean(G·x̂))   (means over the m values);
       evaluation: dx = γ/√(running_var + eps) · G.
     ``num_features`` may be omitted (inferred by ``build``).  γ, β have no weight decay.
+    In data-parallel training the m values are those of the global batch: every chunk's per-channel sums
+    reach every process (``cnnframe.shards.gather_chunks``, the statistics hook) before normalising and
+    before dx, and σ² is combined from the chunks' sums of squares about their own means (Chan et al.):
+    Σ(x − μ)² = Σ_j [M2_j + m_j (μ_j − μ)²] -- one exchange per step each way.
     """
 
     _ndim = None  # input ndim, batch axis included
@@ -68,6 +73,8 @@ class _BatchNorm(Layer):
 
     # Work on a (N, C, L) view (L = H·W, or 1 for features): per-channel sums are then einsum
     # reductions, several times faster than NumPy's strided mean over axes (0, 2, 3) on small images.
+    # In data-parallel training they are per chunk of the global batch and reach every process
+    # (cnnframe.shards), which adds them in chunk order: the statistics of the global batch.
     def forward(self, x):
         x = check_input(self, x, ndim=self._ndim, layout=self._layout)
         if self.num_features is not None:
@@ -75,16 +82,20 @@ class _BatchNorm(Layer):
         self._ensure_built(x)
         n, c = x.shape[:2]
         x3 = x.reshape(n, c, -1)
-        m = n * x3.shape[2]
+        m = batch_total(n) * x3.shape[2]
         if self.training:
             if m < 2:
                 raise ValueError(
                     f"{type(self).__name__}: training needs more than one value per feature to compute batch "
                     f"statistics, got input shape {x.shape}; use a larger batch or call eval()"
                 )
-            mean = np.einsum("ncl->c", x3) / m
-            xhat = x3 - mean[:, None]
-            var = np.einsum("ncl,ncl->c", xhat, xhat) / m  # biased: normalise with the batch's own spread
+            parts = map_chunks(lambda a, b: _moments(x3[a:b]), n)
+            rows = gather_chunks(np.stack([np.concatenate(p[:2]) for p in parts]))  # [Σx, M2] of every chunk
+            sizes = [k * x3.shape[2] for k in chunk_sizes(n)]
+            mean = tree_sum(list(rows[:, :c])) / m
+            # biased: normalise with the batch's own spread; M2 + m_j (μ_j − μ)² is M2 itself for one chunk
+            var = tree_sum([r[c:] + k * np.square(r[:c] / k - mean) for r, k in zip(rows, sizes)]) / m
+            xhat = parts[0][2] if len(rows) == 1 else x3 - mean[:, None]
             inv_std = 1.0 / np.sqrt(var + self.dtype.type(self.eps))
             xhat *= inv_std[:, None]
             mom = self.momentum
@@ -104,14 +115,20 @@ class _BatchNorm(Layer):
         xhat, inv_std, training, shape = self._cache if self._cache is not None else (None, None, None, None)
         g = check_grad(self, grad_out, shape)
         g3 = g.reshape(xhat.shape)
-        sum_g = np.einsum("ncl->c", g3)
-        sum_gx = np.einsum("ncl,ncl->c", g3, xhat)
-        self._params["weight"].grad += sum_gx
-        self._params["bias"].grad += sum_g
+        n, c = xhat.shape[:2]
+        # [Σ G, Σ G·x̂] per channel and chunk: this process's chunks give the parameter gradients (summed
+        # over the processes with the others), every process's chunks what dx needs.
+        rows = np.stack(map_chunks(lambda a, b: np.concatenate(
+            [np.einsum("ncl->c", g3[a:b]), np.einsum("ncl,ncl->c", g3[a:b], xhat[a:b])]), n))
+        own = tree_sum(list(rows))
+        self._params["weight"].grad += own[c:]
+        self._params["bias"].grad += own[:c]
         scale = (self._params["weight"].data * inv_std)[:, None]
         if not training:
             return (g3 * scale).reshape(shape)
-        m = xhat.shape[0] * xhat.shape[2]
+        sums = tree_sum(list(gather_chunks(rows)))
+        sum_g, sum_gx = sums[:c], sums[c:]
+        m = batch_total(n) * xhat.shape[2]
         dx = xhat * (-sum_gx / m)[:, None]  # γ/σ · (G − mean(G) − x̂·mean(G·x̂))
         dx += g3
         dx -= (sum_g / m)[:, None]
@@ -125,6 +142,13 @@ class _BatchNorm(Layer):
             "eps": self.eps,
             "momentum": self.momentum,
         }
+
+
+def _moments(x3):
+    """Per channel of a (N, C, L) chunk: Σx, M2 = Σ(x − μ)² about the chunk's mean μ, and x − μ."""
+    s = np.einsum("ncl->c", x3)
+    centred = x3 - (s / (x3.shape[0] * x3.shape[2]))[:, None]
+    return s, np.einsum("ncl,ncl->c", centred, centred), centred
 
 
 @register_layer("batchnorm1d")

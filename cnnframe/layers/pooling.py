@@ -2,7 +2,8 @@
 import numpy as np
 
 from cnnframe import ops
-from cnnframe.layers._util import check_grad, check_input, check_per_sample, pair, pair_config
+from cnnframe.checks import pair
+from cnnframe.layers._util import check_grad, check_input, check_per_sample, pair_config
 from cnnframe.layers.base import Layer
 from cnnframe.registry import register_layer
 
@@ -18,9 +19,9 @@ class _Pool2D(Layer):
     def __init__(self, kernel_size, stride=None, padding=0, dtype="float32"):
         super().__init__(dtype)
         name = type(self).__name__
-        self.kernel_size = pair(kernel_size, "kernel_size", name, 1)
-        self.stride = self.kernel_size if stride is None else pair(stride, "stride", name, 1)
-        self.padding = pair(padding, "padding", name, 0)
+        self.kernel_size = pair(kernel_size, "kernel_size", 1, name)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", 1, name)
+        self.padding = pair(padding, "padding", 0, name)
         if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
             raise ValueError(
                 f"{name}: padding {self.padding} must be at most half the kernel size {self.kernel_size}"

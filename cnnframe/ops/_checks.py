@@ -7,30 +7,15 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INT32_MAX = 2**31 - 1
 
 
-def pair(value, name, minimum):
-    """Normalise an int or an (h, w) pair and check each entry is an int >= ``minimum``."""
-    # Fast path for the common case (plain ints): the ABC checks below cost microseconds per call.
-    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
-        if value[0] >= minimum and value[1] >= minimum:
-            return value
-    elif type(value) is int and value >= minimum:
-        return (value, value)
-    if isinstance(value, (numbers.Integral,)) and not isinstance(value, bool):
-        items = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2:
-        items = tuple(value)
-        for v in items:
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-        items = (int(items[0]), int(items[1]))
-    else:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    for v in items:
-        if v < minimum:
-            if minimum == 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return items
+def positive_int(value, name):
+    """Check ``value`` is an int >= 1 (not a bool) and return it as an int."""
+    if type(value) is int and value >= 1:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return int(value)
 
 
 def float_array(x, name, ndim):

@@ -4,7 +4,8 @@ Each function follows its equation literally, so a test that agrees with these a
 """
 import numpy as np
 
-from cnnframe.ops._checks import out_size, pair
+from cnnframe.checks import pair
+from cnnframe.ops._checks import out_size
 
 
 def pad(x, ph, pw, value=0.0):
@@ -12,11 +13,13 @@ def pad(x, ph, pw, value=0.0):
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
 
 
-def conv2d_forward_ref(x, w, b=None, stride=1, padding=0, dilation=1):
-    """Eq. (1): Y[n,k,i,j] = b[k] + Σ_c Σ_m Σ_l Xp[n, c, i·s + m·d, j·s + l·d] · W[k,c,m,l]."""
+def conv2d_forward_ref(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """Eq. (1): Y[n,k,i,j] = b[k] + Σ_c Σ_m Σ_l Xp[n, c, i·s + m·d, j·s + l·d] · W[k,c,m,l];
+    with groups, eq. (5): c runs over the Cg = C/g channels of k's group, input channel grp(k)·Cg + c."""
     (sh, sw), (ph, pw), (dh, dw) = pair(stride, "stride", 1), pair(padding, "padding", 0), pair(dilation, "dilation", 1)
-    n_, c_, h, wd = x.shape
-    k_, _, kh, kw = w.shape
+    n_, _, h, wd = x.shape
+    k_, c_, kh, kw = w.shape
+    kg = k_ // groups
     ho, wo = out_size(h, kh, sh, ph, dh), out_size(wd, kw, sw, pw, dw)
     xp = pad(x, ph, pw)
     y = np.zeros((n_, k_, ho, wo), dtype=np.float64)
@@ -26,15 +29,17 @@ def conv2d_forward_ref(x, w, b=None, stride=1, padding=0, dilation=1):
                 for j in range(wo):
                     acc = 0.0 if b is None else float(b[k])
                     for c in range(c_):
+                        ci = (k // kg) * c_ + c
                         for m in range(kh):
                             for l in range(kw):
-                                acc += xp[n, c, i * sh + m * dh, j * sw + l * dw] * w[k, c, m, l]
+                                acc += xp[n, ci, i * sh + m * dh, j * sw + l * dw] * w[k, c, m, l]
                     y[n, k, i, j] = acc
     return y
 
 
-def conv2d_weight_grad_ref(x, g, w_shape, stride=1, padding=0, dilation=1):
-    """Eq. (2): dW[k,c,m,l] = Σ_n Σ_i Σ_j G[n,k,i,j] · Xp[n, c, i·s + m·d, j·s + l·d]."""
+def conv2d_weight_grad_ref(x, g, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Eq. (2): dW[k,c,m,l] = Σ_n Σ_i Σ_j G[n,k,i,j] · Xp[n, c, i·s + m·d, j·s + l·d]
+    (eq. 5: input channel grp(k)·Cg + c)."""
     (sh, sw), (ph, pw), (dh, dw) = pair(stride, "stride", 1), pair(padding, "padding", 0), pair(dilation, "dilation", 1)
     k_, c_, kh, kw = w_shape
     xp = pad(x, ph, pw)
@@ -45,10 +50,11 @@ def conv2d_weight_grad_ref(x, g, w_shape, stride=1, padding=0, dilation=1):
             for m in range(kh):
                 for l in range(kw):
                     acc = 0.0
+                    ci = (k // (k_ // groups)) * c_ + c
                     for n in range(n_):
                         for i in range(ho):
                             for j in range(wo):
-                                acc += g[n, k, i, j] * xp[n, c, i * sh + m * dh, j * sw + l * dw]
+                                acc += g[n, k, i, j] * xp[n, ci, i * sh + m * dh, j * sw + l * dw]
                     dW[k, c, m, l] = acc
     return dW
 
@@ -64,16 +70,17 @@ def conv2d_bias_grad_ref(g):
     return db
 
 
-def conv2d_input_grad_ref(g, w, x_shape, stride=1, padding=0, dilation=1):
+def conv2d_input_grad_ref(g, w, x_shape, stride=1, padding=0, dilation=1, groups=1):
     """Eq. (4): dXp[n,c] = Σ_k correlate(pad(dilate(G[n,k], s), d(k-1)), rot180(W[k,c]) dilated by d);
-    then crop p.
+    then crop p.  With groups (eq. 5), k runs over the Kg output channels of c's group.
 
     Written as the full convolution itself: dilate G by the stride, zero-pad by d·(kh-1) (plus the
     rows Xp has beyond the last window), flip the kernel, correlate with stride 1.
     """
     (sh, sw), (ph, pw), (dh, dw) = pair(stride, "stride", 1), pair(padding, "padding", 0), pair(dilation, "dilation", 1)
     n_, c_, h, wd = x_shape
-    k_, _, kh, kw = w.shape
+    k_, cg, kh, kw = w.shape
+    kg = k_ // groups
     _, _, ho, wo = g.shape
     hp, wp = h + 2 * ph, wd + 2 * pw
     # Dilated G: s-1 zeros between neighbours.
@@ -91,19 +98,20 @@ def conv2d_input_grad_ref(g, w, x_shape, stride=1, padding=0, dilation=1):
             for r in range(hp):
                 for q in range(wp):
                     acc = 0.0
-                    for k in range(k_):
+                    grp = c // cg
+                    for k in range(grp * kg, (grp + 1) * kg):
                         for m in range(kh):
                             for l in range(kw):
-                                acc += gpad[n, k, r + m * dh, q + l * dw] * w_rot[k, c, m, l]
+                                acc += gpad[n, k, r + m * dh, q + l * dw] * w_rot[k, c - grp * cg, m, l]
                     dxp[n, c, r, q] = acc
     return dxp[:, :, ph : ph + h, pw : pw + wd]
 
 
-def conv2d_backward_ref(x, w, g, stride=1, padding=0, dilation=1):
-    """(dX, dW, db) by eqs. (4), (2), (3)."""
+def conv2d_backward_ref(x, w, g, stride=1, padding=0, dilation=1, groups=1):
+    """(dX, dW, db) by eqs. (4), (2), (3) (eq. 5 with groups)."""
     return (
-        conv2d_input_grad_ref(g, w, x.shape, stride, padding, dilation),
-        conv2d_weight_grad_ref(x, g, w.shape, stride, padding, dilation),
+        conv2d_input_grad_ref(g, w, x.shape, stride, padding, dilation, groups),
+        conv2d_weight_grad_ref(x, g, w.shape, stride, padding, dilation, groups),
         conv2d_bias_grad_ref(g),
     )
 

@@ -8,7 +8,8 @@ import numpy as np
 
 from cnnframe import parallel
 from cnnframe._ext import pool as _pool
-from cnnframe.ops._checks import float_array, out_size, pair
+from cnnframe.checks import pair
+from cnnframe.ops._checks import float_array, out_size
 
 # Window elements per thread below which another thread costs more than it saves.
 GRAIN_ELEMS = 50_000

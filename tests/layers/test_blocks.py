@@ -352,7 +352,7 @@ def test_config_round_trip_with_nested_children():
     assert [c["type"] for c in cfg["layers"]] == ["conv2d", "batchnorm2d", "relu", "concat"]
     assert cfg["layers"][3]["branches"][1][0]["kernel_size"] == 3
     assert cfg["shortcut"] == [{"type": "conv2d", "out_channels": 4, "kernel_size": 1, "in_channels": 3, "stride": 2,
-                                "padding": 0, "dilation": 1, "bias": True, "seed": 4}]  # no per-child dtype
+                                "padding": 0, "dilation": 1, "groups": 1, "bias": True, "seed": 4}]  # no per-child dtype
     new = cnnframe.LAYERS.get(cfg["type"]).from_config(cfg)
     assert new.get_config() == cfg
     new.load_state_dict(block.state_dict())

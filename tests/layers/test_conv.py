@@ -127,7 +127,7 @@ def test_config_round_trip_keeps_inferred_channels():
     cfg = layer.get_config()
     assert cfg == {
         "type": "conv2d", "dtype": "float64", "out_channels": 6, "kernel_size": [3, 1], "in_channels": 4,
-        "stride": 2, "padding": [1, 0], "dilation": 1, "bias": False, "seed": 5,
+        "stride": 2, "padding": [1, 0], "dilation": 1, "groups": 1, "bias": False, "seed": 5,
     }
     again = LAYERS.get("conv2d").from_config(cfg)
     assert again.get_config() == cfg
@@ -185,3 +185,76 @@ def test_backward_errors():
     layer.forward(np.zeros((1, 1, 5, 5), np.float32))
     with pytest.raises(ValueError, match=r"grad_out has shape \(1, 2, 4, 4\).*\(1, 2, 3, 3\)"):
         layer.backward(np.zeros((1, 2, 4, 4), np.float32))
+
+
+# (out_channels, groups, kernel_size, stride, padding, per-sample input shape)
+GROUPED = [
+    (6, 3, 3, 1, 1, (3, 6, 5)),  # depthwise with channel multiplier 2
+    (4, 4, (3, 2), (2, 1), (1, 0), (4, 7, 6)),  # depthwise
+    (6, 2, 2, 1, 0, (4, 5, 5)),  # two groups of 2 -> 3
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("k, grp, ks, s, p, shape", GROUPED)
+def test_grouped_matches_loop_reference(k, grp, ks, s, p, shape, dtype):
+    rng = np.random.default_rng(1)
+    layer = Conv2D(k, ks, stride=s, padding=p, groups=grp, seed=3, dtype=dtype)
+    x = rng.standard_normal((2,) + shape).astype(dtype)
+    y = layer.forward(x)
+    w = layer.parameters()["weight"].data.astype(np.float64)
+    b = layer.parameters()["bias"].data.astype(np.float64)
+    assert w.shape == (k, shape[0] // grp) + layer.kernel_size
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(y, ref.conv2d_forward_ref(x.astype(np.float64), w, b, s, p, 1, grp), **tol)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    dx = layer.backward(g)
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward_ref(x.astype(np.float64), w, g.astype(np.float64), s, p, 1, grp)
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+    np.testing.assert_allclose(layer.parameters()["weight"].grad, dw_ref, **tol)
+    np.testing.assert_allclose(layer.parameters()["bias"].grad, db_ref, **tol)
+
+
+@pytest.mark.parametrize("k, grp, ks, s, p, shape", GROUPED)
+def test_grouped_gradcheck(k, grp, ks, s, p, shape, one_thread):
+    layer = Conv2D(k, ks, stride=s, padding=p, groups=grp, seed=4, dtype="float64")
+    report = check_layer(layer, shape, batch_size=2, max_checks=60)
+    assert report.passed, str(report)
+
+
+def test_grouped_config_round_trip_and_init():
+    layer = Conv2D(8, 3, in_channels=4, groups=4, padding=1, seed=6)
+    cfg = layer.get_config()
+    assert cfg["groups"] == 4 and cfg["in_channels"] == 4
+    again = LAYERS.get("conv2d").from_config(cfg)
+    assert again.get_config() == cfg
+    assert again.parameters()["weight"].shape == (8, 1, 3, 3)
+    np.testing.assert_array_equal(again.parameters()["weight"].data, layer.parameters()["weight"].data)
+    # fan_in counts one group's input channels, as in PyTorch: bound 1/sqrt(1·3·3)
+    assert np.abs(layer.parameters()["weight"].data).max() <= 1 / 3
+    assert np.abs(layer.parameters()["weight"].data).max() > 0.25
+
+
+def test_bad_groups_are_named():
+    with pytest.raises(ValueError, match="Conv2D: out_channels \\(6\\) must be a multiple of groups \\(4\\)"):
+        Conv2D(6, 3, groups=4)
+    with pytest.raises(ValueError, match="Conv2D: in_channels \\(6\\) must be a multiple of groups \\(4\\)"):
+        Conv2D(8, 3, in_channels=6, groups=4)
+    with pytest.raises(ValueError, match="groups must be a positive integer"):
+        Conv2D(8, 3, groups=0)
+    layer = Conv2D(8, 3, groups=4)
+    with pytest.raises(ValueError, match="Conv2D: input has 6 channels, not a multiple of groups \\(4\\)"):
+        layer.forward(np.zeros((1, 6, 5, 5), np.float32))
+
+
+def test_read_only_input(tmp_path):
+    """A memory-mapped (read-only) batch goes through forward and backward unchanged."""
+    rng = np.random.default_rng(7)
+    np.save(tmp_path / "x.npy", rng.standard_normal((2, 4, 6, 6)).astype(np.float32))
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    layer = Conv2D(4, 3, padding=1, groups=2, seed=8)
+    y = layer.forward(x)
+    dx = layer.backward(np.ones_like(y))
+    fresh = Conv2D(4, 3, padding=1, groups=2, seed=8)
+    np.testing.assert_array_equal(y, fresh.forward(np.array(x)))
+    np.testing.assert_array_equal(dx, fresh.backward(np.ones_like(y)))

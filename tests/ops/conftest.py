@@ -11,11 +11,11 @@ def every_size_uses_all_threads(monkeypatch):
     monkeypatch.setattr(pool, "GRAIN_ELEMS", 1)
 
 
-# The float32 convolution has three code paths: BLAS on an explicit im2col (every CPU, and all of
+# The float32 convolution has four code paths: BLAS on an explicit im2col (every CPU, and all of
 # float64), the AVX-512 micro-kernel on the explicit im2col, and the micro-kernel reading the input
-# in place (stride 1).  "implicit" forces the last one for every stride-1 case, whatever the
-# size heuristics would pick.
-KERNEL_PATHS = ["blas", "microkernel", "implicit"]
+# in place, with uniform rows over the padded width (stride 1) or listed rows (any stride).
+# "implicit" forces uniform rows for every stride-1 case, "listed" forces listed rows everywhere, whatever the size heuristics would pick.
+KERNEL_PATHS = ["blas", "microkernel", "implicit", "listed"]
 
 
 @pytest.fixture(params=KERNEL_PATHS)
@@ -23,9 +23,11 @@ def kernel_path(request):
     if request.param != "blas" and not conv_ext.microkernel_available():
         pytest.skip("this CPU has no AVX-512: only the BLAS path exists here")
     old_mk = conv_ext._use_microkernel(request.param != "blas")
-    old_policy = conv_ext._implicit_policy(on=request.param == "implicit")
+    old_policy = conv_ext._implicit_policy(on=request.param in ("implicit", "listed"))
     if request.param == "implicit":
-        conv_ext._implicit_policy(max_waste_pct=10**6, dx_min_channels=1, dw_min_taps=1)
+        conv_ext._implicit_policy(max_waste_pct=10**6, dx_min_channels=1)
+    elif request.param == "listed":
+        conv_ext._implicit_policy(max_waste_pct=-1, dx_min_channels=1)
     yield request.param
     conv_ext._use_microkernel(old_mk)
     conv_ext._implicit_policy(**old_policy)

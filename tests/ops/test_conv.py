@@ -97,6 +97,8 @@ def test_edge_shapes(xs, ws, s, p, d):
         ((2, 18, 7, 12), (9, 18, 5, 4), 1, (2, 3), (2, 2)),  # dilation: one segment per tap
         ((1, 24, 5, 5), (40, 24, 3, 3), 2, 1, 1),  # stride 2 (explicit im2col)
         ((5, 2, 4, 4), (3, 2, 1, 1), 1, 1, 1),  # padding beyond d(k-1): dX cannot be a full correlation
+        ((9, 16, 6, 7), (18, 16, 3, 3), 1, 1, 1),  # 8+ images: each thread turns its own images channels-last
+        ((9, 16, 9, 8), (17, 16, 3, 2), (2, 1), (1, 0), 1),  # the same, strided (listed rows)
     ],
 )
 def test_float32_paths_on_wider_layers(xs, ws, s, p, d, kernel_path):
@@ -163,14 +165,17 @@ def test_central_difference_gradients(s, p, d):
 def test_results_are_bit_identical_for_any_thread_count(kernel_path, dtype):
     """Work is cut into a fixed number of spans, so the thread count never changes a bit."""
     rng = np.random.default_rng(11)
-    cases = [((5, 6, 10, 9), (7, 6, 3, 3), 1, 1), ((1, 17, 9, 9), (20, 17, 5, 5), 1, 2), ((3, 16, 8, 8), (32, 16, 3, 3), 2, 1)]
-    for xs, ws, s, p in cases:
+    cases = [((5, 6, 10, 9), (7, 6, 3, 3), 1, 1, 1), ((1, 17, 9, 9), (20, 17, 5, 5), 1, 2, 1),
+             ((3, 16, 8, 8), (32, 16, 3, 3), 2, 1, 1), ((3, 32, 8, 7), (32, 8, 3, 3), 1, 1, 4),
+             ((10, 16, 7, 8), (16, 1, 3, 3), 1, 1, 16)]
+    for xs, ws, s, p, grp in cases:
         x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
-        g = rng.standard_normal(ops.conv2d_forward(x, w, None, s, p).shape).astype(dtype)
+        g = rng.standard_normal(ops.conv2d_forward(x, w, None, s, p, 1, grp).shape).astype(dtype)
         results = []
         for threads in (1, 2, 3, 4, 7):
             with cnnframe.num_threads(threads):
-                results.append((ops.conv2d_forward(x, w, None, s, p),) + ops.conv2d_backward(x, w, g, s, p))
+                results.append((ops.conv2d_forward(x, w, None, s, p, 1, grp),)
+                               + ops.conv2d_backward(x, w, g, s, p, 1, grp))
         for other in results[1:]:
             for a, b in zip(results[0], other):
                 assert np.array_equal(a, b), (xs, ws)
@@ -286,3 +291,197 @@ def test_wide_layer_caps_gradient_accumulators():
         assert np.array_equal(dw, runs[0][1]) and np.array_equal(dx, runs[0][0])
     assert rel_err(runs[0][1], dw64) < 1e-5
     assert rel_err(runs[0][2], db64) < 1e-5
+
+
+# -- Grouped and depthwise convolution (math.md eq. 5) ------------------------------------------------
+
+
+def random_grouped_case(rng, depthwise=False):
+    """A random valid grouped configuration: g groups of cg input and kg output channels."""
+    while True:
+        g = int(rng.integers(2, 5))
+        cg, kg = (1, 1) if depthwise else (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        n = int(rng.integers(1, 4))
+        kh, kw = (int(v) for v in rng.integers(1, 4, size=2))
+        h, w = (int(v) for v in rng.integers(1, 10, size=2))
+        s = tuple(int(v) for v in rng.integers(1, 3, size=2))
+        p = tuple(int(v) for v in rng.integers(0, 3, size=2))
+        d = tuple(int(v) for v in rng.integers(1, 3, size=2))
+        xs, ws = (n, g * cg, h, w), (g * kg, cg, kh, kw)
+        try:
+            out = ops.conv2d_output_shape(xs, ws, s, p, d, g)
+        except ValueError:
+            continue
+        return xs, ws, s, p, d, g, out
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_grouped_matches_reference_float64(seed, depthwise):
+    rng = np.random.default_rng(200 + seed)
+    xs, ws, s, p, d, grp, out = random_grouped_case(rng, depthwise)
+    x, w, b, g = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0]), rng.standard_normal(out)
+    y_ref = ref.conv2d_forward_ref(x, w, b, s, p, d, grp)
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward_ref(x, w, g, s, p, d, grp)
+    for threads in (1, 2, 3):
+        with cnnframe.num_threads(threads):
+            y = ops.conv2d_forward(x, w, b, s, p, d, grp)
+            dx, dw, db = ops.conv2d_backward(x, w, g, s, p, d, grp)
+            dx_full, _, _ = ops.conv2d_backward(x, w, g, s, p, d, grp, method="full")
+        for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref), (db, db_ref), (dx_full, dx_ref)):
+            assert rel_err(got, want) < 1e-10, (threads, xs, ws, s, p, d, grp)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_grouped_matches_reference_float32(seed, kernel_path):
+    rng = np.random.default_rng(300 + seed)
+    xs, ws, s, p, d, grp, out = random_grouped_case(rng, depthwise=seed % 3 == 0)
+    x, w, b, g = (rng.standard_normal(sh).astype(np.float32) for sh in (xs, ws, (ws[0],), out))
+    want = (ref.conv2d_forward_ref(x, w, b, s, p, d, grp),) + ref.conv2d_backward_ref(x, w, g, s, p, d, grp)
+    for threads in (1, 2, 3):
+        with cnnframe.num_threads(threads):
+            got = (ops.conv2d_forward(x, w, b, s, p, d, grp),) + ops.conv2d_backward(x, w, g, s, p, d, grp)
+        for a, b_ in zip(got, want):
+            assert a.dtype == np.float32 and rel_err(a, b_) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "xs, ws, s, p, d, grp",
+    [
+        ((2, 32, 7, 9), (32, 8, 3, 3), 1, 1, 1, 4),  # 16+ channels: implicit gX per group
+        ((2, 20, 6, 5), (20, 1, 3, 2), (2, 1), (1, 0), (1, 2), 20),  # depthwise, non-square, strided, dilated
+        ((2, 18, 8, 8), (36, 1, 3, 3), 1, 1, 1, 18),  # channel multiplier 2 (not depthwise)
+        ((3, 24, 5, 6), (48, 12, 2, 3), 2, (1, 2), 1, 2),  # strided: listed or explicit rows
+    ],
+)
+def test_grouped_float32_paths_on_wider_layers(xs, ws, s, p, d, grp, kernel_path):
+    rng = np.random.default_rng(9)
+    x, w, b = (rng.standard_normal(sh).astype(np.float32) for sh in (xs, ws, (ws[0],)))
+    y_ref = ref.conv2d_forward_ref(x, w, b, s, p, d, grp)
+    g = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward_ref(x, w, g, s, p, d, grp)
+    runs = []
+    for threads in (1, 2, 3):
+        with cnnframe.num_threads(threads):
+            runs.append((ops.conv2d_forward(x, w, b, s, p, d, grp),) + ops.conv2d_backward(x, w, g, s, p, d, grp))
+            _, dw_only, db_only = ops.conv2d_backward(x, w, g, s, p, d, grp, need_input_grad=False)
+        for got, want in zip(runs[-1] + (dw_only, db_only), (y_ref, dx_ref, dw_ref, db_ref, dw_ref, db_ref)):
+            assert rel_err(got, want) < 1e-5, (kernel_path, threads)
+    for other in runs[1:]:  # bit-identical for any thread count
+        for a, b_ in zip(runs[0], other):
+            assert np.array_equal(a, b_)
+
+
+@pytest.mark.parametrize("grp, ws", [(2, (4, 1, 3, 2)), (2, (2, 1, 2, 3))])
+def test_grouped_central_difference_gradients(grp, ws):
+    """Float64 central differences for a grouped (4 outputs) and a depthwise (2 -> 2) layer."""
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((2, 2, 5, 6)), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    s, p, d = (1, 2), 1, (2, 1)
+    g = rng.standard_normal(ops.conv2d_forward(x, w, b, s, p, d, grp).shape)
+    dx, dw, db = ops.conv2d_backward(x, w, g, s, p, d, grp)
+    eps = 1e-6
+    for arr, grad in ((x, dx), (w, dw), (b, db)):
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + eps
+            up = float(np.sum(ops.conv2d_forward(x, w, b, s, p, d, grp) * g))
+            arr[idx] = old - eps
+            down = float(np.sum(ops.conv2d_forward(x, w, b, s, p, d, grp) * g))
+            arr[idx] = old
+            num[idx] = (up - down) / (2 * eps)
+        err = np.abs(num - grad) / np.maximum(1e-8, np.abs(num) + np.abs(grad))
+        assert err.max() < 1e-5
+        assert np.abs(num - grad).max() < 1e-7
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depthwise_nan_propagates_and_scratch_stays_clean(dtype):
+    rng = np.random.default_rng(14)
+    w = rng.standard_normal((8, 1, 3, 3)).astype(dtype)
+    x = rng.standard_normal((2, 8, 6, 6)).astype(dtype)
+    x[1, 3, 2, 2] = np.nan
+    y = ops.conv2d_forward(x, w, None, 1, 1, 1, 8)
+    assert np.isnan(y[1, 3, 1:4, 1:4]).all() and np.isfinite(y[0]).all() and np.isfinite(np.delete(y[1], 3, 0)).all()
+    g = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = ops.conv2d_backward(x, w, g, 1, 1, 1, 8)
+    assert np.isnan(dw[3]).all() and np.isfinite(np.delete(dw, 3, 0)).all() and np.isfinite(dx).all()
+    x[1, 3, 2, 2] = 0.5
+    want = (ref.conv2d_forward_ref(x, w, None, 1, 1, 1, 8),) + ref.conv2d_backward_ref(x, w, g, 1, 1, 1, 8)
+    got = (ops.conv2d_forward(x, w, None, 1, 1, 1, 8),) + ops.conv2d_backward(x, w, g, 1, 1, 1, 8)
+    for a, b_ in zip(got, want):
+        assert rel_err(a, b_) < (1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize(
+    "xs, ws, grp, words",
+    [
+        ((1, 6, 5, 5), (4, 2, 3, 3), 4, ["groups=4", "6", "divide"]),
+        ((1, 6, 5, 5), (3, 3, 3, 3), 2, ["groups=2", "output channels (3"]),
+        ((1, 6, 5, 5), (4, 2, 3, 3), 2, ["weight.shape[1] must be 3"]),
+    ],
+)
+def test_bad_groups_are_rejected(xs, ws, grp, words):
+    with pytest.raises(ValueError) as info:
+        ops.conv2d_forward(np.ones(xs), np.ones(ws), groups=grp)
+    for word in words:
+        assert word in str(info.value)
+    with pytest.raises(ValueError, match="groups must be >= 1"):
+        ops.conv2d_forward(np.ones((1, 2, 3, 3)), np.ones((1, 2, 1, 1)), groups=0)
+    with pytest.raises(TypeError, match="groups must be a positive int"):
+        ops.conv2d_forward(np.ones((1, 2, 3, 3)), np.ones((1, 2, 1, 1)), groups=1.0)
+
+
+# -- Read-only inputs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("grp", [1, 4])
+def test_read_only_and_memory_mapped_inputs(tmp_path, dtype, grp):
+    """Kernels take const memoryviews: np.load(mmap_mode="r") and writeable=False arrays work."""
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((2, 4, 6, 7)).astype(dtype)
+    w = rng.standard_normal((8, 4 // grp, 3, 3)).astype(dtype)
+    b = rng.standard_normal(8).astype(dtype)
+    g = rng.standard_normal((2, 8, 6, 7)).astype(dtype)
+    want = (ops.conv2d_forward(x, w, b, 1, 1, 1, grp),) + ops.conv2d_backward(x, w, g, 1, 1, 1, grp)
+    for name, a in (("x", x), ("w", w), ("b", b), ("g", g)):
+        np.save(tmp_path / f"{name}.npy", a)
+    mm = {name: np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in "xwbg"}
+    assert not mm["x"].flags.writeable
+    frozen = {}
+    for name, a in (("x", x), ("w", w), ("b", b), ("g", g)):
+        frozen[name] = a.copy()
+        frozen[name].flags.writeable = False
+    for arrays in (mm, frozen):
+        got = (ops.conv2d_forward(arrays["x"], arrays["w"], arrays["b"], 1, 1, 1, grp),) + ops.conv2d_backward(
+            arrays["x"], arrays["w"], arrays["g"], 1, 1, 1, grp
+        )
+        for a, b_ in zip(got, want):
+            assert np.array_equal(a, b_)
+
+
+def test_nan_image_does_not_leak_into_the_next_ones(kernel_path):
+    """With 8+ images each thread reuses one buffer per image: a NaN image must not poison the
+    images that follow it (padding and dropped columns are rewritten), and its own NaNs propagate."""
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((9, 16, 6, 5)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    g = rng.standard_normal((9, 16, 6, 5)).astype(np.float32)
+    x[0, 3, 2, 2] = np.nan
+    g[4, 5, 0, 0] = np.nan
+    with cnnframe.num_threads(2):
+        y = ops.conv2d_forward(x, w, None, 1, 1)
+        dx, dw, db = ops.conv2d_backward(x, w, g, 1, 1)
+    assert np.isnan(y[0]).any() and np.isfinite(y[1:]).all()
+    assert np.isnan(dx[4]).any() and np.isfinite(np.delete(dx, 4, 0)).all()
+    # dW[k, c] sums G[n, k] · X[n, c]: NaN exactly where k = 5 (NaN gradient) or c = 3 (NaN input)
+    assert np.isnan(dw[5]).all() and np.isnan(dw[:, 3]).all()
+    assert np.isfinite(np.delete(np.delete(dw, 5, 0), 3, 1)).all()
+    assert np.isnan(db[5]) and np.isfinite(np.delete(db, 5)).all()
+    clean = np.delete(np.arange(9), [0, 4])
+    y_ref = ref.conv2d_forward_ref(x[clean], w, None, 1, 1)
+    assert rel_err(y[clean], y_ref) < 1e-5
+    dx_ref = ref.conv2d_input_grad_ref(g[clean], w, x[clean].shape, 1, 1)
+    assert rel_err(dx[clean], dx_ref) < 1e-5
