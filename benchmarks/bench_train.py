@@ -1,33 +1,45 @@
 """One training epoch of a config's model: cnnframe vs the same architecture in PyTorch (when importable).
 
-    python benchmarks/bench_train.py [--config configs/digits.yaml] [--threads 2] [--epochs 5]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_train.py \\
+        [--config configs/digits.yaml --config configs/cifar-size.yaml] [--threads 1 2] [--rounds 5]
 
-Each backend runs in its own process with the same thread count (OpenMP runtimes and BLAS pools of
-two libraries in one process fight).  Both do the same work per epoch: the training part of the
-config's split, batches from the same shuffled partition, the same random shifts (NumPy), forward,
-loss (softmax cross-entropy with the config's label smoothing), backward and an SGD step with the
-config's momentum / Nesterov / weight decay and a per-step learning rate.  Validation is not timed.
-After one warm-up epoch, ``--epochs`` epochs are timed; the best epoch is reported (the least
-disturbed by other work on a shared machine), with the median beside it.  ratio = PyTorch / cnnframe:
-above 1 means cnnframe's epoch is faster.
+Run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (as above): some machines set them, and
+they make a current OpenBLAS slower.  By default it runs configs/digits.yaml and
+configs/cifar-size.yaml at 1 and 2 threads.
+
+Each backend and thread count runs in its own worker process (OpenMP runtimes and BLAS pools of two
+libraries in one process fight).  The workers stay alive and take turns: every round asks each of
+them for one epoch, one after the other, so a slow spell on a shared machine hits all of them; after
+one warm-up epoch each, ``--rounds`` epochs are timed and the best (the least disturbed) counts, with
+the median beside it.  Both backends do the same work per epoch: the config's training part (saved
+once by cnnframe, so the split is the config's), batches from the same shuffled partition, the same
+random shifts when the config augments (cnnframe through ``cnnframe.data.random_shift``, PyTorch
+through the same draws in NumPy), forward, softmax cross-entropy with the config's label smoothing,
+backward, and an SGD step with the config's momentum / Nesterov / weight decay (not on biases and
+BatchNorm parameters) and a per-step learning rate.  Peak memory is each worker's ru_maxrss (the
+libraries' own code included).  ratio = PyTorch / cnnframe: above 1 means cnnframe's epoch is faster.
 """
 import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
+CONFIGS = [os.path.join(ROOT, "configs", "digits.yaml"), os.path.join(ROOT, "configs", "cifar-size.yaml")]
+PAUSE = 0.2  # seconds between two workers' epochs, so one's spinning threads do not meet the next
 
 
 # -- shared by both workers (NumPy only, so the torch worker never loads cnnframe's OpenMP runtime) -----------
 def shift_batch(x, k, rng):
-    """Random shift of up to ±k pixels per sample, zero fill (same draws as cnnframe.data.random_shift)."""
+    """Random shift of up to ±k pixels per sample, zero fill (the draws of cnnframe.data.random_shift)."""
     if k <= 0:
         return x
     n, c, h, w = x.shape
@@ -44,87 +56,64 @@ def shift_batch(x, k, rng):
     return out
 
 
-def read_config(path):
-    """The resolved config, via cnnframe in a short-lived child so this process stays library-free."""
-    code = ("import json, sys; from cnnframe.config import load_config; "
-            "print(json.dumps(load_config(sys.argv[1])))")
-    r = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(r.stderr.strip())
-    return json.loads(r.stdout)
-
-
-def digits_train(cfg):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    if cfg["data"]["dataset"] != "digits":
-        sys.exit("bench_train.py supports dataset: digits only")
-    d = load_digits()
-    X = (d.images.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
-    y = d.target.astype(np.int64)
-    seed = cfg["trainer"]["seed"] if cfg["data"]["seed"] is None else cfg["data"]["seed"]
-    idx = np.arange(len(y))
-    tr, _ = train_test_split(idx, test_size=cfg["data"]["test_size"], stratify=y, random_state=seed)
-    if cfg["data"]["val_fraction"] > 0:
-        tr, _ = train_test_split(tr, test_size=cfg["data"]["val_fraction"], stratify=y[tr], random_state=seed)
-    return X[tr], y[tr]
-
-
 def epoch_plan(n, batch_size, epoch):
     rng = np.random.default_rng([epoch, 12345])
     steps = max(1, math.ceil(n / batch_size))
     return rng, np.array_split(rng.permutation(n), steps)
 
 
-def onecycle_like(cfg, epochs):
-    """A cheap stand-in lr curve (the cost per step is what matters, not the values)."""
+def lr_curve(cfg):
+    """A cheap stand-in learning-rate curve over 100 epochs (the cost per step matters, not the values)."""
     peak = cfg["optimizer"]["lr"]
-    return lambda t: peak * (0.5 + 0.5 * math.cos(math.pi * min(t / epochs, 1.0)))
+    return lambda t: peak * (0.5 + 0.5 * math.cos(math.pi * min(t / 100.0, 1.0)))
+
+
+def prepare(config_path, out_path):
+    """Resolve the config and save its training part, via cnnframe in a short-lived child process."""
+    code = ("import json, sys, numpy as np; from cnnframe import config; setup = config.load(sys.argv[1]); "
+            "d = setup.load_data(); np.savez(sys.argv[2], X=d.train[0], y=d.train[1]); "
+            "print(json.dumps(setup.config))")
+    r = subprocess.run([sys.executable, "-c", code, config_path, out_path], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(r.stderr.strip())
+    return json.loads(r.stdout)
 
 
 # -- workers ---------------------------------------------------------------------------------------------------------
-def worker_cnnframe(cfg, threads, epochs):
+def cnnframe_epoch(cfg, X, y, threads):
     import cnnframe
     from cnnframe.config import build_layers, build_loss, build_optimizer
+    from cnnframe.data import random_shift
 
     cnnframe.set_num_threads(threads)
-    X, y = digits_train(cfg)
     model = cnnframe.Sequential(build_layers(cfg), input_shape=X.shape[1:])
     model.initialize(0)
     loss = build_loss(cfg)
     opt = build_optimizer(cfg, model.parameters())
-    lr_at = onecycle_like(cfg, epochs + 1)
-    shift = cfg["data"]["augment"]["shift"]
-    bs = cfg["trainer"]["batch_size"]
+    lr_at = lr_curve(cfg)
+    shift, bs = cfg["data"]["augment"]["shift"], cfg["trainer"]["batch_size"]
+
     def one_epoch(e):  # Trainer.train_epoch without the progress bar and bookkeeping
         rng, parts = epoch_plan(len(y), bs, e)
         model.reseed(e)
         model.train()
         for i, idx in enumerate(parts):
             opt.lr = lr_at(e + i / len(parts))
-            xb = shift_batch(X[idx], shift, rng)
+            xb = random_shift(X[idx], shift, rng) if shift else X[idx]
             opt.zero_grad()
             out = model.forward(xb)
             loss.forward(out, y[idx])
             model.backward(loss.backward(), input_grad=False)
             opt.step()
 
-    return run_epochs(one_epoch, epochs)
+    return one_epoch
 
 
-def worker_torch(cfg, threads, epochs):
+def torch_model(cfg, shape):
     import torch
     from torch import nn
 
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
-    torch.manual_seed(0)
-    X, y = digits_train(cfg)
-    layers, shape = [], tuple(X.shape[1:])
+    layers = []
     for spec in cfg["model"]["layers"]:
         t = spec["type"]
         if t == "conv2d":
@@ -140,6 +129,8 @@ def worker_torch(cfg, threads, epochs):
             m = nn.MaxPool2d(spec["kernel_size"], stride=spec.get("stride"), padding=spec.get("padding", 0))
         elif t == "avgpool2d":
             m = nn.AvgPool2d(spec["kernel_size"], stride=spec.get("stride"), padding=spec.get("padding", 0))
+        elif t == "globalavgpool2d":
+            m = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         elif t == "flatten":
             m = nn.Flatten()
         elif t == "dropout":
@@ -150,8 +141,21 @@ def worker_torch(cfg, threads, epochs):
             sys.exit(f"bench_train.py: no PyTorch equivalent for layer type {t!r}")
         layers.append(m)
         with torch.no_grad():
-            shape = tuple(m(torch.zeros((2,) + shape)).shape[1:]) if t != "batchnorm1d" else shape
-    model = nn.Sequential(*layers)
+            shape = tuple(m.eval()(torch.zeros((2,) + shape)).shape[1:])
+    return nn.Sequential(*layers)
+
+
+def torch_epoch(cfg, X, y, threads):
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    torch.manual_seed(0)
+    model = torch_model(cfg, tuple(X.shape[1:]))
     o = cfg["optimizer"]
     if o["type"] != "sgd":
         sys.exit("bench_train.py compares SGD only")
@@ -161,9 +165,8 @@ def worker_torch(cfg, threads, epochs):
                            {"params": no_decay, "weight_decay": 0.0}],
                           lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg["loss"].get("label_smoothing", 0.0))
-    lr_at = onecycle_like(cfg, epochs + 1)
-    shift = cfg["data"]["augment"]["shift"]
-    bs = cfg["trainer"]["batch_size"]
+    lr_at = lr_curve(cfg)
+    shift, bs = cfg["data"]["augment"]["shift"], cfg["trainer"]["batch_size"]
     yt = torch.from_numpy(y)
 
     def one_epoch(e):
@@ -178,60 +181,126 @@ def worker_torch(cfg, threads, epochs):
             loss.backward()
             opt.step()
 
-    return run_epochs(one_epoch, epochs)
+    return one_epoch
 
 
-def run_epochs(one_epoch, epochs):
+def serve(backend, cfg, data_path, threads):
+    """Worker loop: one line in ("epoch" or "stats"), one JSON line out."""
+    with np.load(data_path) as d:
+        X, y = d["X"], d["y"]
+    one_epoch = (cnnframe_epoch if backend == "cnnframe" else torch_epoch)(cfg, X, y, threads)
     one_epoch(0)  # warm-up: allocations, thread pools
-    times = []
-    for e in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        one_epoch(e)
-        times.append(time.perf_counter() - t0)
-    return {"best_ms": 1000 * min(times), "median_ms": 1000 * statistics.median(times)}
+    epoch = 0
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "epoch":
+            epoch += 1
+            t0 = time.perf_counter()
+            one_epoch(epoch)
+            print(json.dumps({"ms": 1000 * (time.perf_counter() - t0)}), flush=True)
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+            print(json.dumps({"peak_mb": peak / 1024}), flush=True)
+            return
 
 
 # -- driver -------------------------------------------------------------------------------------------------------------
-def run_worker(backend, args, cfg):
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), CNNFRAME_NUM_THREADS=str(args.threads),
-               CNNFRAME_DYNAMIC_THREADS="0")  # a fixed thread count, as for torch
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", backend, "--cfg-json", json.dumps(cfg),
-           "--threads", str(args.threads), "--epochs", str(args.epochs)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        return None, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit status {r.returncode}"
-    return json.loads(r.stdout.strip().splitlines()[-1]), None
+class Worker:
+    def __init__(self, backend, cfg, data_path, threads):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), CNNFRAME_NUM_THREADS=str(threads),
+                   CNNFRAME_DYNAMIC_THREADS="0")  # a fixed thread count, as for torch
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve", backend, "--cfg-json", json.dumps(cfg),
+               "--data", data_path, "--threads", str(threads)]
+        self.name, self.threads, self.times, self.error = backend, threads, [], None
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        self._reply()
+
+    def _reply(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read().strip().splitlines()
+            self.error = err[-1] if err else f"exit status {self.proc.wait()}"
+            return None
+        return json.loads(line)
+
+    def ask(self, command):
+        if self.error:
+            return None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def epoch(self):
+        r = self.ask("epoch")
+        if r is not None:
+            self.times.append(r["ms"])
+
+    def finish(self):
+        r = self.ask("stats")
+        self.proc.wait()
+        return None if r is None else r["peak_mb"]
+
+
+def bench_config(path, threads_list, rounds, backends):
+    with tempfile.TemporaryDirectory() as tmp:
+        data_path = os.path.join(tmp, "train.npz")
+        cfg = prepare(path, data_path)
+        n = len(np.load(data_path)["y"])
+        print(f"{os.path.relpath(path)}: one epoch of {n} training samples, batch {cfg['trainer']['batch_size']}; "
+              f"best of {rounds} alternating rounds (median in brackets)")
+        workers = {(b, t): Worker(b, cfg, data_path, t) for t in threads_list for b in backends}
+        for r in range(rounds):
+            order = list(workers.values())
+            for w in order if r % 2 == 0 else order[::-1]:
+                w.epoch()
+                time.sleep(PAUSE)
+        peaks = {k: w.finish() for k, w in workers.items()}
+    head = f"  {'threads':>7}  {'cnnframe ms':>18}  {'PyTorch ms':>18}  {'PyTorch/cnnframe':>16}  {'peak MB cnnframe / PyTorch':>26}"
+    print(head)
+    best = {}
+    for t in threads_list:
+        cells = []
+        for b in backends:
+            w = workers[(b, t)]
+            if w.error or not w.times:
+                cells.append(f"{'unavailable':>18}")
+                continue
+            best[(b, t)] = min(w.times)
+            cells.append(f"{min(w.times):8.1f} ({statistics.median(w.times):7.1f})")
+        ratio = ""
+        if ("cnnframe", t) in best and ("torch", t) in best:
+            med = statistics.median(workers[("torch", t)].times) / statistics.median(workers[("cnnframe", t)].times)
+            ratio = f"{best[('torch', t)] / best[('cnnframe', t)]:5.2f} ({med:4.2f})"
+        mem = " / ".join("-" if peaks[(b, t)] is None else f"{peaks[(b, t)]:.0f}" for b in backends)
+        print(f"  {t:>7}  {cells[0]:>18}  {cells[1] if len(cells) > 1 else '':>18}  {ratio:>16}  {mem:>26}")
+    for b, label in (("cnnframe", "cnnframe"), ("torch", "PyTorch")):
+        ts = sorted(t for (bb, t) in best if bb == b)
+        if len(ts) > 1:
+            print(f"  {label} {ts[-1]}-thread speedup over 1 thread: {best[(b, ts[0])] / best[(b, ts[-1])]:.2f}x")
+    for w in workers.values():
+        if w.error:
+            print(f"  {w.name} ({w.threads} threads) unavailable: {w.error}")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=os.path.join(ROOT, "configs", "digits.yaml"))
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=5, help="timed epochs per backend (after one warm-up)")
-    p.add_argument("--worker", choices=("cnnframe", "torch"), help=argparse.SUPPRESS)
+    p.add_argument("--config", action="append", help="config to time (repeatable; default: digits and cifar-size)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rounds", type=int, default=5, help="timed epochs per worker (after one warm-up)")
+    p.add_argument("--serve", choices=("cnnframe", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--cfg-json", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.worker:
-        cfg = json.loads(args.cfg_json)
-        fn = worker_cnnframe if args.worker == "cnnframe" else worker_torch
-        print(json.dumps(fn(cfg, args.threads, args.epochs)))
+    if args.serve:
+        serve(args.serve, json.loads(args.cfg_json), args.data, args.threads[0])
         return
-    cfg = read_config(args.config)
-    n = len(digits_train(cfg)[1])
-    print(f"one training epoch of {os.path.relpath(args.config)} ({n} samples, batch {cfg['trainer']['batch_size']}, "
-          f"{args.threads} threads; best of {args.epochs} epochs, median in brackets)")
-    results = {}
-    for backend in ("cnnframe", "torch"):
-        res, err = run_worker(backend, args, cfg)
-        if res is None:
-            print(f"  {backend:<9} unavailable: {err}")
-            continue
-        results[backend] = res
-        print(f"  {backend:<9} {res['best_ms']:8.1f} ms/epoch  ({res['median_ms']:.1f})")
-    if len(results) == 2:
-        ratio = results["torch"]["best_ms"] / results["cnnframe"]["best_ms"]
-        med = results["torch"]["median_ms"] / results["cnnframe"]["median_ms"]
-        print(f"  ratio torch / cnnframe: {ratio:.2f} ({med:.2f} by medians); > 1 means cnnframe is faster")
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if var in os.environ:
+            print(f"warning: {var} is set; run with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` for "
+                  f"figures comparable with the README", file=sys.stderr)
+    for path in args.config or CONFIGS:
+        bench_config(path, args.threads, args.rounds, ("cnnframe", "torch"))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ import os
 import sys
 
 from cnnframe import parallel
-from cnnframe.commands import evaluate, export, gradcheck, info, predict, report, train, validate
+from cnnframe.commands import evaluate, export, gradcheck, info, predict, profile, report, train, validate
 from cnnframe.commands.common import INTERRUPTED, USAGE_ERROR, USER_ERRORS, WRITE_FAILED, output_closed
 from cnnframe.errors import DataError, JobStopped, WriteError
 
 #: every command, in the order ``--help`` lists them (a new command: one module, one entry here)
-COMMANDS = (train, validate, evaluate, predict, export, report, gradcheck, info)
+COMMANDS = (train, validate, evaluate, predict, export, report, gradcheck, profile, info)
 
 
 def _message(e):

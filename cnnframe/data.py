@@ -13,6 +13,7 @@ import math
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from cnnframe import ops
 from cnnframe.datasets.image_folder import decode_settings
 from cnnframe.errors import DataError
 from cnnframe.registry import DATASETS
@@ -275,18 +276,10 @@ def random_shift(x, max_shift, rng):
     k = int(max_shift)
     if k <= 0:
         return x
-    n, c, h, w = x.shape
+    n = x.shape[0]
     dy = rng.integers(-k, k + 1, size=n)
     dx = rng.integers(-k, k + 1, size=n)
-    padded = np.zeros((n, c, h + 2 * k, w + 2 * k), dtype=x.dtype)
-    padded[:, :, k:k + h, k:k + w] = x
-    out = np.empty_like(x)
-    for a in range(-k, k + 1):
-        for b in range(-k, k + 1):
-            sel = np.flatnonzero((dy == a) & (dx == b))
-            if sel.size:
-                out[sel] = padded[sel, :, k - a:k - a + h, k - b:k - b + w]
-    return out
+    return ops.shift_images(x, dy, dx)
 
 
 def batches(n, batch_size, rng=None):

@@ -11,6 +11,7 @@ Registered names: ``"softmax_cross_entropy"`` (alias ``"cross_entropy"``) and ``
 """
 import numpy as np
 
+from cnnframe import ops
 from cnnframe.checks import check_number
 from cnnframe.registry import register_loss
 
@@ -84,8 +85,9 @@ class SoftmaxCrossEntropy(Loss):
     Softmax cross-entropy).
 
     With label smoothing ε the target row is ``t = (1-ε)·onehot(y) + ε/classes`` (as in PyTorch):
-    ``L = -1/N Σ_n Σ_c t[n,c] log softmax(z_n)[c]``,  ``dL/dz = (softmax(z) - t) / N``.
-    After ``forward``, ``probabilities`` holds softmax(z); class scores are softmax(z) too.
+    ``L = -1/N Σ_n Σ_c t[n,c] log softmax(z_n)[c]``,  ``dL/dz = (softmax(z) - t) / N``, both from one
+    pass over the logits (``ops.softmax_cross_entropy``).  After ``forward``, ``probabilities`` holds
+    softmax(z); class scores are softmax(z) too.
     """
 
     score_activation = "softmax"
@@ -97,51 +99,15 @@ class SoftmaxCrossEntropy(Loss):
 
     def forward(self, pred, target):
         z = _float_pred(pred, "SoftmaxCrossEntropy")
-        if z.ndim != 2:
-            raise ValueError(f"SoftmaxCrossEntropy: logits must have shape (N, classes), got shape {z.shape}")
-        n, classes = z.shape
-        y = np.asarray(target)
-        if y.ndim != 1 or y.shape[0] != n:
-            raise ValueError(
-                f"SoftmaxCrossEntropy: labels must have shape ({n},) to match logits of shape {z.shape}, "
-                f"got shape {y.shape}"
-            )
-        if y.dtype.kind not in "iu":
-            raise TypeError(f"SoftmaxCrossEntropy: labels must be integer class indices, got dtype {y.dtype}")
-        if n == 0:
-            raise ValueError("SoftmaxCrossEntropy: empty batch (N = 0)")
-        bad = (y < 0) | (y >= classes)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"SoftmaxCrossEntropy: label {int(y[i])} at index {i} is out of range for {classes} classes "
-                f"(labels must be in [0, {classes}))"
-            )
-        logp = log_softmax(z)
-        rows = np.arange(n)
-        eps = self.label_smoothing
-        nll = -logp[rows, y].astype(np.float64)
-        if eps:
-            smooth = -logp.mean(axis=1, dtype=np.float64)
-            per_sample = (1.0 - eps) * nll + eps * smooth
-        else:
-            per_sample = nll
-        loss = float(per_sample.mean())
-
-        probs = np.exp(logp)
-        self.probabilities = probs
-        grad = probs.copy()
-        if eps:
-            grad -= z.dtype.type(eps / classes)
-        grad[rows, y] -= z.dtype.type(1.0 - eps)
-        grad *= z.dtype.type(1.0 / n)
-        self._grad = grad
+        try:
+            loss, self.probabilities, self._grad = ops.softmax_cross_entropy(z, target, self.label_smoothing)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"SoftmaxCrossEntropy: {e}") from None
         return loss
 
     def backward(self):
         """dL/dz = (softmax(z) - t) / N, shape (N, classes), dtype of the logits."""
         return self._saved()
-
 
     def get_config(self):
         return {"type": self.registered_name, "label_smoothing": self.label_smoothing}

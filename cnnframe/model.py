@@ -17,6 +17,7 @@ from cnnframe.export import export_onnx
 from cnnframe.io import atomic_write, json_text
 from cnnframe.layers.base import allocation_limit
 from cnnframe.layers.blocks import check_distinct
+from cnnframe.layers.fusion import fusion_plan
 from cnnframe.layers.spec import at, build_layer
 from cnnframe.locate import code_location, where
 from cnnframe.plugins import Plugins
@@ -64,6 +65,7 @@ class Sequential:
         self.training = True
         self.preprocessing = None
         self.class_names = None
+        self._plan = []  # how the last forward grouped the layers: [(i, number of layers i ran with it)]
         if seed is not None:
             self.initialize(seed)
             self.reseed(seed)
@@ -143,8 +145,11 @@ class Sequential:
             raise ValueError(
                 f"Sequential: expected input of shape (N, {', '.join(map(str, self.input_shape))}), got {x.shape}"
             )
-        for layer in self.layers:
-            x = layer.forward(x)
+        layers = self.layers
+        self._plan = fusion_plan(layers)
+        for i, k in self._plan:
+            # k > 0: e.g. BatchNorm then ReLU (then max pooling), one pass for all of them
+            x = layers[i].forward_fused(x, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].forward(x)
         return x
 
     __call__ = forward
@@ -162,13 +167,16 @@ class Sequential:
             first.need_input_grad = False
         try:
             g = grad_out
-            for i in range(len(self.layers) - 1, -1, -1):
+            layers, after = self.layers, len(self.layers)
+            plan = self._plan if sum(1 + k for _, k in self._plan) == len(layers) else fusion_plan(layers)
+            for i, k in reversed(plan):
                 if g is None:
                     raise RuntimeError(
-                        f"Sequential: layer {i + 1} ({type(self.layers[i + 1]).__name__}) returned no input "
+                        f"Sequential: layer {after} ({type(layers[after]).__name__}) returned no input "
                         "gradient, but earlier layers need one (need_input_grad=False only suits the first layer)"
                     )
-                g = self.layers[i].backward(g)
+                g = layers[i].backward_fused(g, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].backward(g)
+                after = i
         finally:
             if skip:
                 first.need_input_grad = old

@@ -21,6 +21,7 @@ from cnnframe.data import (
 )
 from cnnframe.datasets import NpzData
 from cnnframe.errors import DataError
+from cnnframe.ops import _reference as ref
 
 
 # -- digits -----------------------------------------------------------------------------------------------
@@ -57,18 +58,6 @@ def test_splits_are_disjoint_stratified_and_seeded():
 
 
 # -- augmentation and batches ------------------------------------------------------------------------------------
-def shift_reference(x, dy, dx):
-    out = np.zeros_like(x)
-    n, c, h, w = x.shape
-    for s in range(n):
-        for i in range(h):
-            for j in range(w):
-                si, sj = i - dy[s], j - dx[s]
-                if 0 <= si < h and 0 <= sj < w:
-                    out[s, :, i, j] = x[s, :, si, sj]
-    return out
-
-
 @pytest.mark.parametrize("k", [1, 2])
 def test_random_shift_matches_loop_reference(k):
     x = np.random.default_rng(0).standard_normal((40, 2, 6, 7)).astype(np.float32)
@@ -76,7 +65,7 @@ def test_random_shift_matches_loop_reference(k):
     rng = np.random.default_rng(5)  # the same draws, in the same order
     dy = rng.integers(-k, k + 1, size=40)
     dx = rng.integers(-k, k + 1, size=40)
-    np.testing.assert_array_equal(out, shift_reference(x, dy, dx))
+    np.testing.assert_array_equal(out, ref.shift_images_ref(x, dy, dx))
     assert out.dtype == x.dtype
     assert len({(a, b) for a, b in zip(dy, dx)}) > 3  # several distinct shifts were exercised
     assert np.array_equal(x, np.random.default_rng(0).standard_normal((40, 2, 6, 7)).astype(np.float32))

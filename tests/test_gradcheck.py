@@ -45,7 +45,7 @@ class ConstantStatsBatchNorm(BatchNorm2D):
     def backward(self, grad_out):
         dx = super().backward(grad_out)
         gamma = self.parameters()["weight"].data
-        _, inv_std, _, _ = self._cache
+        inv_std = self._cache[2]  # (x, mean, inv_std, training, fused, argmax, window)
         return dx + (gamma * inv_std)[None, :, None, None] * grad_out.mean(axis=(0, 2, 3), keepdims=True)
 
 

@@ -57,26 +57,6 @@ def test_threads_for_small_work_uses_one_thread(monkeypatch):
             assert parallel.threads_for(10_000, 100) == 2
 
 
-def test_dynamic_threads_leave_cores_busy_elsewhere(monkeypatch):
-    """With one core's worth of other work, two threads drop to one; with none, they stay two."""
-    monitor = parallel._LoadMonitor()
-    clock = {"now": 100.0, "busy": 50.0, "own": 10.0}
-    monkeypatch.setattr(parallel.time, "monotonic", lambda: clock["now"])
-    monkeypatch.setattr(monitor, "_busy_seconds", lambda: clock["busy"])
-    monkeypatch.setattr(parallel.os, "times", lambda: (clock["own"], 0.0, 0.0, 0.0, 0.0))
-    assert monitor.free_cores(2) == 2  # first reading: nothing known yet
-    # 1 s later: the system was busy for 2 core-seconds, 1 of them ours -> another process holds a core
-    clock.update(now=101.0, busy=52.0, own=11.0)
-    assert monitor.free_cores(2) == 1
-    # readings are cached for `interval` seconds
-    clock.update(now=101.1, busy=52.0, own=11.2)
-    assert monitor.free_cores(2) == 1
-    # 1 s later: all the busy time was ours
-    clock.update(now=102.1, busy=54.0, own=13.2)
-    assert monitor.free_cores(2) == 2
-    assert monitor.free_cores(1) == 1
-
-
 def test_dynamic_threads_can_be_switched_off(monkeypatch):
     monkeypatch.setattr(parallel._LOAD, "free_cores", lambda n: 1)
     with cnnframe.num_threads(2):

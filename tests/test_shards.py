@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from cnnframe import shards
-from cnnframe.layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout
+from cnnframe.layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, MaxPool2D, ReLU
+from cnnframe.layers.fusion import fusion_plan
+from cnnframe.model import Sequential
 from cnnframe.shards import ChunkError, check_chunks, plan_shard, tree_sum, use_shard
 
 
@@ -196,3 +198,17 @@ def test_dropout_masks_do_not_depend_on_the_split():
         with use_shard(s):
             part = Dropout(0.5, seed=4).forward(x[s.start:s.stop])
         assert np.array_equal(part, whole[s.start:s.stop])
+
+
+def test_batchnorm_relu_pool_run_unfused_under_a_shard():
+    """Fusion computes statistics over the batch it is given, so under a shard a Sequential runs
+    BatchNorm, ReLU and max pooling one by one: the statistics are the global batch's."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 3, 4, 4))
+    model = Sequential([BatchNorm2D(dtype="float64"), ReLU(dtype="float64"), MaxPool2D(2, dtype="float64")], input_shape=(3, 4, 4))
+    assert fusion_plan(model.layers) == [(0, 2)]  # fused as one pass outside a shard
+    with use_shard(plan_shard(8, 2, 0, 2, gather=lambda a: np.stack([a, a]))):
+        assert fusion_plan(model.layers) == [(0, 0), (1, 0), (2, 0)]
+        y = model.forward(x[:4])  # the other process holds the same samples: statistics of x[:4] twice
+    ref = Sequential([BatchNorm2D(dtype="float64"), ReLU(dtype="float64"), MaxPool2D(2, dtype="float64")], input_shape=(3, 4, 4))
+    np.testing.assert_allclose(y, ref.forward(x[:4]), rtol=1e-12, atol=1e-12)

@@ -10,7 +10,13 @@ BUILD_HINT = ("cnnframe: the compiled kernels are not built; from the repository
 
 try:
     import cnnframe._ext._openmp  # noqa: F401
+    import cnnframe._ext.activation  # noqa: F401
+    import cnnframe._ext.augment  # noqa: F401
     import cnnframe._ext.conv  # noqa: F401
+    import cnnframe._ext.dense  # noqa: F401
+    import cnnframe._ext.loss  # noqa: F401
+    import cnnframe._ext.norm  # noqa: F401
+    import cnnframe._ext.optim  # noqa: F401
     import cnnframe._ext.pool  # noqa: F401
 except ModuleNotFoundError as e:
     if not (e.name or "").startswith("cnnframe._ext."):

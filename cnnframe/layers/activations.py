@@ -1,9 +1,12 @@
-"""Elementwise activations and softmax (NumPy; any input shape with the batch axis first)."""
+"""Elementwise activations and softmax (any input shape with the batch axis first).
+
+ReLU and LeakyReLU run compiled kernels (``cnnframe.ops.activation``); the others are NumPy."""
 import numbers
 
 import numpy as np
 from scipy.special import expit
 
+from cnnframe import ops
 from cnnframe.layers._util import check_grad, check_input
 from cnnframe.layers.base import Layer
 from cnnframe.registry import register_layer
@@ -38,13 +41,19 @@ class ReLU(_Activation):
 
     def forward(self, x):
         x = self._check(x)
-        y = np.maximum(x, 0)
+        y = ops.relu_forward(x)
         self._cache = y  # y > 0 exactly where x > 0
         return y
 
     def backward(self, grad_out):
         g = self._grad(grad_out)
-        return g * (self._cache > 0)
+        return ops.relu_backward(g, self._cache)
+
+    def keep_output(self, y):
+        """Take ``y`` as the output of a forward pass another layer computed for this one (a BatchNorm
+        fused with it, see ``BatchNorm2D.fuses``), so that ``backward`` works as after ``forward``; None
+        when that output was pooled at once and never formed (``backward`` then refuses to run)."""
+        self._cache = y
 
 
 @register_layer("leakyrelu")
@@ -59,12 +68,12 @@ class LeakyReLU(_Activation):
 
     def forward(self, x):
         x = self._check(x)
-        self._cache = x > 0
-        return np.where(self._cache, x, x * self.dtype.type(self.negative_slope))
+        self._cache = x  # the layer contract: nobody writes into x, so it can tell backward where x > 0
+        return ops.leaky_relu_forward(x, self.negative_slope)
 
     def backward(self, grad_out):
         g = self._grad(grad_out)
-        return np.where(self._cache, g, g * self.dtype.type(self.negative_slope))
+        return ops.leaky_relu_backward(g, self._cache, self.negative_slope)
 
     def get_config(self):
         return {**super().get_config(), "negative_slope": self.negative_slope}

@@ -160,6 +160,12 @@ class Layer:
     def __call__(self, x):
         return self.forward(x)
 
+    def fuses(self, following):
+        """How many of the layers that follow (a tuple) this layer can run in its own passes; ``Sequential``
+        then calls ``forward_fused(x, absorbed)`` and ``backward_fused(grad_out, absorbed)`` instead of
+        those layers' methods (see ``cnnframe/layers/fusion.py``).  Default: 0."""
+        return 0
+
     def _ensure_built(self, x):
         """Build from the first batch when input sizes were omitted."""
         if not self.built:

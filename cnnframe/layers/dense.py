@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from cnnframe import ops
 from cnnframe.checks import check_int
 from cnnframe.layers._util import (
     check_grad,
@@ -15,7 +16,7 @@ from cnnframe.layers._util import (
 )
 from cnnframe.layers.base import Layer
 from cnnframe.registry import register_layer
-from cnnframe.shards import chunks, concat, map_chunks, tree_sum
+from cnnframe.shards import chunks, concat, tree_sum
 
 _FLATTEN_HINT = "; Dense takes (N, F) features only: put a Flatten layer before it"
 
@@ -25,7 +26,9 @@ class Dense(Layer):
     """y = x Wᵀ + b (PyTorch's ``Linear``).
 
     x: (N, in_features) → y: (N, out_features); weight: (out_features, in_features); bias: (out_features,).
-    Backward, with G = dL/dy (N, out):  dW += Gᵀ x,  db += Σ_n G[n],  dx = G W.
+    Backward, with G = dL/dy (N, out):  dW += Gᵀ x,  db += Σ_n G[n],  dx = G W (``ops.dense_forward``
+    and ``ops.dense_backward``).  As a first layer, ``need_input_grad = False`` skips dx (``backward``
+    then returns None).
 
     ``in_features`` may be omitted and is then inferred by ``build``.  It and everything after it are
     keyword-only so that PyTorch's positional order ``Linear(in, out)`` cannot be misread.
@@ -83,21 +86,30 @@ class Dense(Layer):
         check_size(self, x, 1, self.in_features, "features")
         self._x = x
         w = self._params["weight"].data
-        # chunk by chunk in data-parallel training (a GEMM's rounding depends on its row count); one GEMM otherwise
-        y = concat(map_chunks(lambda i, j: x[i:j] @ w.T, len(x)))
-        if self.use_bias:
-            y += self._params["bias"].data
-        return y
+        b = self._params["bias"].data if self.use_bias else None
+        spans = chunks(len(x))
+        if len(spans) == 1:
+            return ops.dense_forward(x, w, b)
+        # chunk by chunk in data-parallel training: a GEMM's rounding may depend on its row count
+        return concat([ops.dense_forward(x[i:j], w, b) for i, j in spans])
 
     def backward(self, grad_out):
         x = self._x
         g = check_grad(self, grad_out, None if x is None else (x.shape[0], self.out_features))
         w = self._params["weight"]
+        db = self._params["bias"].grad if self.use_bias else None
         spans = chunks(len(g))
-        w.grad += tree_sum([g[i:j].T @ x[i:j] for i, j in spans])
-        if self.use_bias:
-            self._params["bias"].grad += tree_sum([g[i:j].sum(axis=0) for i, j in spans])
-        return concat([g[i:j] @ w.data for i, j in spans])
+        if len(spans) == 1:
+            return ops.dense_backward(x, w.data, g, w.grad, db, need_input_grad=self.need_input_grad)
+        # per chunk into zeroed buffers, added in the fixed tree order (cnnframe.shards)
+        dws = [np.zeros_like(w.grad) for _ in spans]
+        dbs = [np.zeros_like(db) for _ in spans] if db is not None else [None] * len(spans)
+        dxs = [ops.dense_backward(x[i:j], w.data, g[i:j], dw, dbc, need_input_grad=self.need_input_grad)
+               for (i, j), dw, dbc in zip(spans, dws, dbs)]
+        w.grad += tree_sum(dws)
+        if db is not None:
+            db += tree_sum(dbs)
+        return concat(dxs) if self.need_input_grad else None
 
     def get_config(self):
         return {

@@ -1,6 +1,4 @@
 """Max, average and global average pooling over NCHW batches."""
-import numpy as np
-
 from cnnframe import ops
 from cnnframe.checks import pair
 from cnnframe.layers._util import check_grad, check_input, check_per_sample, pair_config
@@ -13,7 +11,8 @@ class _Pool2D(Layer):
     docs/math.md, Pooling).
 
     Ho = ⌊(H + 2p − kh)/s⌋ + 1 (same for Wo); ``stride`` defaults to ``kernel_size``; padding may be at
-    most half the kernel, as in PyTorch, so every window holds at least one real input.
+    most half the kernel, as in PyTorch, so every window holds at least one real input.  The window
+    is normalised to (h, w) pairs once, here; the ops check the input against it on every call.
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, dtype="float32"):
@@ -43,8 +42,14 @@ class _Pool2D(Layer):
     def _check(self, x):
         x = check_input(self, x, ndim=4, layout="(N, C, H, W)")
         self._ensure_built(x)
-        self.output_shape(x.shape[1:])
         return x
+
+    def _pool(self, op, *args):
+        """Run a pooling op with this layer's (already normalised) window; its errors name the layer."""
+        try:
+            return op(*args, self.kernel_size, self.stride, self.padding)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}: {e}") from None
 
     def get_config(self):
         return {
@@ -68,9 +73,23 @@ class MaxPool2D(_Pool2D):
         super().__init__(kernel_size, stride, padding, dtype)
         self._argmax = None
 
+    def tiles(self):
+        """True when the windows tile the input (stride = kernel size, no padding): each input element
+        is in at most one window."""
+        return self.stride == self.kernel_size and self.padding == (0, 0)
+
+    def output_size(self):
+        """The (N, C, Ho, Wo) shape of the last forward's output (None before any)."""
+        return self._y_shape
+
+    def keep_result(self, argmax, input_shape, output_shape):
+        """Take the maxima positions of a forward pass another layer computed for this one (a BatchNorm
+        fused with it), so that ``backward`` works as after ``forward``."""
+        self._argmax, self._in_shape, self._y_shape = argmax, tuple(input_shape), tuple(output_shape)
+
     def forward(self, x):
         x = self._check(x)
-        y, self._argmax = ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        y, self._argmax = self._pool(ops.max_pool2d_forward, x)
         self._in_shape, self._y_shape = x.shape, y.shape
         return y
 
@@ -90,21 +109,21 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, x):
         x = self._check(x)
-        y = ops.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        y = self._pool(ops.avg_pool2d_forward, x)
         self._in_shape, self._y_shape = x.shape, y.shape
         return y
 
     def backward(self, grad_out):
         g = check_grad(self, grad_out, self._y_shape)
-        return ops.avg_pool2d_backward(g, self._in_shape, self.kernel_size, self.stride, self.padding)
+        return self._pool(ops.avg_pool2d_backward, g, self._in_shape)
 
 
 @register_layer("globalavgpool2d")
 class GlobalAvgPool2D(Layer):
     """y[n,c] = (1/(H·W)) Σ_h Σ_w x[n,c,h,w]: (N, C, H, W) → (N, C), ready for Dense without Flatten.
 
-    Backward: dx[n,c,h,w] = G[n,c] / (H·W) (docs/math.md, Pooling: global average pool).  Plain NumPy
-    (a reduction over contiguous planes), so any H × W works, including sizes that vary between batches.
+    Backward: dx[n,c,h,w] = G[n,c] / (H·W) (docs/math.md, Pooling: global average pool).  Any H × W
+    works, including sizes that vary between batches.
     """
 
     def __init__(self, dtype="float32"):
@@ -122,11 +141,9 @@ class GlobalAvgPool2D(Layer):
         x = check_input(self, x, ndim=4, layout="(N, C, H, W)")
         self._ensure_built(x)
         self._in_shape = x.shape
-        return x.mean(axis=(2, 3))
+        return ops.global_avg_pool2d_forward(x)
 
     def backward(self, grad_out):
         shape = self._in_shape
         g = check_grad(self, grad_out, None if shape is None else shape[:2])
-        dx = np.empty(shape, dtype=self.dtype)
-        dx[...] = (g / (shape[2] * shape[3]))[:, :, None, None]
-        return dx
+        return ops.global_avg_pool2d_backward(g, shape)

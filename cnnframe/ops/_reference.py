@@ -196,3 +196,102 @@ def avg_pool2d_backward_ref(x_shape, g, kernel_size, stride=None, padding=0):
                     if 0 <= r < h and 0 <= q < wd:
                         dx[n, c, r, q] += g[n, c, i, j] / size
     return dx
+
+
+def global_avg_pool2d_ref(x):
+    """y[n, c] = (1/(H·W)) Σ_h Σ_w x[n, c, h, w]."""
+    n_, c_, h, wd = x.shape
+    y = np.zeros((n_, c_), dtype=np.float64)
+    for n in range(n_):
+        for c in range(c_):
+            y[n, c] = sum(float(x[n, c, r, q]) for r in range(h) for q in range(wd)) / (h * wd)
+    return y
+
+
+def _channel_values(x, c):
+    """The m = N·(H·W) values of channel c of x (N, C, ...) as float64."""
+    return [float(v) for n in range(x.shape[0]) for v in np.ravel(x[n, c])]
+
+
+def batch_norm_forward_ref(x, gamma, beta, eps, relu=False):
+    """Training-mode BatchNorm over axis 1: μ = (1/m) Σ x, σ² = (1/m) Σ (x − μ)², x̂ = (x − μ)/√(σ² + eps),
+    y = γ x̂ + β (then max(y, 0) with ``relu``).  Returns (y, μ, σ²)."""
+    y = np.zeros(x.shape, dtype=np.float64)
+    mean, var = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for c in range(x.shape[1]):
+        vals = _channel_values(x, c)
+        mean[c] = sum(vals) / len(vals)
+        var[c] = sum((v - mean[c]) ** 2 for v in vals) / len(vals)
+        inv = 1.0 / np.sqrt(var[c] + eps)
+        for n in range(x.shape[0]):
+            for idx in np.ndindex(x.shape[2:]):
+                v = float(gamma[c]) * (float(x[(n, c) + idx]) - mean[c]) * inv + float(beta[c])
+                y[(n, c) + idx] = max(v, 0.0) if relu else v
+    return y, mean, var
+
+
+def batch_norm_backward_ref(x, g, gamma, beta, eps, relu=False):
+    """Training-mode BatchNorm gradients (with ``relu``, g is the gradient of max(y, 0): G = g·[y > 0]):
+    dγ = Σ G x̂, dβ = Σ G, dx = γ/√(σ² + eps) · (G − mean(G) − x̂ · mean(G x̂)) per channel."""
+    y, mean, var = batch_norm_forward_ref(x, gamma, beta, eps)
+    G = np.where(y > 0, g, 0.0) if relu else np.asarray(g, dtype=np.float64)
+    dx = np.zeros(x.shape, dtype=np.float64)
+    dgamma, dbeta = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for c in range(x.shape[1]):
+        inv = 1.0 / np.sqrt(var[c] + eps)
+        cells = [(n, c) + idx for n in range(x.shape[0]) for idx in np.ndindex(x.shape[2:])]
+        xhat = {k: (float(x[k]) - mean[c]) * inv for k in cells}
+        dbeta[c] = sum(float(G[k]) for k in cells)
+        dgamma[c] = sum(float(G[k]) * xhat[k] for k in cells)
+        m = len(cells)
+        for k in cells:
+            dx[k] = float(gamma[c]) * inv * (float(G[k]) - dbeta[c] / m - xhat[k] * dgamma[c] / m)
+    return dx, dgamma, dbeta
+
+
+def dense_ref(x, w, b=None):
+    """y[n, o] = b[o] + Σ_i x[n, i] · W[o, i]."""
+    y = np.zeros((x.shape[0], w.shape[0]), dtype=np.float64)
+    for n in range(x.shape[0]):
+        for o in range(w.shape[0]):
+            y[n, o] = (0.0 if b is None else float(b[o])) + sum(float(x[n, i]) * float(w[o, i]) for i in range(x.shape[1]))
+    return y
+
+
+def dense_backward_ref(x, w, g):
+    """dW[o, i] = Σ_n G[n, o] x[n, i],  db[o] = Σ_n G[n, o],  dx[n, i] = Σ_o G[n, o] W[o, i]."""
+    N, I, O = x.shape[0], x.shape[1], w.shape[0]
+    dw = np.array([[sum(float(g[n, o]) * float(x[n, i]) for n in range(N)) for i in range(I)] for o in range(O)])
+    db = np.array([sum(float(g[n, o]) for n in range(N)) for o in range(O)])
+    dx = np.array([[sum(float(g[n, o]) * float(w[o, i]) for o in range(O)) for i in range(I)] for n in range(N)])
+    return dx.reshape(x.shape), dw.reshape(w.shape), db
+
+
+def softmax_cross_entropy_ref(z, y, smoothing=0.0):
+    """Mean of −Σ_c t[n,c] log softmax(z_n)[c] with t = (1 − ε) onehot + ε/classes; softmax; (softmax − t)/N."""
+    N, K = z.shape
+    probs, grad, total = np.zeros((N, K)), np.zeros((N, K)), 0.0
+    for n in range(N):
+        row = [float(v) for v in z[n]]
+        mx = max(row)
+        lse = mx + np.log(sum(np.exp(v - mx) for v in row))
+        for c in range(K):
+            t = (1.0 - smoothing) * (c == y[n]) + smoothing / K
+            total -= t * (row[c] - lse)
+            probs[n, c] = np.exp(row[c] - lse)
+            grad[n, c] = (probs[n, c] - t) / N
+    return total / N, probs, grad
+
+
+def shift_images_ref(x, dy, dx):
+    """out[n, c, i, j] = x[n, c, i − dy[n], j − dx[n]], 0 outside the image."""
+    out = np.zeros_like(x)
+    n_, c_, h, wd = x.shape
+    for n in range(n_):
+        for c in range(c_):
+            for i in range(h):
+                for j in range(wd):
+                    r, q = i - dy[n], j - dx[n]
+                    if 0 <= r < h and 0 <= q < wd:
+                        out[n, c, i, j] = x[n, c, r, q]
+    return out

@@ -1,6 +1,5 @@
 """Adam (Kingma & Ba), with PyTorch's torch.optim.Adam update order and L2-style weight decay."""
-import numpy as np
-
+from cnnframe import ops
 from cnnframe.optim.base import Optimizer, check_number
 from cnnframe.registry import register_optimizer
 
@@ -12,9 +11,10 @@ class Adam(Optimizer):
         g ← g + wd·w                      (L2 penalty, only Parameters with weight_decay=True)
         m ← β1·m + (1-β1)·g ;  v ← β2·v + (1-β2)·g²
         w ← w - (lr / (1-β1^t)) · m / (sqrt(v) / sqrt(1-β2^t) + eps)
-    """
 
-    _slots = ("exp_avg", "exp_avg_sq")
+    Each parameter is updated in one pass (``ops.adam_step``), in its dtype, operation by operation
+    as written above.
+    """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, clip_norm=None):
         if isinstance(betas, str) or not hasattr(betas, "__len__") or len(betas) != 2:
@@ -23,22 +23,12 @@ class Adam(Optimizer):
         self.eps = check_number("eps", eps, "Adam", gt=0)
         super().__init__(params, lr, weight_decay=weight_decay, clip_norm=clip_norm)
 
-    def _update(self, name, p, g):
-        b1, b2 = self.betas
-        t = self.step_count
-        m = self.state["exp_avg"][name]
-        v = self.state["exp_avg_sq"][name]
-        f = g.dtype.type
-        m *= f(b1)
-        m += f(1.0 - b1) * g
-        v *= f(b2)
-        v += f(1.0 - b2) * (g * g)
-        bias1 = 1.0 - b1**t
-        bias2_sqrt = (1.0 - b2**t) ** 0.5
-        denom = np.sqrt(v)
-        denom /= f(bias2_sqrt)
-        denom += f(self.eps)
-        p.data -= f(self.lr / bias1) * (m / denom)
+    def slots(self):
+        return ("exp_avg", "exp_avg_sq")
+
+    def _apply(self, name, p, scale, weight_decay):
+        ops.adam_step(p.data, p.grad, self.state["exp_avg"][name], self.state["exp_avg_sq"][name], self.lr,
+                      self.betas, self.eps, self.step_count, scale, weight_decay)
 
     def get_config(self):
         return {

@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from cnnframe import ops
 from cnnframe.checks import check_number  # noqa: F401  (the shared argument checks; adam, sgd, schedules use it)
 
 # PyTorch's clip_grad_norm_ adds this to the norm before dividing, so a norm exactly at the limit is
@@ -51,8 +52,10 @@ def named_parameters(params, owner):
 
 
 class Optimizer:
-    """Base class. Subclasses implement ``_update(name, p, g)`` (g: the clipped gradient, before
-    weight decay) and declare their per-parameter state arrays in ``_slots`` (each a zeros_like).
+    """Base class. Subclasses declare their per-parameter state arrays in ``slots()`` (each starts as
+    a zeros_like of the parameter) and implement either ``_update(name, p, g)`` (g: the clipped
+    gradient with the weight-decay term added, a fresh array) or, to do the whole update in one pass,
+    ``_apply(name, p, scale, weight_decay)`` (the clipping factor and the parameter's decay rate).
 
     ``opt.lr`` may be reassigned at any time (the trainer sets it from the schedule every step).
     ``opt.step_count`` counts completed steps; ``opt.last_grad_norm`` is the global gradient norm seen
@@ -60,7 +63,11 @@ class Optimizer:
     """
 
     registered_name = None
-    _slots = ()
+
+    def slots(self):
+        """Names of the per-parameter state arrays (``state[slot][param name]``); called once by
+        ``__init__``, after the subclass has set its hyper-parameters."""
+        return ()
 
     def __init__(self, params, lr, weight_decay=0.0, clip_norm=None):
         owner = type(self).__name__
@@ -74,7 +81,7 @@ class Optimizer:
         self.last_grad_norm = None
         self.state = OrderedDict(
             (slot, OrderedDict((name, np.zeros_like(p.data)) for name, p in self.params.items()))
-            for slot in self._slots
+            for slot in self.slots()
         )
 
     # -- learning rate -----------------------------------------------------------------------------
@@ -93,12 +100,8 @@ class Optimizer:
             p.grad[...] = 0
 
     def grad_norm(self):
-        """Global L2 norm of all gradients, ``sqrt(Σ_p Σ g²)``, accumulated in float64."""
-        total = 0.0
-        for p in self.params.values():
-            g = p.grad.ravel().astype(np.float64, copy=False)
-            total += float(np.dot(g, g))
-        return math.sqrt(total)
+        """Global L2 norm of all gradients, ``sqrt(Σ_p Σ g²)``, accumulated in float64 in a fixed order."""
+        return math.sqrt(sum(ops.sum_squares(p.grad) for p in self.params.values()))
 
     def _clip_scale(self):
         """Factor applied to every gradient: ``min(1, clip_norm / (norm + 1e-6))`` as in PyTorch."""
@@ -114,14 +117,19 @@ class Optimizer:
         scale = self._clip_scale()
         self.step_count += 1
         for name, p in self.params.items():
-            g = p.grad * p.grad.dtype.type(scale) if scale != 1.0 else p.grad.copy()
-            if self.weight_decay and p.weight_decay:
-                # L2 penalty as a gradient term, after clipping (PyTorch order).
-                g += p.grad.dtype.type(self.weight_decay) * p.data
-            self._update(name, p, g)
+            self._apply(name, p, scale, self.weight_decay if p.weight_decay else 0.0)
+
+    def _apply(self, name, p, scale, weight_decay):
+        """Update one parameter: g = scale·grad + weight_decay·w (the L2 penalty as a gradient term,
+        after clipping, in PyTorch's order), then ``_update(name, p, g)``."""
+        f = p.grad.dtype.type
+        g = p.grad * f(scale) if scale != 1.0 else p.grad.copy()
+        if weight_decay:
+            g += f(weight_decay) * p.data
+        self._update(name, p, g)
 
     def _update(self, name, p, g):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _update(name, p, g) or _apply(...)")
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self):

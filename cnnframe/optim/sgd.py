@@ -1,4 +1,5 @@
 """Stochastic gradient descent with momentum and Nesterov momentum (PyTorch's torch.optim.SGD rules)."""
+from cnnframe import ops
 from cnnframe.optim.base import Optimizer, check_number
 from cnnframe.registry import register_optimizer
 
@@ -13,6 +14,8 @@ class SGD(Optimizer):
         w ← w - lr·d
 
     ``clip_norm`` rescales all gradients together when their global L2 norm exceeds it.
+    Each parameter is updated in one pass (``ops.sgd_step``), in its dtype, operation by operation
+    as written above.
     """
 
     def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None):
@@ -22,20 +25,14 @@ class SGD(Optimizer):
         if nesterov and self.momentum == 0:
             raise ValueError("SGD: nesterov=True requires momentum > 0")
         self.nesterov = nesterov
-        self._slots = ("momentum_buffer",) if self.momentum else ()
         super().__init__(params, lr, weight_decay=weight_decay, clip_norm=clip_norm)
 
-    def _update(self, name, p, g):
-        if self.momentum:
-            mu = g.dtype.type(self.momentum)
-            buf = self.state["momentum_buffer"][name]
-            buf *= mu
-            buf += g
-            if self.nesterov:
-                g += mu * buf
-            else:
-                g = buf
-        p.data -= g.dtype.type(self.lr) * g
+    def slots(self):
+        return ("momentum_buffer",) if self.momentum else ()
+
+    def _apply(self, name, p, scale, weight_decay):
+        buf = self.state["momentum_buffer"][name] if self.momentum else None
+        ops.sgd_step(p.data, p.grad, buf, self.lr, self.momentum, self.nesterov, scale, weight_decay)
 
     def get_config(self):
         return {

@@ -89,3 +89,17 @@ def test_float32_layer_casts_float64_input():
     y = layer.forward(x)
     assert y.dtype == np.float32
     np.testing.assert_array_equal(y, layer.forward(x.astype(np.float32)))
+
+
+def test_first_layer_can_skip_its_input_gradient():
+    layer = Dense(3, in_features=4, seed=0, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((5, 4))
+    g = np.random.default_rng(1).standard_normal((5, 3))
+    layer.forward(x)
+    dx = layer.backward(g)
+    dw = layer.parameters()["weight"].grad.copy()
+    layer.zero_grad()
+    layer.need_input_grad = False
+    assert layer.backward(g) is None
+    np.testing.assert_array_equal(layer.parameters()["weight"].grad, dw)
+    np.testing.assert_allclose(dx, g @ layer.parameters()["weight"].data, rtol=1e-12)

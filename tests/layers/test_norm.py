@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import cnnframe
-from cnnframe.gradcheck import check_layer
-from cnnframe.layers import BatchNorm1D, BatchNorm2D
+from cnnframe.gradcheck import check_layer, check_model
+from cnnframe.layers import BatchNorm1D, BatchNorm2D, MaxPool2D, ReLU
 
 
 def _set_affine(layer, rng):
@@ -117,3 +117,123 @@ def test_errors():
         BatchNorm1D(eps=0)
     with pytest.raises(ValueError, match=r"per-sample input shape \(C, H, W\)"):
         BatchNorm2D().output_shape((4,))
+
+
+# -- BatchNorm then ReLU in one pass ------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("cls, shape", [(BatchNorm2D, (4, 3, 5, 6)), (BatchNorm1D, (6, 7))])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_pair_is_bit_identical_to_the_two_layers(cls, shape, dtype, mode):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    pairs = [(cls(dtype=dtype), ReLU(dtype=dtype)) for _ in range(2)]
+    for bn, _ in pairs:
+        bn.build(shape[1:])
+        _set_affine(bn, np.random.default_rng(4))
+        bn.buffers()["running_var"][...] = 2.0
+        getattr(bn, mode)()
+    (bn1, relu1), (bn2, relu2) = pairs
+    z1 = bn1.forward_fused(x, (relu1,))
+    z2 = relu2.forward(bn2.forward(x))
+    assert np.array_equal(z1, z2) and (z1 >= 0).all()
+    d1 = bn1.backward_fused(g, (relu1,))
+    d2 = bn2.backward(relu2.backward(g))
+    assert np.array_equal(d1, d2)
+    for name in ("weight", "bias"):
+        assert np.array_equal(bn1.parameters()[name].grad, bn2.parameters()[name].grad)
+    for name in ("running_mean", "running_var"):
+        assert np.array_equal(bn1.buffers()[name], bn2.buffers()[name])
+    # after a fused forward each layer still runs its own backward alone
+    assert np.array_equal(bn1.backward(relu1.backward(g)), d2)
+
+
+def test_sequential_fuses_batchnorm_and_relu(monkeypatch):
+    model = cnnframe.Sequential([BatchNorm2D(), ReLU(), BatchNorm2D(), cnnframe.layers.Flatten()],
+                                input_shape=(2, 3, 3))
+
+    def unused(self, x):
+        raise AssertionError("ReLU.forward must not run: the BatchNorm before it computes its output")
+
+    monkeypatch.setattr(ReLU, "forward", unused)
+    x = np.random.default_rng(0).standard_normal((4, 2, 3, 3)).astype(np.float32)
+    y = model.forward(x)
+    assert y.shape == (4, 18) and np.isfinite(model.backward(np.ones_like(y))).all()
+
+
+def test_backward_fused_needs_a_fused_forward():
+    bn, relu = BatchNorm2D(), ReLU()
+    x = np.random.default_rng(0).standard_normal((2, 3, 2, 2)).astype(np.float32)
+    bn.forward(x)
+    with pytest.raises(RuntimeError, match="forward_fused"):
+        bn.backward_fused(np.ones_like(x), (relu,))
+    bn.forward_fused(x, (relu,))
+    with pytest.raises(ValueError, match="ReLU: grad_out has shape"):
+        bn.backward_fused(np.ones((2, 3, 2, 1), np.float32), (relu,))
+    with pytest.raises(RuntimeError, match="same layers"):
+        bn.backward_fused(np.ones((2, 3, 1, 1), np.float32), (relu, MaxPool2D(2)))
+    pool = MaxPool2D(2)
+    assert bn.fuses((relu,)) == 1 and bn.fuses((relu, pool)) == 2 and bn.fuses((relu, relu, pool)) == 1
+    assert bn.fuses((relu, MaxPool2D(3, stride=2))) == 1 and bn.fuses((relu, MaxPool2D(2, padding=1))) == 1
+    assert bn.fuses((cnnframe.layers.LeakyReLU(),)) == 0 and relu.fuses((bn,)) == 0 and bn.fuses(()) == 0
+    assert BatchNorm1D().fuses((relu, pool)) == 1
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_model_with_fused_pairs_passes_the_float64_gradient_check(mode):
+    model = cnnframe.Sequential([cnnframe.layers.Conv2D(3, 3, padding=1), BatchNorm2D(), ReLU(),
+                                 cnnframe.layers.Flatten(), BatchNorm1D(), ReLU(), cnnframe.layers.Dense(4)],
+                                input_shape=(2, 4, 4), seed=1)
+    for layer in model.layers:
+        if isinstance(layer, (BatchNorm1D, BatchNorm2D)):
+            _set_affine(layer, np.random.default_rng(5))
+            layer.buffers()["running_var"][...] = 1.5
+    getattr(model, mode)()
+    x = np.random.default_rng(6).standard_normal((5, 2, 4, 4))
+    with cnnframe.num_threads(1):
+        report = check_model(model, cnnframe.SoftmaxCrossEntropy(), x, np.array([0, 1, 2, 3, 0]))
+    assert report.passed, str(report)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_batchnorm_relu_maxpool_is_bit_identical_to_the_three_layers(dtype, mode):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 3, 7, 6)).astype(dtype)
+    models = []
+    for _ in range(2):
+        m = cnnframe.Sequential([BatchNorm2D(dtype=dtype), ReLU(dtype=dtype), MaxPool2D(2, dtype=dtype)],
+                                input_shape=(3, 7, 6))
+        _set_affine(m.layers[0], np.random.default_rng(4))
+        getattr(m, mode)()
+        models.append(m)
+    fused, plain = models
+    y1 = fused.forward(x)
+    assert fused._plan == [(0, 2)]
+    y2 = x
+    for layer in plain.layers:
+        y2 = layer.forward(y2)
+    g = rng.standard_normal(y1.shape).astype(dtype)
+    d1 = fused.backward(g)
+    d2 = g
+    for layer in reversed(plain.layers):
+        d2 = layer.backward(d2)
+    assert np.array_equal(y1, y2) and np.array_equal(d1, d2)
+    for (name, a), b in zip(fused.parameters().items(), plain.parameters().values()):
+        assert np.array_equal(a.grad, b.grad), name
+    for (name, a), b in zip(fused.buffers().items(), plain.buffers().values()):
+        assert np.array_equal(a, b), name
+    # the pooling layer alone still runs its backward after the fused forward; the ReLU has no output to use
+    assert np.array_equal(fused.layers[2].backward(g), plain.layers[2].backward(g))
+    with pytest.raises(RuntimeError, match="before forward"):
+        fused.layers[1].backward(np.ones((4, 3, 7, 6), dtype))
+
+
+def test_model_with_fused_batchnorm_relu_maxpool_passes_the_float64_gradient_check():
+    model = cnnframe.Sequential([cnnframe.layers.Conv2D(3, 3, padding=1), BatchNorm2D(), ReLU(), MaxPool2D(2),
+                                 cnnframe.layers.Flatten(), cnnframe.layers.Dense(3)], input_shape=(2, 6, 5), seed=2)
+    _set_affine(model.layers[1], np.random.default_rng(5))
+    x = np.random.default_rng(7).standard_normal((4, 2, 6, 5))
+    with cnnframe.num_threads(1):
+        report = check_model(model, cnnframe.SoftmaxCrossEntropy(), x, np.array([0, 1, 2, 0]))
+    assert report.passed, str(report)

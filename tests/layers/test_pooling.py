@@ -124,3 +124,22 @@ def test_pool_errors():
         MaxPool2D(2).forward(np.zeros((1, 1, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="per-sample input shape \\(C, H, W\\)"):
         MaxPool2D(2).output_shape((4, 4))
+
+
+@pytest.mark.parametrize("layer", [MaxPool2D(2), MaxPool2D(3, stride=1, padding=1), AvgPool2D(2), AvgPool2D((3, 2)),
+                                   GlobalAvgPool2D()])
+def test_read_only_input(layer, tmp_path):
+    """A memory-mapped (read-only) batch goes through forward and backward like any other."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    xm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    y = layer.forward(xm)
+    np.testing.assert_array_equal(y, layer.forward(x.copy()))
+    g = np.ones_like(y)
+    g.flags.writeable = False
+    assert layer.backward(g).shape == x.shape
+
+
+def test_window_errors_name_the_layer():
+    with pytest.raises(ValueError, match=r"MaxPool2D: pooling output size would be 0x2"):
+        MaxPool2D((3, 1)).forward(np.ones((1, 1, 2, 2), np.float32))

@@ -1,14 +1,16 @@
 import pytest
 
 from cnnframe._ext import conv as conv_ext
-from cnnframe.ops import conv, pool
+from cnnframe.ops import activation, augment, conv, dense, loss, norm, optim, pool
 
 
 @pytest.fixture(autouse=True)
 def every_size_uses_all_threads(monkeypatch):
     """Kernel tests use tiny tensors; make them take the multi-threaded paths anyway."""
     monkeypatch.setattr(conv, "GRAIN_FLOPS", 1)
-    monkeypatch.setattr(pool, "GRAIN_ELEMS", 1)
+    monkeypatch.setattr(dense, "GRAIN_FLOPS", 1)
+    for module in (activation, augment, loss, norm, optim, pool):
+        monkeypatch.setattr(module, "GRAIN_ELEMS", 1)
 
 
 # The float32 convolution has four code paths: BLAS on an explicit im2col (every CPU, and all of

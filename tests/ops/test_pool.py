@@ -128,10 +128,10 @@ def test_non_contiguous_input():
         (lambda: ops.max_pool2d_forward(np.ones((1, 1, 4, 4)), 2, padding=-1), ValueError, ["padding"]),
         (lambda: ops.max_pool2d_forward(np.ones((1, 1, 4, 4)), 2, padding=2), ValueError, ["half the kernel"]),
         (lambda: ops.avg_pool2d_forward(np.ones((1, 1, 2, 2)), 3), ValueError, ["output size", "2x2"]),
-        (lambda: ops.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.zeros((1, 1, 2, 2), np.int64) + 99, (1, 1, 4, 4)),
+        (lambda: ops.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.zeros((1, 1, 2, 2), np.int32) + 99, (1, 1, 4, 4)),
          ValueError, ["outside"]),
         (lambda: ops.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.zeros((1, 1, 2, 2)), (1, 1, 4, 4)), ValueError, ["argmax"]),
-        (lambda: ops.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.zeros((1, 1, 2, 2), np.int64), (1, 2, 4, 4)),
+        (lambda: ops.max_pool2d_backward(np.ones((1, 1, 2, 2)), np.zeros((1, 1, 2, 2), np.int32), (1, 2, 4, 4)),
          ValueError, ["input_shape"]),
         (lambda: ops.avg_pool2d_backward(np.ones((1, 1, 3, 3)), (1, 1, 4, 4), 2), ValueError, ["grad_out", "(1, 1, 2, 2)"]),
     ],
@@ -164,3 +164,64 @@ def test_common_2x2_stride_2_window(dtype, hw):
         np.testing.assert_array_equal(y[~nan_out], y_ref[~nan_out])
         np.testing.assert_array_equal(arg, arg_ref)  # NaN windows: the first NaN, like the first inf
         np.testing.assert_allclose(dx, ref.max_pool2d_backward_ref(np.nan_to_num(x, nan=np.inf), g, 2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 2, 17, 19), (1, 4, 1, 30)])
+def test_global_avg_pool_matches_reference(shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) + 5).astype(dtype)
+    g = rng.standard_normal(shape[:2]).astype(dtype)
+    y = ops.global_avg_pool2d_forward(x)
+    assert y.shape == shape[:2] and y.dtype == dtype
+    rtol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(y, ref.global_avg_pool2d_ref(x), rtol=rtol)
+    dx = ops.global_avg_pool2d_backward(g, shape)
+    np.testing.assert_allclose(dx, np.broadcast_to(g[:, :, None, None] / (shape[2] * shape[3]), shape), rtol=rtol)
+
+
+def test_global_avg_pool_threads_nan_and_errors():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 7, 13, 11)).astype(np.float32)
+    outs = []
+    for threads in (1, 2, 3):
+        with cnnframe.num_threads(threads):
+            outs.append(ops.global_avg_pool2d_forward(x))
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    x[2, 3, 4, 5] = np.nan
+    y = ops.global_avg_pool2d_forward(x)
+    assert np.isnan(y[2, 3]) and np.isfinite(np.delete(y.ravel(), 2 * 7 + 3)).all()
+    with pytest.raises(ValueError, match="4 dimensions"):
+        ops.global_avg_pool2d_forward(x[0])
+    with pytest.raises(ValueError, match="does not match"):
+        ops.global_avg_pool2d_backward(np.ones((5, 7), np.float32), (5, 6, 2, 2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_read_only_inputs(tmp_path, dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(dtype)
+    np.save(tmp_path / "x.npy", x)
+    xm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert not xm.flags.writeable
+    for k, s in ((2, 2), (3, 1)):
+        y, arg = ops.max_pool2d_forward(xm, k, s)
+        assert np.array_equal(y, ops.max_pool2d_forward(x, k, s)[0])
+        g = np.ones_like(y)
+        g.flags.writeable = arg.flags.writeable = False
+        np.testing.assert_array_equal(ops.max_pool2d_backward(g, arg, x.shape), ref.max_pool2d_backward_ref(x, g, k, s))
+        a = ops.avg_pool2d_forward(xm, k, s)
+        np.testing.assert_allclose(a, ref.avg_pool2d_forward_ref(x, k, s), rtol=1e-6)
+        np.testing.assert_allclose(ops.avg_pool2d_backward(g, x.shape, k, s), ref.avg_pool2d_backward_ref(x.shape, g, k, s), rtol=1e-6)
+    assert np.array_equal(ops.global_avg_pool2d_forward(xm), ops.global_avg_pool2d_forward(x))
+
+
+def test_backward_writes_every_element_of_dx():
+    """dx comes from np.empty: the planes' leftover rows and columns must still be zero."""
+    x = np.random.default_rng(2).standard_normal((2, 2, 5, 7))
+    y, arg = ops.max_pool2d_forward(x, 2)
+    for _ in range(3):  # reuse of freed memory would show garbage if a cell were skipped
+        dx = ops.max_pool2d_backward(np.ones_like(y), arg, x.shape)
+        assert (dx[:, :, 4, :] == 0).all() and (dx[:, :, :, 6] == 0).all() and dx.sum() == y.size
+        da = ops.avg_pool2d_backward(np.ones_like(y), x.shape, 2)
+        assert (da[:, :, 4, :] == 0).all() and da.sum() == pytest.approx(y.size)

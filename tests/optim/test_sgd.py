@@ -265,3 +265,32 @@ def test_matches_torch_sgd_when_available():
         opt.step()
     for p, t in zip(params.values(), tw):
         np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_slots_are_declared_by_the_optimizer():
+    p = {"w": Parameter(np.ones(3))}
+    assert SGD(p, lr=0.1).slots() == () and list(SGD(p, lr=0.1).state) == []
+    assert SGD(p, lr=0.1, momentum=0.9).slots() == ("momentum_buffer",)
+    assert list(cnnframe.Adam(p).state) == ["exp_avg", "exp_avg_sq"]
+
+
+def test_an_optimizer_written_as_update_gets_the_clipped_decayed_gradient():
+    """A user optimizer implements only _update(name, p, g): the base class hands it
+    g = clip_scale·grad + weight_decay·w (decay only on parameters that decay)."""
+    seen = {}
+
+    class SignSGD(cnnframe.optim.Optimizer):
+        def _update(self, name, p, g):
+            seen[name] = g.copy()
+            p.data -= self.lr * np.sign(g)
+
+    params = OrderedDict(w=Parameter(np.array([1.0, -2.0])), b=Parameter(np.array([0.5]), weight_decay=False))
+    params["w"].grad[...] = [3.0, 4.0]
+    params["b"].grad[...] = [0.0]
+    opt = SignSGD(params, lr=0.1, weight_decay=0.5, clip_norm=1.0)
+    opt.step()
+    scale = 1.0 / (5.0 + 1e-6)
+    np.testing.assert_allclose(seen["w"], [3 * scale + 0.5, 4 * scale - 1.0])
+    np.testing.assert_allclose(seen["b"], [0.0])
+    np.testing.assert_allclose(params["w"].data, [0.9, -1.9])
+    assert opt.last_grad_norm == pytest.approx(5.0)
