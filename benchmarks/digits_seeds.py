@@ -2,14 +2,16 @@
 
     python benchmarks/digits_seeds.py --seeds 10-29                    # report: test accuracy, mean ± std
     python benchmarks/digits_seeds.py --seeds 100-109 --split val \\
-        --set trainer.epochs=40                                          # tuning: validation accuracy only
+        --set data.val_fraction=0.1 --set trainer.epochs=30              # tuning: validation accuracy only
     python benchmarks/digits_seeds.py --seeds 10-29 --backend both      # and the PyTorch recipe
-    python benchmarks/digits_seeds.py --seeds 100-119 --split val --jobs 2 --threads 1   # accuracy only, faster
+    python benchmarks/digits_seeds.py --seeds 100-119 --split val --set data.val_fraction=0.1 \\
+        --jobs 2 --threads 1                                             # accuracy only, faster
 
-Each run is a whole process (``python -m cnnframe train CONFIG --set trainer.seed=S --quiet``), timed
-from start to exit, so start-up, evaluation and checkpoints count, as they do for a user.  The PyTorch
-recipe runs in its own process too (``--backend torch|both``; needs torch), timed the same way, on the
-same split of the same seed.
+Each run is a whole process (``python -m cnnframe train CONFIG --set trainer.seed=S --quiet --no-report``),
+timed from start to exit, so start-up, the test evaluation and the checkpoints of every epoch count, as they
+do for a user.  The PyTorch recipe runs in its own process too (``--backend torch|both``; needs torch),
+timed the same way, on the same split of the same seed.  It writes no report, so neither does cnnframe's
+run unless ``--report`` asks for ``report.html`` (its plots add 1.5-2 s to a digits run).
 
 Method: choose a recipe by validation accuracy (``--split val``) on seeds kept for tuning, then report test
 accuracy on other seeds, never used for choosing.  ``--split val`` prints no test figure at all.
@@ -56,10 +58,10 @@ def parse_seeds(text):
 
 
 # -- cnnframe: one whole `python -m cnnframe train` process per seed ------------------------------------------------
-def run_cnnframe(config, seed, overrides, threads, split):
+def run_cnnframe(config, seed, overrides, threads, split, report=False):
     with tempfile.TemporaryDirectory(prefix="cnnframe-seeds-") as tmp:
         cmd = [sys.executable, "-m", "cnnframe", "train", config, "--quiet", "--run-dir", tmp,
-               "--set", f"trainer.seed={seed}"]
+               "--set", f"trainer.seed={seed}"] + ([] if report else ["--no-report"])
         for o in overrides:
             cmd += ["--set", o]
         env = dict(os.environ, CNNFRAME_NUM_THREADS=str(threads))
@@ -171,6 +173,8 @@ def main():
     p.add_argument("--jobs", type=int, default=1,
                    help="seeds run at once (accuracy tables only: with N > 1 the seconds are not run times)")
     p.add_argument("--torch-epochs", type=int, default=40)
+    p.add_argument("--report", action="store_true", help="cnnframe runs also write report.html (as train does "
+                                                          "by default when matplotlib is installed)")
     p.add_argument("--torch-worker", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.torch_worker is not None:
@@ -179,7 +183,8 @@ def main():
     if args.split == "val" and args.backend != "cnnframe":
         p.error("--split val is for choosing a cnnframe recipe; the PyTorch recipe has no validation part")
     what = "validation accuracy (final epoch)" if args.split == "val" else "test accuracy"
-    print(f"{os.path.relpath(args.config)} {' '.join('--set ' + s for s in args.set)}".rstrip())
+    print(f"{os.path.relpath(args.config)} {' '.join('--set ' + s for s in args.set)}".rstrip()
+          + ("" if args.report else "  (cnnframe runs with --no-report)"))
     print(f"{what}, seeds {args.seeds[0]}..{args.seeds[-1]} ({len(args.seeds)} seeds), {args.threads} threads; "
           + ("seconds = one whole process" if args.jobs == 1 else
              f"{args.jobs} runs at once: seconds are NOT run times"))
@@ -197,7 +202,7 @@ def main():
         got = {}
         for c in order:
             if c == "cnnframe":
-                got[c] = run_cnnframe(args.config, seed, args.set, args.threads, args.split)
+                got[c] = run_cnnframe(args.config, seed, args.set, args.threads, args.split, args.report)
             else:
                 res, err = run_torch(seed, args.threads, args.torch_epochs)
                 if res is None:

@@ -58,9 +58,27 @@ def test_info_subprocess():
 def test_validate_prints_summary(capsys):
     code, out, _ = cli(capsys, "validate", DIGITS)
     assert code == 0
-    assert "configs/digits.yaml: OK" in out and "Total parameters: 8,538" in out and "Conv2D" in out
+    assert "configs/digits.yaml: OK" in out and "Total parameters: 30,890" in out and "Conv2D" in out
     code, out, _ = cli(capsys, "validate", TINY, "--show-config", "--set", "trainer.epochs=7")
     assert code == 0 and "epochs: 7" in out
+
+
+def test_default_config_trains_on_the_whole_training_part(capsys, tmp_path):
+    """configs/digits.yaml, cut to 2 epochs: a final fit (no validation part, no best.npz), its test report
+    averaged over shifted copies, as ``evaluate`` of the run reports it again."""
+    code, out, err = cli(capsys, "train", DIGITS, "-q", "--no-report", "--run-dir", str(tmp_path), "--set",
+                         "trainer.epochs=2")
+    assert code == 0, err
+    (run,) = glob.glob(os.path.join(str(tmp_path), "digits-*"))
+    with open(os.path.join(run, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["data"] == {"name": "digits", "train": 1437, "val": 0, "test": 360}
+    assert summary["final"]["val_acc"] is None and summary["final"]["train_acc"] > 0.5
+    assert summary["test"]["acc"] > 0.85  # 2 of 40 epochs; chance is 0.1
+    assert os.path.exists(os.path.join(run, "last.npz")) and not os.path.exists(os.path.join(run, "best.npz"))
+    code, out, err = cli(capsys, "evaluate", run)
+    assert code == 0, err
+    assert f"accuracy {100 * summary['test']['acc']:.2f}%" in out
 
 
 def test_train_evaluate_predict(capsys, tmp_path):

@@ -50,11 +50,14 @@ def error_of(tmp_path, text, overrides=()):
 def test_shipped_configs_resolve_with_defaults():
     cfg = load_config(DIGITS)
     assert cfg["trainer"]["name"] == "digits"
-    assert cfg["trainer"]["epochs"] == 60 and cfg["trainer"]["batch_size"] == 64
+    assert cfg["trainer"]["epochs"] == 40 and cfg["trainer"]["batch_size"] == 64
+    assert cfg["data"]["val_fraction"] == 0 and cfg["trainer"]["checkpoint"]["best"] is False
+    assert [layer.get("out_channels") for layer in cfg["model"]["layers"] if layer["type"] == "conv2d"] == [32, 32, 64]
     assert cfg["optimizer"] == {"type": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
                                 "weight_decay": 5e-4, "clip_norm": None}
     assert cfg["schedule"]["type"] == "onecycle" and cfg["schedule"]["div_factor"] == 25.0
-    assert cfg["data"]["augment"] == {"shift": 1, "rotate": 0.0, "scale": 0.0} and cfg["data"]["tta"] == {"shift": 0}
+    assert cfg["data"]["augment"] == {"shift": 1, "rotate": 10.0, "scale": 0.1} and cfg["data"]["tta"] == {"shift": 1}
+    assert cfg["trainer"]["ema_decay"] is None
     tiny = load_config(TINY)
     assert tiny["trainer"]["early_stopping"] == {"patience": None, "monitor": "val_loss", "min_delta": 0.0}
     assert tiny["loss"] == {"type": "softmax_cross_entropy", "label_smoothing": 0.1}
