@@ -2,16 +2,23 @@
 
     python benchmarks/digits_seeds.py --seeds 10-29                    # report: test accuracy, mean ± std
     python benchmarks/digits_seeds.py --seeds 100-109 --split val \\
-        --set trainer.epochs=40                                          # tuning: validation accuracy only
+        --set data.val_fraction=0.1 --set trainer.epochs=30              # tuning: validation accuracy only
     python benchmarks/digits_seeds.py --seeds 10-29 --backend both      # and the PyTorch recipe
+    python benchmarks/digits_seeds.py --seeds 100-119 --split val --set data.val_fraction=0.1 \\
+        --jobs 2 --threads 1                                             # accuracy only, faster
 
-Each run is a whole process (``python -m cnnframe train CONFIG --set trainer.seed=S --quiet``), timed
-from start to exit, so start-up, evaluation and checkpoints count, as they do for a user.  The PyTorch
-recipe runs in its own process too (``--backend torch|both``; needs torch), timed the same way, on the
-same split of the same seed.
+Each run is a whole process (``python -m cnnframe train CONFIG --set trainer.seed=S --quiet --no-report``),
+timed from start to exit, so start-up, the test evaluation and the checkpoints of every epoch count, as they
+do for a user.  The PyTorch recipe runs in its own process too (``--backend torch|both``; needs torch),
+timed the same way, on the same split of the same seed.  It writes no report, so neither does cnnframe's
+run unless ``--report`` asks for ``report.html`` (its plots add 1.5-2 s to a digits run).
 
 Method: choose a recipe by validation accuracy (``--split val``) on seeds kept for tuning, then report test
 accuracy on other seeds, never used for choosing.  ``--split val`` prints no test figure at all.
+
+``--jobs N`` runs N seeds at once (give ``--threads 1``): accuracy is the same bits whatever the thread
+count and the load, so this is for accuracy tables; the seconds it prints are not run times.  Time with
+``--jobs 1`` (the default), which runs one process at a time, alternating the backends.
 
 The reference PyTorch recipe (shared/design digits-recipe): conv16-BN-ReLU, conv16-BN-ReLU, maxpool 2,
 conv32-BN-ReLU, maxpool 2, flatten, dropout 0.3, dense 10; a ±1 px random shift per batch; SGD Nesterov
@@ -22,6 +29,7 @@ Run with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset (they slow current
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/digits_seeds.py ...``.
 """
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -50,10 +58,10 @@ def parse_seeds(text):
 
 
 # -- cnnframe: one whole `python -m cnnframe train` process per seed ------------------------------------------------
-def run_cnnframe(config, seed, overrides, threads, split):
+def run_cnnframe(config, seed, overrides, threads, split, report=False):
     with tempfile.TemporaryDirectory(prefix="cnnframe-seeds-") as tmp:
         cmd = [sys.executable, "-m", "cnnframe", "train", config, "--quiet", "--run-dir", tmp,
-               "--set", f"trainer.seed={seed}"]
+               "--set", f"trainer.seed={seed}"] + ([] if report else ["--no-report"])
         for o in overrides:
             cmd += ["--set", o]
         env = dict(os.environ, CNNFRAME_NUM_THREADS=str(threads))
@@ -62,15 +70,18 @@ def run_cnnframe(config, seed, overrides, threads, split):
         seconds = time.perf_counter() - t0
         if r.returncode != 0:
             sys.exit(f"seed {seed}: cnnframe train failed (exit {r.returncode}):\n{r.stderr.strip()}")
-        (run,) = os.listdir(tmp)
+        (run,) = [d for d in os.listdir(tmp) if d != "latest"]  # the run directory; runs/latest links to it
         with open(os.path.join(tmp, run, "summary.json"), encoding="utf-8") as f:
             summary = json.load(f)
     if split == "val":
-        best = summary.get("best") or {}
         final = summary["final"] or {}
-        return {"acc": final.get("val_acc"), "seconds": seconds, "epochs": summary["epochs_completed"],
-                "best": best.get("best")}
-    return {"acc": summary["test"]["acc"], "seconds": seconds, "epochs": summary["epochs_completed"]}
+        if final.get("val_acc") is None:
+            sys.exit(f"seed {seed}: the run has no validation part (data.val_fraction is 0); tune with a validation "
+                     f"part, e.g. --set data.val_fraction=0.1")
+        return {"acc": final["val_acc"], "loss": final["val_loss"], "seconds": seconds,
+                "epochs": summary["epochs_completed"]}
+    return {"acc": summary["test"]["acc"], "loss": summary["test"]["loss"], "seconds": seconds,
+            "epochs": summary["epochs_completed"]}
 
 
 # -- the reference PyTorch recipe (a worker process of this script) ------------------------------------------------
@@ -159,7 +170,11 @@ def main():
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--backend", choices=("cnnframe", "torch", "both"), default="cnnframe")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="seeds run at once (accuracy tables only: with N > 1 the seconds are not run times)")
     p.add_argument("--torch-epochs", type=int, default=40)
+    p.add_argument("--report", action="store_true", help="cnnframe runs also write report.html (as train does "
+                                                          "by default when matplotlib is installed)")
     p.add_argument("--torch-worker", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.torch_worker is not None:
@@ -168,9 +183,11 @@ def main():
     if args.split == "val" and args.backend != "cnnframe":
         p.error("--split val is for choosing a cnnframe recipe; the PyTorch recipe has no validation part")
     what = "validation accuracy (final epoch)" if args.split == "val" else "test accuracy"
-    print(f"{os.path.relpath(args.config)} {' '.join('--set ' + s for s in args.set)}".rstrip())
+    print(f"{os.path.relpath(args.config)} {' '.join('--set ' + s for s in args.set)}".rstrip()
+          + ("" if args.report else "  (cnnframe runs with --no-report)"))
     print(f"{what}, seeds {args.seeds[0]}..{args.seeds[-1]} ({len(args.seeds)} seeds), {args.threads} threads; "
-          f"seconds = one whole process")
+          + ("seconds = one whole process" if args.jobs == 1 else
+             f"{args.jobs} runs at once: seconds are NOT run times"))
     cols = []
     if args.backend in ("cnnframe", "both"):
         cols.append("cnnframe")
@@ -178,29 +195,36 @@ def main():
         cols.append("torch")
     print("seed  " + "  ".join(f"{c + ' acc':>13} {'s':>6}" for c in cols))
     results = {c: [] for c in cols}
-    for seed in args.seeds:
-        row = f"{seed:>4}  "
+
+    def one_seed(seed):
         # Alternate which backend runs first, so a slow spell of the shared machine hits both alike.
         order = cols if seed % 2 == 0 else cols[::-1]
         got = {}
         for c in order:
             if c == "cnnframe":
-                got[c] = run_cnnframe(args.config, seed, args.set, args.threads, args.split)
+                got[c] = run_cnnframe(args.config, seed, args.set, args.threads, args.split, args.report)
             else:
                 res, err = run_torch(seed, args.threads, args.torch_epochs)
                 if res is None:
                     sys.exit(f"the PyTorch recipe failed: {err}")
                 got[c] = res
-        for c in cols:
-            results[c].append(got[c])
-            row += f"{100 * got[c]['acc']:>12.2f}% {got[c]['seconds']:>6.2f}  "
-        print(row.rstrip(), flush=True)
+        return got
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for seed, got in zip(args.seeds, pool.map(one_seed, args.seeds)):  # rows in seed order
+            row = f"{seed:>4}  "
+            for c in cols:
+                results[c].append(got[c])
+                row += f"{100 * got[c]['acc']:>12.2f}% {got[c]['seconds']:>6.2f}  "
+            print(row.rstrip(), flush=True)
     print("-" * (6 + 23 * len(cols)))
     for c in cols:
         acc_m, acc_s = mean_std([100 * r["acc"] for r in results[c]])
         sec_m, sec_s = mean_std([r["seconds"] for r in results[c]])
         lo, hi = min(100 * r["acc"] for r in results[c]), max(100 * r["acc"] for r in results[c])
-        print(f"{c:<9} {what}: {acc_m:.2f} ± {acc_s:.2f} % (range {lo:.2f}-{hi:.2f}); "
+        loss = (f"; loss {statistics.fmean(r['loss'] for r in results[c]):.4f}"
+                if all(r.get("loss") is not None for r in results[c]) else "")
+        print(f"{c:<9} {what}: {acc_m:.2f} ± {acc_s:.2f} % (range {lo:.2f}-{hi:.2f}){loss}; "
               f"seconds per run {sec_m:.2f} ± {sec_s:.2f}")
 
 

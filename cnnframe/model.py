@@ -387,10 +387,11 @@ class Sequential:
         saved without preprocessing is fed inputs as they are, and ``predict`` says so."""
         atomic_write(path, self.checkpoint_writer(arrays, meta, preprocessing=preprocessing, class_names=class_names))
 
-    def checkpoint_writer(self, arrays=None, meta=None, *, preprocessing=None, class_names=None):
+    def checkpoint_writer(self, arrays=None, meta=None, *, preprocessing=None, class_names=None, state=None):
         """What ``save`` writes, as a function ``write(f)`` filling a binary file (a run directory stages
         several files and commits them together).  Everything is checked here; the function writes the
-        arrays the model holds when it is called."""
+        arrays the model holds when it is called, or those of ``state`` (as ``state_dict`` names them, e.g. a
+        weight average) in their place."""
         if self.input_shape is None:
             raise RuntimeError("Sequential.save: the model is not built; give input_shape or call build() first")
         pre = self.preprocessing if preprocessing is None else Preprocessing.of(preprocessing)
@@ -405,8 +406,11 @@ class Sequential:
             except (TypeError, ValueError) as e:
                 raise TypeError(f"Sequential.save: layer {i} ({type(self.layers[i]).__name__}) get_config() is not "
                                 f"JSON-serialisable: {e}") from None
-        return checkpoint.writer(config, {k: p.data for k, p in self.parameters().items()}, self.buffers(),
-                                 arrays=arrays, meta=meta)
+        params = {k: p.data for k, p in self.parameters().items()}
+        buffers = self.buffers()
+        if state is not None:
+            params, buffers = ({k: state[k] for k in part} for part in (params, buffers))
+        return checkpoint.writer(config, params, buffers, arrays=arrays, meta=meta)
 
     @classmethod
     def load(cls, path, plugins=()):

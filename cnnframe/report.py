@@ -259,9 +259,9 @@ def _first_conv_weight(model):
     return None
 
 
-def _misclassified(model, test_data, loss, num_classes, limit):
+def _misclassified(model, test_data, loss, num_classes, limit, tta_shift=0):
     X, y = test_data
-    res = evaluate_model(model, loss or SoftmaxCrossEntropy(), X, y, num_classes)
+    res = evaluate_model(model, loss or SoftmaxCrossEntropy(), X, y, num_classes, tta_shift=tta_shift)
     wrong = np.flatnonzero(res["pred"] != y)
     probs = res["probs"]
     shown = wrong[:limit]
@@ -270,13 +270,14 @@ def _misclassified(model, test_data, loss, num_classes, limit):
 
 
 def write_report(out_dir, *, title="cnnframe run", history=(), summary=None, model=None, test_data=None, loss=None,
-                 class_names=None, max_images=32, notes=None):
+                 class_names=None, max_images=32, notes=None, tta_shift=0):
     """Write ``report.html`` and the PNGs of every section that can be drawn into ``out_dir``; returns a Report.
 
     history: metrics rows (``epoch``, ``lr``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``); summary:
     the run's summary dict (its ``test`` entry gives the confusion matrix); model: the tested model (eval mode is
     used) for the filters and, with ``test_data`` = (X, y) as fed to it and its ``loss``, the misclassified images;
-    notes: section → reason, for sections the caller already knows it cannot supply.
+    notes: section → reason, for sections the caller already knows it cannot supply; tta_shift: the run's
+    test-time shifts (``cnnframe.tta``), so the misclassified images are those of its test report.
     """
     require("matplotlib", "the run report")
     notes = dict(notes or {})
@@ -298,7 +299,7 @@ def write_report(out_dir, *, title="cnnframe run", history=(), summary=None, mod
         elif model is None or test_data is None:
             notes["misclassified"] = "no model or test data to find misclassified images in"
         else:
-            X, true, pred, prob, total = _misclassified(model, test_data, loss, cm.shape[0], max_images)
+            X, true, pred, prob, total = _misclassified(model, test_data, loss, cm.shape[0], max_images, tta_shift)
             if len(X):
                 images["misclassified"] = plot_misclassified(X, true, pred, prob, class_names)
                 if total > len(X):

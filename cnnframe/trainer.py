@@ -1,12 +1,17 @@
 """The training loop: seeded and resumable, with a run directory of checkpoints and metrics.
 
 Determinism.  Everything random is derived from ``seed``: the model's initial weights
-(``model.initialize(seed)``); per epoch e, the batch order and the augmentation shifts come from a
-generator seeded by (seed, e), and the model is reseeded (Dropout masks) from (seed, e).  The learning
-rate of step i of epoch e is ``schedule.lr_at(e + i / steps)``.  So the state after an epoch (weights,
-BatchNorm statistics, optimizer slots, early-stopping counters) is all a resume needs: ten epochs
-straight and five + resume five give bit-identical weights (the kernels' results do not depend
-on the thread count).
+(``model.initialize(seed)``); per epoch e, the batch order and the augmentation (shifts, angles, zooms:
+``cnnframe/augment.py``) come from a generator seeded by (seed, e), and the model is reseeded (Dropout
+masks) from (seed, e).  The learning rate of step i of epoch e is ``schedule.lr_at(e + i / steps)``.
+So the state after an epoch (weights, BatchNorm statistics, optimizer slots, the weight average,
+early-stopping counters) is all a resume needs: ten epochs straight and five + resume five give
+bit-identical weights (the kernels' results do not depend on the thread count).
+
+Evaluation.  With ``ema_decay`` the trainer keeps a moving average of the weights
+(``cnnframe/ema.py``) and evaluates it instead of the weights it trains: validation metrics, the test
+report and the checkpoints' model are the average's (the trained weights go into the checkpoints as
+``train/`` arrays).  With ``tta_shift`` every evaluation averages over shifted copies (``cnnframe/tta.py``).
 
 Run directory ``<run_dir>/<name>-<YYYYmmdd-HHMMSS>/`` (``cnnframe/rundir.py``: locked while a process
 trains it; ``<run_dir>/latest`` names the newest):
@@ -41,19 +46,24 @@ from tqdm import tqdm
 
 from cnnframe import checkpoint, distributed, parallel, runinfo
 from cnnframe import io as cio
+from cnnframe.augment import random_affine
 from cnnframe.config import Setup, dump_config, load, resolve
 from cnnframe.config.model_section import layer_errors
 from cnnframe.data import batches, random_shift
+from cnnframe.ema import WeightAverage, swapped
 from cnnframe.errors import CheckpointError, ConfigError, UserError, WriteError
 from cnnframe.rundir import RunDir, deferred_signals
 from cnnframe.optim.schedules import Constant
 from cnnframe.seeds import derive_seed
 from cnnframe.shards import ChunkError, check_chunks, concat, gather_chunks, plan_shard, tree_sum, use_shard
+from cnnframe.tta import outputs
 from cnnframe.version import __version__
 
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
 # Purposes of the per-epoch seeds (seeds.derive_seed): batch order and augmentation, dropout masks.
 _SHUFFLE, _RESEED = 0x5EED, 0xD0
+# Checkpoint arrays holding the training weights when the file's parameters are the weight averages.
+_TRAIN = "train/"
 
 
 class TrainingError(Exception):
@@ -133,8 +143,9 @@ class Trainer:
     """
 
     def __init__(self, model, loss, optimizer, data, *, schedule=None, epochs=10, batch_size=64, seed=0, shift=0,
-                 early_stopping=None, checkpoint=None, test_checkpoint="last", run_dir=None, config=None,
-                 threads=None, quiet=False, initialize=True, out=None, group=None, batch_chunks=None):
+                 rotate=0.0, scale=0.0, tta_shift=0, ema_decay=None, early_stopping=None, checkpoint=None,
+                 test_checkpoint="last", run_dir=None, config=None, threads=None, quiet=False, initialize=True,
+                 out=None, group=None, batch_chunks=None):
         if threads is not None:
             parallel.set_num_threads(threads)
         self.threads = threads
@@ -143,6 +154,7 @@ class Trainer:
         self._flat_grads = None  # the gradients' one buffer while several processes train (fit)
         self.model, self.loss, self.optimizer, self.data = model, loss, optimizer, data
         self.epochs, self.batch_size, self.seed, self.shift = int(epochs), int(batch_size), int(seed), int(shift)
+        self.rotate, self.scale, self.tta_shift = float(rotate), float(scale), int(tta_shift)
         self.schedule = schedule if schedule is not None else Constant(optimizer.lr, self.epochs)
         es = dict(early_stopping or {})
         self.patience = es.get("patience")
@@ -173,6 +185,8 @@ class Trainer:
         if initialize:
             model.initialize(self.seed)
         model.check(data.input_shape, data.train[0].dtype)
+        # the averaged weights evaluate and are saved; the model keeps training its own (cnnframe/ema.py)
+        self.ema = WeightAverage(model, ema_decay) if ema_decay is not None else None
 
     # -- construction from a resolved config -----------------------------------------------------
     @classmethod
@@ -189,7 +203,7 @@ class Trainer:
         with layer_errors(), _chunk_errors():
             trainer = cls(setup.model, setup.loss, setup.optimizer, data, schedule=setup.schedule,
                           epochs=tr["epochs"], batch_size=tr["batch_size"], seed=tr["seed"],
-                          shift=cfg["data"]["augment"]["shift"], early_stopping=tr["early_stopping"],
+                          **augment_options(cfg), ema_decay=tr["ema_decay"], early_stopping=tr["early_stopping"],
                           checkpoint=tr["checkpoint"], test_checkpoint=tr["test_checkpoint"], config=cfg,
                           quiet=quiet, out=out, threads=tr["threads"], group=group,
                           batch_chunks=tr["batch_chunks"])
@@ -255,6 +269,7 @@ class Trainer:
             checkpoint.read(best_path).load_into(trainer.model)
             trainer.best_state = _copy_state(trainer.model.state_dict())
         saved.load_into(trainer.model)
+        _load_weight_average(trainer, saved)
         trainer.optimizer.load_state_dict({k[len("optim/"):]: v for k, v in saved.arrays.items()
                                            if k.startswith("optim/")})
         try:
@@ -297,12 +312,19 @@ class Trainer:
 
     def _snapshot(self):
         return {"epoch": self.epoch, "model": _copy_state(self.model.state_dict()),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optim": self.optimizer.state_dict(), "early_stopping": self.early_stopping.state_dict(),
                 "best": self.best.state_dict(), "best_state": self.best_state}
+
+    def _evaluated(self):
+        """A context in which the model holds the weights evaluations use: the averages with ``ema_decay``."""
+        return self.ema.swapped_in() if self.ema is not None else swapped(self.model, None)
 
     def _restore(self, snap):
         """Go back to the state of ``snap`` (the last committed epoch): model, optimizer, monitors, history."""
         self.model.load_state_dict(snap["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(snap["ema"])
         self.optimizer.load_state_dict(snap["optim"])
         self.early_stopping.load_state_dict(snap["early_stopping"])
         self.best.load_state_dict(snap["best"])
@@ -316,12 +338,20 @@ class Trainer:
                 "data": {"name": self.data.name, "num_classes": self.data.num_classes,
                          "input_shape": list(self.data.input_shape)},  # model.save adds preprocessing, class names
                 "threads": parallel.get_num_threads(), "processes": self.group.size,
-                "cnnframe_version": __version__, "config": self.config}
+                "cnnframe_version": __version__, "config": self.config,
+                **({"ema": {"decay": self.ema.decay, "updates": snap["ema"]["updates"]}} if snap["ema"] else {})}
 
     def _checkpoint(self, kind, snap):
-        """A writer of ``<kind>.npz``: the model (which must hold ``snap``'s state) and ``snap``."""
+        """A writer of ``<kind>.npz``: the model (which must hold ``snap``'s state) and ``snap``.
+
+        With a weight average the file's parameters and buffers are the averages (what ``evaluate``,
+        ``predict`` and ``export`` use) and the training weights go with the optimizer state (``train/``)."""
         arrays = {f"optim/{k}": v for k, v in snap["optim"].items()}
-        return self.model.checkpoint_writer(arrays=arrays, meta=self._meta(snap, kind))
+        state = None
+        if snap["ema"] is not None:
+            arrays.update({f"{_TRAIN}{k}": v for k, v in snap["model"].items()})
+            state = snap["ema"]["average"]
+        return self.model.checkpoint_writer(arrays=arrays, meta=self._meta(snap, kind), state=state)
 
     def _commit(self, snap, last=False, best=False, summary=None):
         """Write the run directory's files for ``snap`` as one step: metrics.csv always, and as asked
@@ -357,7 +387,7 @@ class Trainer:
                 lr = self.schedule.lr_at(epoch + i / steps)
                 self.optimizer.lr = lr
                 # the whole global batch: every process makes the same draws, then keeps its own samples
-                xb = random_shift(X[idx], self.shift, rng) if self.shift else X[idx]
+                xb = self._augment(X[idx], rng)
                 yb = y[idx]
                 shard = self._shard(len(idx))
                 if shard is not None:
@@ -376,6 +406,8 @@ class Trainer:
                 if self._flat_grads is not None:
                     self._flat_grads.sum(self.group)
                 self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update()
                 total_loss += loss_sum
                 correct += hits
                 seen += len(idx)
@@ -386,6 +418,12 @@ class Trainer:
         finally:
             bar.close()
         return total_loss / seen, correct / seen, lr0
+
+    def _augment(self, x, rng):
+        """A training batch as augmented (same draws as ``random_shift`` when only shifts are asked for)."""
+        if self.rotate or self.scale:
+            return random_affine(x, rng, self.shift, self.rotate, self.scale)
+        return random_shift(x, self.shift, rng) if self.shift else x
 
     def _shard(self, n):
         """This process's part of a global batch of ``n`` (None: one process computing it as one batch)."""
@@ -410,8 +448,10 @@ class Trainer:
         return float(total[0]), int(total[1]), concat(grads)
 
     def evaluate(self, X, y, batch_size=500):
-        """Eval-mode pass → {"loss", "acc", "pred", "probs"} (see ``evaluate_model``)."""
-        return evaluate_model(self.model, self.loss, X, y, self.data.num_classes, batch_size)
+        """Eval-mode pass with the evaluated weights and test-time shifts → {"loss", "acc", "pred", "probs"}
+        (see ``evaluate_model``)."""
+        with self._evaluated():
+            return evaluate_model(self.model, self.loss, X, y, self.data.num_classes, batch_size, self.tta_shift)
 
     def fit(self, stop_after=None):
         """Train until ``epochs`` (or early stopping, or ``stop_after`` completed epochs); returns the summary.
@@ -516,7 +556,7 @@ class Trainer:
         improved = self.best.update(row) and self.keep_best
         snap = self._snapshot()
         if improved:
-            self.best_state = snap["best_state"] = snap["model"]
+            self.best_state = snap["best_state"] = snap["ema"]["average"] if snap["ema"] else snap["model"]
         finishing = (self.epoch == self.epochs or self.epoch == stop_after or
                      (self.patience is not None and self.early_stopping.bad_epochs >= self.patience))
         # best.npz never gets ahead of last.npz: both record the same best epoch
@@ -554,15 +594,10 @@ class Trainer:
         """Metrics of the test checkpoint ('last' = the current model, or 'best') on a data split."""
         X, y = getattr(self.data, split)
         use_best = self.test_checkpoint == "best" and self.best_state is not None
-        live = _copy_state(self.model.state_dict()) if use_best else None
-        if use_best:
-            self.model.load_state_dict(self.best_state)
-        try:
+        with swapped(self.model, self.best_state) if use_best else self._evaluated():
             return test_report(self.model, self.loss, X, y, self.data.num_classes, split,
-                               "best" if use_best else "last", self.best.best_epoch if use_best else self.epoch)
-        finally:
-            if use_best:
-                self.model.load_state_dict(live)
+                               "best" if use_best else "last", self.best.best_epoch if use_best else self.epoch,
+                               self.tta_shift)
 
     def _summary(self, test, elapsed=None):
         last = self.history[-1] if self.history else None
@@ -580,10 +615,12 @@ class Trainer:
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
-def evaluate_model(model, loss, X, y, num_classes, batch_size=500):
+def evaluate_model(model, loss, X, y, num_classes, batch_size=500, tta_shift=0):
     """Eval-mode pass over (X, y) → {"loss": mean loss, "acc", "pred" (N,), "probs" (N, classes)}.
 
     probs = ``loss.class_scores(outputs)``: softmax of the logits for softmax cross-entropy, else the outputs.
+    With ``tta_shift`` k > 0 the outputs are those of the scores averaged over the (2k+1)² shifted copies
+    (``cnnframe.tta``): loss, accuracy and probs are the averaged prediction's.
     """
     if len(y) == 0:
         return {"loss": float("nan"), "acc": float("nan"), "pred": np.zeros(0, np.int64), "probs": None}
@@ -593,7 +630,7 @@ def evaluate_model(model, loss, X, y, num_classes, batch_size=500):
         total, outs = 0.0, []
         for start in range(0, len(y), batch_size):
             xb, yb = X[start:start + batch_size], y[start:start + batch_size]
-            out = model.forward(xb)
+            out = outputs(model, xb, tta_shift, loss.score_activation)
             total += loss.forward(out, loss.targets(yb, num_classes, out.dtype)) * len(yb)
             outs.append(out)
     finally:
@@ -604,9 +641,9 @@ def evaluate_model(model, loss, X, y, num_classes, batch_size=500):
     return {"loss": total / len(y), "acc": float(np.mean(pred == y)), "pred": pred, "probs": probs}
 
 
-def test_report(model, loss, X, y, num_classes, split="test", checkpoint="last", epoch=None):
+def test_report(model, loss, X, y, num_classes, split="test", checkpoint="last", epoch=None, tta_shift=0):
     """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) as a JSON-ready dict."""
-    res = evaluate_model(model, loss, X, y, num_classes)
+    res = evaluate_model(model, loss, X, y, num_classes, tta_shift=tta_shift)
     k = num_classes
     cm = confusion_matrix(y, res["pred"], labels=list(range(k))) if len(y) else np.zeros((k, k), int)
     return {"split": split, "checkpoint": checkpoint, "epoch": epoch, "loss": res["loss"], "acc": res["acc"],
@@ -614,6 +651,33 @@ def test_report(model, loss, X, y, num_classes, split="test", checkpoint="last",
 
 
 # -- module helpers -------------------------------------------------------------------------------------
+def augment_options(cfg):
+    """The trainer's augmentation keywords from a resolved config: training shifts, rotations, zooms; test shifts."""
+    aug = cfg["data"]["augment"]
+    return {"shift": aug["shift"], "rotate": aug["rotate"], "scale": aug["scale"],
+            "tta_shift": cfg["data"]["tta"]["shift"]}
+
+
+def _load_weight_average(trainer, saved):
+    """After ``saved.load_into(model)``: with ``ema_decay`` the model got the averages; move them into the
+    trainer's average and the training weights (``train/`` arrays) into the model."""
+    live = {k[len(_TRAIN):]: v for k, v in saved.arrays.items() if k.startswith(_TRAIN)}
+    info = saved.meta.get("ema")
+    if trainer.ema is None:
+        if info is not None or live:
+            raise CheckpointError(f"{saved.path} holds a run with trainer.ema_decay set; resume it with the same "
+                                  f"trainer.ema_decay")
+        return
+    if not isinstance(info, dict) or not live:
+        raise CheckpointError(f"{saved.path} holds a run without trainer.ema_decay; resume it without one")
+    try:
+        trainer.ema.load_state_dict({"updates": info["updates"], "average": trainer.model.state_dict()})
+        trainer.model.load_state_dict(live)
+    except (KeyError, TypeError, ValueError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise CheckpointError(f"{saved.path}: its training weights do not fit the configured model: {message}") from None
+
+
 def _metrics(res):
     """The loss and accuracy of an ``evaluate_model`` result (what other processes are sent)."""
     return {"loss": res["loss"], "acc": res["acc"]}

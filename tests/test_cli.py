@@ -2,6 +2,7 @@
 import csv
 import errno
 import glob
+import importlib.util
 import json
 import os
 import signal
@@ -57,9 +58,27 @@ def test_info_subprocess():
 def test_validate_prints_summary(capsys):
     code, out, _ = cli(capsys, "validate", DIGITS)
     assert code == 0
-    assert "configs/digits.yaml: OK" in out and "Total parameters: 8,538" in out and "Conv2D" in out
+    assert "configs/digits.yaml: OK" in out and "Total parameters: 30,890" in out and "Conv2D" in out
     code, out, _ = cli(capsys, "validate", TINY, "--show-config", "--set", "trainer.epochs=7")
     assert code == 0 and "epochs: 7" in out
+
+
+def test_default_config_trains_on_the_whole_training_part(capsys, tmp_path):
+    """configs/digits.yaml, cut to 2 epochs: a final fit (no validation part, no best.npz), its test report
+    averaged over shifted copies, as ``evaluate`` of the run reports it again."""
+    code, out, err = cli(capsys, "train", DIGITS, "-q", "--no-report", "--run-dir", str(tmp_path), "--set",
+                         "trainer.epochs=2")
+    assert code == 0, err
+    (run,) = glob.glob(os.path.join(str(tmp_path), "digits-*"))
+    with open(os.path.join(run, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["data"] == {"name": "digits", "train": 1437, "val": 0, "test": 360}
+    assert summary["final"]["val_acc"] is None and summary["final"]["train_acc"] > 0.5
+    assert summary["test"]["acc"] > 0.85  # 2 of 40 epochs; chance is 0.1
+    assert os.path.exists(os.path.join(run, "last.npz")) and not os.path.exists(os.path.join(run, "best.npz"))
+    code, out, err = cli(capsys, "evaluate", run)
+    assert code == 0, err
+    assert f"accuracy {100 * summary['test']['acc']:.2f}%" in out
 
 
 def test_train_evaluate_predict(capsys, tmp_path):
@@ -118,6 +137,51 @@ def test_resume_equals_straight(capsys, tmp_path):
     # a finished run cannot be resumed without more epochs
     code, _, err = cli(capsys, "train", "--resume", part, "-q")
     assert code == 2 and "already completed 2 of 2 epochs" in err
+
+
+def test_final_fit_without_a_validation_part(capsys, tmp_path):
+    """data.val_fraction 0, as the digits recipe's final fit: no validation metrics anywhere, best.npz by the
+    training loss, evaluate and predict use the weight average with the test-time shifts, --split val refused."""
+    code, out, err = cli(capsys, "train", TINY, "--run-dir", str(tmp_path), "--set", "trainer.name=final",
+                         "--set", "data.val_fraction=0", "--set", "trainer.checkpoint.monitor=train_loss",
+                         "--set", "trainer.ema_decay=0.9", "--set", "data.tta.shift=1")
+    assert code == 0, err
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and not any("val" in line for line in epoch_lines)
+    (run,) = glob.glob(os.path.join(str(tmp_path), "final-*"))
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["data"] == {"name": "digits", "train": 1437, "val": 0, "test": 360}
+    assert summary["final"]["val_acc"] is None and summary["final"]["val_loss"] is None
+    assert summary["best"]["metric"] == "train_loss" and summary["best"]["best_epoch"] in (1, 2)
+    with open(os.path.join(run, "metrics.csv")) as f:
+        assert all(r["val_loss"] == "nan" and r["val_acc"] == "nan" for r in csv.DictReader(f))
+    assert os.path.exists(os.path.join(run, "best.npz"))
+
+    code, out, _ = cli(capsys, "evaluate", run)
+    assert code == 0 and f"accuracy {100 * summary['test']['acc']:.2f}%" in out
+    code, _, err = cli(capsys, "evaluate", run, "--split", "val")
+    assert code == 2 and "the val part of the data is empty" in err
+
+    from sklearn.datasets import load_digits
+
+    from cnnframe.losses import softmax
+    from cnnframe.tta import tta_shifts
+
+    images = load_digits().images[:4]
+    np.save(tmp_path / "four.npy", images)
+    code, out, _ = cli(capsys, "predict", run, "--input", str(tmp_path / "four.npy"))
+    assert code == 0
+    probs = np.array([[float(v) for v in line.split(",")[2:]] for line in out.strip().splitlines()[1:]])
+    model, _, _ = load_checkpoint(os.path.join(run, "last.npz"))  # the averaged weights
+    model.eval()
+    x = (images[:, None] / 16).astype(np.float32)
+    copies = [np.roll(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (a, b), axis=(2, 3))[:, :, 1:9, 1:9]
+              for a, b in tta_shifts(1)]
+    expected = np.mean([softmax(model.forward(c).astype(np.float64)) for c in copies], axis=0)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    if importlib.util.find_spec("matplotlib"):  # the report's misclassified images are the TTA predictions
+        code, out, err = cli(capsys, "report", run)
+        assert code == 0 and "report.html" in out, err
 
 
 def test_same_seed_same_metrics(capsys, tmp_path):

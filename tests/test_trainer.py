@@ -17,7 +17,8 @@ from cnnframe.config import load_config
 from cnnframe.data import Preprocessing, Splits, load_dataset
 from cnnframe.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from cnnframe.model import load_checkpoint
-from cnnframe.trainer import Monitor, Trainer, TrainingDiverged, TrainingInterrupted
+from cnnframe.errors import CheckpointError
+from cnnframe.trainer import Monitor, Trainer, TrainingDiverged, TrainingInterrupted, evaluate_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "digits-tiny.yaml")
@@ -179,6 +180,52 @@ def test_straight_equals_interrupted_and_resumed(tmp_path):
     assert weights(straight.run_dir, "best.npz")[2]["epoch"] == weights(first.run_dir, "best.npz")[2]["epoch"]
 
 
+# the levers of the digits recipe together: a weight average, rotations and zooms, test-time shifts
+LEVERS = ("trainer.ema_decay=0.9", "data.augment.rotate=12", "data.augment.scale=0.1", "data.tta.shift=1")
+
+
+def test_weight_average_run_resumes_bit_identically_and_saves_the_averages(tmp_path):
+    """3 epochs straight == 1 epoch + resume, with the weight average, affine augmentation and TTA on:
+    checkpoints hold the averages as the model and the training weights under train/."""
+    straight = Trainer.from_config(tiny_cfg(tmp_path, "trainer.epochs=3", "trainer.name=a", *LEVERS), quiet=True)
+    summary = straight.fit()
+    first = Trainer.from_config(tiny_cfg(tmp_path, "trainer.epochs=3", "trainer.name=b", *LEVERS), quiet=True)
+    first.fit(stop_after=1)
+    second = Trainer.resume(first.run_dir, quiet=True)
+    assert second.ema.updates == first.ema.updates > 0
+    second.fit()
+
+    a, a_arrays, a_meta = weights(straight.run_dir)
+    b, b_arrays, b_meta = weights(first.run_dir)
+    assert_same_state(a, b)
+    assert_same_state(a_arrays, b_arrays)
+    assert a_meta["ema"] == b_meta["ema"] == {"decay": 0.9, "updates": straight.ema.updates}
+    ra = [{k: v for k, v in r.items() if k != "seconds"} for r in metric_rows(straight.run_dir)]
+    assert ra == [{k: v for k, v in r.items() if k != "seconds"} for r in metric_rows(first.run_dir)]
+    # the file's model is the average; the training weights ride along and differ from it
+    assert_same_state(a, straight.ema.average)
+    live = {k[len("train/"):]: v for k, v in a_arrays.items() if k.startswith("train/")}
+    assert_same_state(live, straight.model.state_dict())
+    assert not np.array_equal(live["0.weight"], a["0.weight"])
+    assert not np.array_equal(live["1.running_mean"], a["1.running_mean"])  # BatchNorm statistics averaged too
+    # the reported test accuracy is the averaged model's, with the shifted copies
+    model, _, _ = load_checkpoint(os.path.join(straight.run_dir, "last.npz"))
+    X, y = straight.data.test
+    res = evaluate_model(model.eval(), straight.loss, X, y, 10, tta_shift=1)
+    assert res["acc"] == summary["test"]["acc"] and res["loss"] == summary["test"]["loss"]
+
+
+def test_resume_refuses_a_changed_weight_average_setting(tmp_path):
+    trainer = Trainer.from_config(tiny_cfg(tmp_path, "trainer.epochs=2", "trainer.ema_decay=0.9"), quiet=True)
+    trainer.fit(stop_after=1)
+    with pytest.raises(CheckpointError, match="with trainer.ema_decay set; resume it with the same"):
+        Trainer.resume(trainer.run_dir, quiet=True, overrides=["trainer.ema_decay=null"])
+    plain = Trainer.from_config(tiny_cfg(tmp_path, "trainer.epochs=2", "trainer.name=plain"), quiet=True)
+    plain.fit(stop_after=1)
+    with pytest.raises(CheckpointError, match="without trainer.ema_decay"):
+        Trainer.resume(plain.run_dir, quiet=True, overrides=["trainer.ema_decay=0.9"])
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     trainer = Trainer.from_config(tiny_cfg(tmp_path, "trainer.epochs=3"), quiet=True)
     forward = trainer.loss.forward
@@ -240,8 +287,9 @@ def test_mse_loss_trains_on_one_hot_targets(digits):
     assert res["probs"].shape == (len(digits.val[1]), 10)  # raw outputs for a non-softmax loss
 
 
-@pytest.mark.parametrize("chunks", ["null", "2"])
-def test_thread_count_does_not_change_a_run(tmp_path, monkeypatch, chunks):
+@pytest.mark.parametrize("levers, chunks", [((), "null"), ((), "2"), (LEVERS, "null")],
+                         ids=["plain", "chunks", "levers"])
+def test_thread_count_does_not_change_a_run(tmp_path, monkeypatch, levers, chunks):
     """The kernels cut work into fixed spans, so 1 and 2 threads train to the same bits (small
     layers included: the size threshold that keeps them on one thread is lowered to zero here);
     so do runs computing each batch in chunks, as data-parallel runs do."""
@@ -251,7 +299,7 @@ def test_thread_count_does_not_change_a_run(tmp_path, monkeypatch, chunks):
     monkeypatch.setattr(pool, "GRAIN_ELEMS", 1)
     monkeypatch.setattr(cnnframe.parallel, "_dynamic", False)
     monkeypatch.setattr(cnnframe.parallel, "_num_threads", cnnframe.get_num_threads())  # restored after
-    sets = ("trainer.epochs=2", f"trainer.batch_chunks={chunks}")
+    sets = ("trainer.epochs=2", f"trainer.batch_chunks={chunks}", *levers)
     one = Trainer.from_config(tiny_cfg(tmp_path, *sets, "trainer.name=one", "trainer.threads=1"), quiet=True)
     one.fit()
     two = Trainer.from_config(tiny_cfg(tmp_path, *sets, "trainer.name=two", "trainer.threads=3"), quiet=True)

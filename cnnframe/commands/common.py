@@ -86,10 +86,14 @@ def checkpoint_path(path):
 class Trained:
     """A trained model loaded for use: ``model`` (eval mode), ``meta``, ``config`` (the run's stored config
     as a plain dict, or None), ``path`` (the checkpoint), ``loss`` (what it was trained with; softmax
-    cross-entropy when the checkpoint does not say)."""
+    cross-entropy when the checkpoint does not say), ``tta_shift`` (the run's ``data.tta.shift``, 0 when
+    not stored)."""
 
     def __init__(self, model, meta, config, path, loss):
         self.model, self.meta, self.config, self.path, self.loss = model, meta, config, path, loss
+        tta = ((config or {}).get("data") or {}).get("tta")
+        shift = tta.get("shift", 0) if isinstance(tta, dict) else 0
+        self.tta_shift = shift if isinstance(shift, int) and not isinstance(shift, bool) and shift >= 0 else 0
 
 
 def load_trained(path, plugins):

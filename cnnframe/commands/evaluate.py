@@ -26,7 +26,7 @@ def run(args):
         raise UserError(f"the {args.split} part of the data is empty")
     meta = saved.meta
     report = test_report(setup.model, setup.loss, X, y, data.num_classes, args.split, meta.get("kind", "checkpoint"),
-                         meta.get("epoch"))
+                         meta.get("epoch"), setup.config["data"]["tta"]["shift"])
     print(f"checkpoint: {saved.path}")
     print(format_test(report, data.name))
     return 0

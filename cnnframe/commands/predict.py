@@ -18,6 +18,7 @@ from cnnframe.data import Preprocessing
 from cnnframe.datasets.image_folder import EXTENSIONS, decode_settings, list_images, read_images
 from cnnframe.errors import DataError, UserError
 from cnnframe.io import atomic_write_text, load_array, npz_entry
+from cnnframe.tta import outputs
 
 NAME = "predict"
 HELP = "classify the samples in a .npy file, an image file or a folder of images"
@@ -62,7 +63,9 @@ def run(args):
         X = pre(raw, model.layers[0].dtype)
     except DataError as e:  # e.g. values finite in float64 but not in the model's float32
         raise UserError(f"{args.input}: {e}") from None
-    out = np.concatenate([model.forward(X[i:i + _BATCH]) for i in range(0, len(X), _BATCH)])
+    # averaged over shifted copies when the run evaluates so (data.tta.shift)
+    out = np.concatenate([outputs(model, X[i:i + _BATCH], trained.tta_shift, trained.loss.score_activation)
+                          for i in range(0, len(X), _BATCH)])
     # the loss the model was trained with says what its outputs mean (logits → softmax, or scores as they are)
     probs = trained.loss.class_scores(out)
     pred = out.argmax(axis=1)

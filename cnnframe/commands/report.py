@@ -52,10 +52,10 @@ def report_run(run_dir, plugins, out_dir=None, max_images=32, test_data=None):
     has_ckpt = any(os.path.exists(os.path.join(run_dir, f)) for f in ("last.npz", "best.npz"))
     if not history and summary is None and not has_ckpt:
         raise UserError(f"{run_dir} is not a run directory: it has no metrics.csv, summary.json or checkpoint")
-    notes, model, cfg, loss, names = {}, None, None, None, None
+    notes, model, cfg, loss, names, tta_shift = {}, None, None, None, None, 0
     if has_ckpt:
         trained = load_trained(run_dir, plugins)
-        model, cfg, loss = trained.model, trained.config, trained.loss
+        model, cfg, loss, tta_shift = trained.model, trained.config, trained.loss, trained.tta_shift
         names = runinfo.class_names(trained.meta, cfg, plugins)
     else:
         notes["filters"] = notes["misclassified"] = f"no checkpoint in {run_dir}"
@@ -69,4 +69,4 @@ def report_run(run_dir, plugins, out_dir=None, max_images=32, test_data=None):
     title = (summary or {}).get("name") or os.path.basename(os.path.normpath(run_dir))
     return write_report(out_dir or run_dir, title=f"cnnframe run {title}", history=history, summary=summary,
                         model=model, test_data=test_data, loss=loss, class_names=names, max_images=max_images,
-                        notes=notes)
+                        notes=notes, tta_shift=tta_shift)

@@ -11,7 +11,7 @@ import math
 import os
 
 from cnnframe.checks import KeywordError, check_keywords, keyword_defaults, show, signature
-from cnnframe.config.schema import AUGMENT_FIELDS, DATA_FIELDS, check_fields, mapping
+from cnnframe.config.schema import AUGMENT_FIELDS, DATA_FIELDS, TTA_FIELDS, check_fields, mapping
 from cnnframe.datasets.base import Dataset
 from cnnframe.errors import ConfigError
 from cnnframe.layers.spec import error_key, join_key
@@ -110,6 +110,10 @@ def resolve_schedule(raw, base_lr, epochs, plugins):
 
 
 # -- data ------------------------------------------------------------------------------------------------------
+# The data section's own mappings (training-time and test-time augmentation); its other keys are the source's.
+_SUBSECTIONS = {"augment": AUGMENT_FIELDS, "tta": TTA_FIELDS}
+
+
 def resolve_data(raw, base_dir, plugins, key="data"):
     """(resolved ``data`` section, the data source's class).  Relative data paths (the class's
     ``path_keys``) are made absolute, relative to the config's directory, so a run directory is
@@ -118,12 +122,13 @@ def resolve_data(raw, base_dir, plugins, key="data"):
     name = DATA_FIELDS["dataset"].check(section.get("dataset", DATA_FIELDS["dataset"].default), f"{key}.dataset")
     cls = resolve_type(DATASETS, name, Dataset, f"{key}.dataset", plugins)
     params, var_kw = signature(cls)
-    fixed = set(DATA_FIELDS) | {"augment"}
+    fixed = set(DATA_FIELDS) | set(_SUBSECTIONS)
     extra = [k for k in section if k not in fixed] if var_kw else [n for n in params if n != "seed"]
-    out = check_fields({k: v for k, v in section.items() if k != "augment"}, DATA_FIELDS, key,
-                       extra_ok=extra + ["augment"])
+    out = check_fields({k: v for k, v in section.items() if k not in _SUBSECTIONS}, DATA_FIELDS, key,
+                       extra_ok=extra + list(_SUBSECTIONS))
     out["dataset"] = _type_name(cls, name)
-    out["augment"] = check_fields(mapping(section.get("augment"), f"{key}.augment"), AUGMENT_FIELDS, f"{key}.augment")
+    for sub, fields in _SUBSECTIONS.items():
+        out[sub] = check_fields(mapping(section.get(sub), f"{key}.{sub}"), fields, f"{key}.{sub}")
     ds_kwargs = {k: v for k, v in section.items() if k not in fixed}
     for pk in getattr(cls, "path_keys", ()):
         v = ds_kwargs.get(pk)
@@ -140,7 +145,7 @@ def resolve_data(raw, base_dir, plugins, key="data"):
 
 def make_dataset(data_section, cls, seed, key="data"):
     """The data source object (cheap: checks its arguments, reads nothing)."""
-    kwargs = {k: v for k, v in data_section.items() if k not in DATA_FIELDS and k != "augment"}
+    kwargs = {k: v for k, v in data_section.items() if k not in DATA_FIELDS and k not in _SUBSECTIONS}
     params, var_kw = signature(cls)
     if "seed" in params or var_kw:
         kwargs["seed"] = seed

@@ -8,7 +8,7 @@ arguments (see ``components.py``).
 from cnnframe.checks import check_bool, check_choice, check_int, check_number, check_str, did_you_mean, show
 from cnnframe.errors import ConfigError
 
-__all__ = ["Field", "TOP_KEYS", "MONITORS", "DATA_FIELDS", "AUGMENT_FIELDS", "TRAINER_FIELDS",
+__all__ = ["Field", "TOP_KEYS", "MONITORS", "DATA_FIELDS", "AUGMENT_FIELDS", "TTA_FIELDS", "TRAINER_FIELDS",
            "EARLY_STOPPING_FIELDS", "CHECKPOINT_FIELDS", "mapping", "check_fields"]
 
 
@@ -48,6 +48,11 @@ DATA_FIELDS = {
 }
 AUGMENT_FIELDS = {
     "shift": Field(int, 0, ge=0, doc="random shift of up to ±shift pixels per sample, zero fill"),
+    "rotate": Field(float, 0.0, ge=0.0, le=180.0, doc="random rotation of up to ±rotate degrees per sample"),
+    "scale": Field(float, 0.0, ge=0.0, lt=1.0, doc="random zoom in [1 - scale, 1 + scale] per sample"),
+}
+TTA_FIELDS = {
+    "shift": Field(int, 0, ge=0, doc="evaluation averages the class scores of the (2·shift+1)² shifted copies"),
 }
 TRAINER_FIELDS = {
     "epochs": Field(int, 10, ge=1),
@@ -61,6 +66,8 @@ TRAINER_FIELDS = {
     "test_checkpoint": Field(str, "last", choices=("last", "best"), doc="model whose test metrics are reported"),
     "memory_limit": Field(float, 8.0, gt=0.0, nullable=True,
                           doc="GiB the model's estimated memory at the batch size may reach; null = no limit"),
+    "ema_decay": Field(float, None, gt=0.0, lt=1.0, nullable=True,
+                       doc="evaluate and save a moving average of the weights with this decay; null = off"),
     "batch_chunks": Field(int, None, ge=1, nullable=True,
                           doc="data-parallel: fixed sample ranges of each batch whose sums are added in a fixed "
                               "order; null = the number of processes"),

@@ -50,11 +50,14 @@ def error_of(tmp_path, text, overrides=()):
 def test_shipped_configs_resolve_with_defaults():
     cfg = load_config(DIGITS)
     assert cfg["trainer"]["name"] == "digits"
-    assert cfg["trainer"]["epochs"] == 60 and cfg["trainer"]["batch_size"] == 64
+    assert cfg["trainer"]["epochs"] == 40 and cfg["trainer"]["batch_size"] == 64
+    assert cfg["data"]["val_fraction"] == 0 and cfg["trainer"]["checkpoint"]["best"] is False
+    assert [layer.get("out_channels") for layer in cfg["model"]["layers"] if layer["type"] == "conv2d"] == [32, 32, 64]
     assert cfg["optimizer"] == {"type": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
                                 "weight_decay": 5e-4, "clip_norm": None}
     assert cfg["schedule"]["type"] == "onecycle" and cfg["schedule"]["div_factor"] == 25.0
-    assert cfg["data"]["augment"] == {"shift": 1}
+    assert cfg["data"]["augment"] == {"shift": 1, "rotate": 10.0, "scale": 0.1} and cfg["data"]["tta"] == {"shift": 1}
+    assert cfg["trainer"]["ema_decay"] is None
     tiny = load_config(TINY)
     assert tiny["trainer"]["early_stopping"] == {"patience": None, "monitor": "val_loss", "min_delta": 0.0}
     assert tiny["loss"] == {"type": "softmax_cross_entropy", "label_smoothing": 0.1}
@@ -196,6 +199,26 @@ def test_missing_file(tmp_path):
 def test_val_monitor_needs_validation_part(tmp_path):
     err, _ = error_of(tmp_path, BASE.replace("dataset: digits", "dataset: digits\n  val_fraction: 0"))
     assert err.key == "trainer.checkpoint.monitor" and "val_fraction" in err.message
+
+
+@pytest.mark.parametrize("override,key,needle", [
+    ("data.augment.rotate=-5", "data.augment.rotate", ">= 0.0"),
+    ("data.augment.scale=1", "data.augment.scale", "< 1.0"),
+    ("data.tta={shifts: 1}", "data.tta.shifts", "did you mean 'shift'"),
+    ("data.tta.shift=0.5", "data.tta.shift", "integer"),
+    ("trainer.ema_decay=1", "trainer.ema_decay", "< 1.0"),
+    ("trainer.ema_decay=yes", "trainer.ema_decay", "number"),
+])
+def test_recipe_options_are_checked(tmp_path, override, key, needle):
+    err, _ = error_of(tmp_path, BASE, [override])
+    assert err.key == key and needle in err.message, err.message
+
+
+def test_recipe_options_resolve_with_their_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["data.augment.rotate=10", "trainer.ema_decay=0.995"])
+    assert cfg["data"]["augment"] == {"shift": 0, "rotate": 10.0, "scale": 0.0}
+    assert cfg["data"]["tta"] == {"shift": 0} and cfg["trainer"]["ema_decay"] == 0.995
+    assert load_config(write(tmp_path, BASE))["trainer"]["ema_decay"] is None
 
 
 # -- overrides ------------------------------------------------------------------------------------------------
