@@ -380,6 +380,18 @@ def test_export_command_end_to_end(tiny_run, tmp_path, capsys):
     assert onnx.load(str(tmp_path / "raw.onnx")).graph.output[0].name == "output"
 
 
+def test_export_command_says_the_run_evaluates_with_test_time_shifts(tiny_run, tmp_path, capsys):
+    assert main(["export", tiny_run, str(tmp_path / "plain.onnx"), "--no-check"]) == 0
+    assert "test-time shifts" not in capsys.readouterr().err  # digits-tiny evaluates one pass
+    root = tmp_path / "runs"
+    assert main(["train", TINY, "--quiet", "--no-report", "--run-dir", str(root), "--set", "trainer.epochs=1",
+                 "--set", "data.tta.shift=1"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(root / "latest"), str(tmp_path / "m.onnx"), "--no-check"]) == 0
+    err = capsys.readouterr().err
+    assert "test-time shifts (data.tta.shift: 1, the average over 9 copies" in err
+
+
 def test_export_command_without_config_or_preprocessing(tmp_path, capsys):
     """A model saved from Python: no config (so no loss: probabilities by default) and no preprocessing, said so."""
     model = cf.Sequential([cf.Conv2D(2, 3), cf.Flatten(), cf.Dense(3)], input_shape=(1, 5, 5), seed=0)

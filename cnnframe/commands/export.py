@@ -45,6 +45,12 @@ def run(args):
     if pre is None:
         print(f"cnnframe: note: {ckpt} records no preprocessing; the exported model takes inputs as they are",
               file=sys.stderr)
+    if trained.tta_shift:
+        k = trained.tta_shift
+        print(f"cnnframe: note: the run evaluates with test-time shifts (data.tta.shift: {k}, the average over "
+              f"{(2 * k + 1) ** 2} copies shifted by up to ±{k} pixels); the exported model is one pass, so its "
+              f"probabilities differ a little from evaluate's and predict's: average its outputs over the same "
+              f"shifts to match them", file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         proto = export_onnx(model, None, output=output, preprocessing=pre or Preprocessing(), class_names=names)
