@@ -56,7 +56,6 @@ ctypedef fused floating:
     double
 
 cdef extern from "microkernel.h":
-    int cnnframe_mk_available() noexcept nogil
     void cnnframe_mk_sgemm_seg(Py_ssize_t M, Py_ssize_t N, Py_ssize_t nseg, Py_ssize_t T,
                                const float* A, Py_ssize_t sa, Py_ssize_t sb, const Py_ssize_t* aoff,
                                const float* B, Py_ssize_t ldb, const Py_ssize_t* boff, float* C,
@@ -65,9 +64,11 @@ cdef extern from "microkernel.h":
                            Py_ssize_t sb, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc,
                            int accumulate) noexcept nogil
 
+cdef extern from "cpu.h":
+    int cnnframe_cpu_avx512() noexcept nogil
+
 cdef extern from "simd.h":
     int cnnframe_simd_avx512
-    int cnnframe_cpu_avx512() noexcept nogil
     void cnnframe_add_f(float* dst, const float* src, Py_ssize_t n) noexcept nogil
     void cnnframe_add_d(double* dst, const double* src, Py_ssize_t n) noexcept nogil
     float cnnframe_sum_f(const float* x, Py_ssize_t n) noexcept nogil
@@ -100,12 +101,12 @@ cdef extern from "depthwise.h":
 cnnframe_simd_avx512 = cnnframe_cpu_avx512()
 
 # float32 products use the AVX-512 micro-kernel where the CPU has it, BLAS otherwise.
-cdef bint USE_MK = cnnframe_mk_available()
+cdef bint USE_MK = cnnframe_cpu_avx512()
 
 
 def microkernel_available():
     """True when the CPU runs the AVX-512 micro-kernel (float32 products then bypass BLAS)."""
-    return bool(cnnframe_mk_available())
+    return bool(cnnframe_cpu_avx512())
 
 
 def _use_microkernel(bint on):
@@ -113,7 +114,7 @@ def _use_microkernel(bint on):
     the previous setting."""
     global USE_MK, cnnframe_simd_avx512
     old = USE_MK
-    USE_MK = on and cnnframe_mk_available()
+    USE_MK = on and cnnframe_cpu_avx512()
     cnnframe_simd_avx512 = on and cnnframe_cpu_avx512()
     return bool(old)
 

@@ -16,6 +16,8 @@
 #define CNNFRAME_LANES_H
 
 #include <stddef.h>
+
+#include "cpu.h"
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #define CNNFRAME_SSE2 1
@@ -27,8 +29,8 @@
 /* AVX2 forms of the loops (one 256-bit register holds the 8 float lanes, two hold the 8 double
    lanes: the same operations lane by lane, so the same bits) are compiled with
    __attribute__((target("avx2"))) -- no "fma", so no a*b + c can become a fused multiply-add -- and
-   run when cnnframe_avx2 is set: each module that wants them sets it from cnnframe_cpu_avx2() at
-   import (norm.pyx does), so the build needs no -march flag. */
+   run when cnnframe_avx2 is set: each module that wants them sets it from cnnframe_cpu_avx2()
+   (cpu.h) at import (norm.pyx does), so the build needs no -march flag. */
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(CNNFRAME_NO_AVX2)
 #define CNNFRAME_HAVE_AVX2 1
 #include <immintrin.h>
@@ -36,15 +38,6 @@
 #endif
 
 static int cnnframe_avx2 = 0;
-
-static inline int cnnframe_cpu_avx2(void) {
-#ifdef CNNFRAME_HAVE_AVX2
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") ? 1 : 0;
-#else
-    return 0;
-#endif
-}
 
 typedef struct {
     double d[CNNFRAME_LANES];

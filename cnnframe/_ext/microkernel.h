@@ -21,26 +21,19 @@
  * summed in the same order (s, then t, from zero) whatever tile it falls in, so results do not
  * depend on how rows are cut into chunks.
  *
- * cnnframe_mk_available() says whether it can run; callers fall back to BLAS otherwise.
+ * cnnframe_cpu_avx512() (cpu.h) says whether it can run; callers fall back to BLAS otherwise.
  */
 #ifndef CNNFRAME_MICROKERNEL_H
 #define CNNFRAME_MICROKERNEL_H
 
 #include <stddef.h>
 
+#include "cpu.h"
+
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(CNNFRAME_NO_AVX512)
 #define CNNFRAME_MK_X86 1
 #include <immintrin.h>
 #endif
-
-static int cnnframe_mk_available(void) {
-#ifdef CNNFRAME_MK_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") ? 1 : 0;
-#else
-    return 0;
-#endif
-}
 
 #ifdef CNNFRAME_MK_X86
 
@@ -218,7 +211,7 @@ static void cnnframe_mk_sgemm_steps(ptrdiff_t M, ptrdiff_t N, ptrdiff_t T, const
 
 #else
 
-/* Never called: cnnframe_mk_available() is 0 here and the kernels use BLAS. */
+/* Never called: cnnframe_cpu_avx512() is 0 here and the kernels use BLAS. */
 static void cnnframe_mk_sgemm_steps(ptrdiff_t M, ptrdiff_t N, ptrdiff_t T, const float *A,
                                     const ptrdiff_t *toff, const float *B, ptrdiff_t ldb, float *C,
                                     ptrdiff_t ldc, int accumulate) {

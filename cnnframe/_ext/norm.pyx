@@ -55,9 +55,11 @@ cdef extern from "norm.h" nogil:
     void cnnframe_bn_dx_eval_d(const double* g, Py_ssize_t n, double k, double* dx) noexcept
 
 
+cdef extern from "cpu.h" nogil:
+    int cnnframe_cpu_avx2() noexcept
+
 cdef extern from "lanes.h" nogil:
     int cnnframe_avx2
-    int cnnframe_cpu_avx2() noexcept
 
 # The AVX2 forms of the loops (same bits as SSE2 / plain C) run where the CPU has AVX2.
 cnnframe_avx2 = cnnframe_cpu_avx2()

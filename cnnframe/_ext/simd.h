@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "cpu.h"
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -19,15 +21,6 @@
 
 /* 1 when the AVX-512 helpers run (the CPU has them); conv.pyx may switch them off for tests. */
 static int cnnframe_simd_avx512 = 0;
-
-static int cnnframe_cpu_avx512(void) {
-#ifdef CNNFRAME_SIMD_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") ? 1 : 0;
-#else
-    return 0;
-#endif
-}
 
 /* restrict tells the compiler the two runs never overlap, so the loop vectorises. */
 static inline void cnnframe_add_f(float *__restrict dst, const float *__restrict src, ptrdiff_t n) {
