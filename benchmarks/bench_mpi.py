@@ -13,9 +13,9 @@ For the 2-process runs the root also reports, per epoch, the time spent in the s
 includes waiting for the slower process; and, measured alone after a barrier, the median time of one sum
 of the gradient buffer (the pure communication cost) and of a 64-value sum (the latency).
 
-Models: ``digits`` is configs/digits.yaml; ``cifar`` is configs/cifar-size.yaml when it exists, else the
-model of that size (3x32x32 inputs, 1,024 training images, batch 64; conv widths 32, 32, pool, 64, 64,
-pool, 128, 128, each with BatchNorm and ReLU; global average pool; dense 10) on random data in an .npz.
+Models: ``digits`` is configs/digits.yaml; ``cifar`` is configs/cifar-size.yaml (3x32x32 synthetic images,
+1,024 training images, batch 64; conv widths 32, 32, pool, 64, 64, pool, 128, 128, each with BatchNorm and
+ReLU; global average pool; dense 10).
 
 Scaling efficiency = T(1 process x 1 thread) / (2 x T(2 processes x 1 thread)); the threads-vs-processes
 ratio = T(1 x 2) / T(2 x 1) (above 1: two processes beat two threads on the same two cores).
@@ -29,49 +29,15 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = {"digits": os.path.join(ROOT, "configs", "digits.yaml"),
+          "cifar": os.path.join(ROOT, "configs", "cifar-size.yaml")}
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 
-CIFAR_MODEL = """\
-data: {dataset: npz, path: PATH, normalize: standardize, test_size: 0.2, val_fraction: 0.0}
-model:
-  layers:
-    - {type: conv2d, out_channels: 32, kernel_size: 3, padding: 1}
-    - {type: batchnorm2d}
-    - {type: relu}
-    - {type: conv2d, out_channels: 32, kernel_size: 3, padding: 1}
-    - {type: batchnorm2d}
-    - {type: relu}
-    - {type: maxpool2d, kernel_size: 2}
-    - {type: conv2d, out_channels: 64, kernel_size: 3, padding: 1}
-    - {type: batchnorm2d}
-    - {type: relu}
-    - {type: conv2d, out_channels: 64, kernel_size: 3, padding: 1}
-    - {type: batchnorm2d}
-    - {type: relu}
-    - {type: maxpool2d, kernel_size: 2}
-    - {type: conv2d, out_channels: 128, kernel_size: 3, padding: 1}
-    - {type: batchnorm2d}
-    - {type: relu}
-    - {type: conv2d, out_channels: 128, kernel_size: 3, padding: 1}
-    - {type: batchnorm2d}
-    - {type: relu}
-    - {type: globalavgpool2d}
-    - {type: dense, out_features: 10}
-loss: {type: softmax_cross_entropy}
-optimizer: {type: sgd, lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 5e-4}
-schedule: {type: cosine}
-trainer:
-  epochs: 5
-  batch_size: 64
-  early_stopping: {monitor: train_loss}
-  checkpoint: {monitor: train_loss}
-"""
 
 #: name, processes, threads per process, extra environment
 SETUPS = (
@@ -80,19 +46,6 @@ SETUPS = (
     ("2 x 1, spin", 2, 1, {"MPIR_CVAR_POLLS_BEFORE_YIELD": "1000"}),
     ("1 x 1 thread", 1, 1, {}),
 )
-
-
-def cifar_config(directory):
-    cfg = os.path.join(ROOT, "configs", "cifar-size.yaml")
-    if os.path.exists(cfg):
-        return cfg
-    rng = np.random.default_rng(0)
-    path = os.path.join(directory, "cifar-size.npz")
-    np.savez(path, X=rng.standard_normal((1280, 3, 32, 32)).astype(np.float32), y=np.arange(1280) % 10)
-    cfg = os.path.join(directory, "cifar-size.yaml")
-    with open(cfg, "w") as f:
-        f.write(CIFAR_MODEL.replace("PATH", path))
-    return cfg
 
 
 # -- one run (every process of it) -------------------------------------------------------------------------------
@@ -164,7 +117,7 @@ def run(config_path, processes, threads, env_extra, epochs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["digits", "cifar"], choices=["digits", "cifar"])
+    ap.add_argument("--models", nargs="+", default=["digits", "cifar"], choices=list(MODELS))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--json", help="also write the raw results here")
@@ -175,19 +128,16 @@ def main():
     if args.from_json:
         with open(args.from_json) as f:
             for model, results in json.load(f).items():
-                report(model, os.path.join(ROOT, "configs", "digits.yaml") if model == "digits" else model, results,
-                       args.step_ms)
+                report(model, MODELS[model], results, args.step_ms)
         return
     raw = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models:
-            path = os.path.join(ROOT, "configs", "digits.yaml") if model == "digits" else cifar_config(tmp)
-            results = {name: [] for name, *_ in SETUPS}
-            for r in range(args.rounds):
-                for name, procs, threads, env in SETUPS if r % 2 == 0 else SETUPS[::-1]:
-                    results[name].append(run(path, procs, threads, env, args.epochs))
-            raw[model] = results
-            report(model, path, results, args.step_ms)
+    for model in args.models:
+        results = {name: [] for name, *_ in SETUPS}
+        for r in range(args.rounds):
+            for name, procs, threads, env in SETUPS if r % 2 == 0 else SETUPS[::-1]:
+                results[name].append(run(MODELS[model], procs, threads, env, args.epochs))
+        raw[model] = results
+        report(model, MODELS[model], results, args.step_ms)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(raw, f, indent=1)
@@ -197,7 +147,7 @@ def report(model, path, results, step_ms=None):
     epochs = {name: [e for res in runs for e in res["epochs"]] for name, runs in results.items()}
     best = {name: min(e["seconds"] for e in rows) for name, rows in epochs.items()}
     first = results["2 x 1 thread"][0]
-    print(f"\n{model} ({os.path.relpath(path, ROOT) if path.startswith(ROOT) else 'cifar-size model'}): "
+    print(f"\n{model} ({os.path.relpath(path, ROOT)}): "
           f"{first['steps']} steps per epoch, gradient {first['gradient_values']:,} values ({first['dtype']})")
     print(f"{'setup':16s} {'best epoch':>11s} {'median':>8s} {'spread':>7s}   in sums per epoch (share of the best epoch)")
     for name, rows in epochs.items():
