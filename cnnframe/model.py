@@ -17,7 +17,7 @@ from cnnframe.export import export_onnx
 from cnnframe.io import atomic_write, json_text
 from cnnframe.layers.base import allocation_limit
 from cnnframe.layers.blocks import check_distinct
-from cnnframe.layers.fusion import fusion_plan
+from cnnframe.layers.fusion import backward_step, forward_step, fusion_plan, plan_for
 from cnnframe.layers.spec import at, build_layer
 from cnnframe.locate import code_location, where
 from cnnframe.plugins import Plugins
@@ -149,7 +149,7 @@ class Sequential:
         self._plan = fusion_plan(layers)
         for i, k in self._plan:
             # k > 0: e.g. BatchNorm then ReLU (then max pooling), one pass for all of them
-            x = layers[i].forward_fused(x, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].forward(x)
+            x = forward_step(layers, i, k, x)
         return x
 
     __call__ = forward
@@ -168,14 +168,14 @@ class Sequential:
         try:
             g = grad_out
             layers, after = self.layers, len(self.layers)
-            plan = self._plan if sum(1 + k for _, k in self._plan) == len(layers) else fusion_plan(layers)
+            plan = plan_for(layers, self._plan)
             for i, k in reversed(plan):
                 if g is None:
                     raise RuntimeError(
                         f"Sequential: layer {after} ({type(layers[after]).__name__}) returned no input "
                         "gradient, but earlier layers need one (need_input_grad=False only suits the first layer)"
                     )
-                g = layers[i].backward_fused(g, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].backward(g)
+                g = backward_step(layers, i, k, g)
                 after = i
         finally:
             if skip:

@@ -34,7 +34,7 @@ from cnnframe import parallel
 from cnnframe.data import batches as batch_indices
 from cnnframe.data import random_shift
 from cnnframe.layers.conv import Conv2D
-from cnnframe.layers.fusion import fusion_plan
+from cnnframe.layers.fusion import backward_step, forward_step, fusion_plan
 from cnnframe.trainer import Trainer
 
 __all__ = ["Profile", "Row", "profile_training", "profile_config", "conv_flops"]
@@ -360,7 +360,7 @@ def profile_training(model, loss, optimizer, X, y, *, batch_size=64, batches=20,
             out = xb
             for i, k in groups:  # as Sequential.forward
                 t0 = _clock()
-                out = layers[i].forward_fused(out, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].forward(out)
+                out = forward_step(layers, i, k, out)
                 if timed:
                     layer_rows[i].forward_s += _clock() - t0
             t0 = _clock()
@@ -376,7 +376,7 @@ def profile_training(model, loss, optimizer, X, y, *, batch_size=64, batches=20,
             try:
                 for i, k in reversed(groups):  # as Sequential.backward
                     t0 = _clock()
-                    g = layers[i].backward_fused(g, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].backward(g)
+                    g = backward_step(layers, i, k, g)
                     if timed:
                         layer_rows[i].backward_s += _clock() - t0
             finally:

@@ -21,7 +21,7 @@ import numpy as np
 
 from cnnframe.layers._util import check_grad, check_input, check_per_sample, make_rng
 from cnnframe.layers.base import Layer, as_dtype
-from cnnframe.layers.fusion import fusion_plan
+from cnnframe.layers.fusion import backward_step, forward_step, fusion_plan, plan_for
 from cnnframe.layers.spec import build_layer, join_key, prefixed
 from cnnframe.registry import LAYERS, register_layer
 from cnnframe.seeds import seed_for_path
@@ -268,34 +268,30 @@ class Block(Layer):
 
     # -- computation helpers -------------------------------------------------------------------
     def _forward_path(self, path_name, layers, x):
-        """One child list's output; runs a list's layers may do as one pass (BatchNorm then ReLU, say) run
-        fused, as in ``Sequential`` (``layers/fusion.py``), and the plan is kept for the backward pass."""
+        """One child list's output.  Layers that can run as one pass (BatchNorm then ReLU, say) run fused,
+        as in ``Sequential`` (``layers/fusion.py``); the plan is kept for the backward pass."""
         plan = self._plans[path_name] = fusion_plan(layers)
         for i, k in plan:
-            x = layers[i].forward_fused(x, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].forward(x)
+            x = forward_step(layers, i, k, x)
         return x
 
     def _backward_path(self, path_name, layers, g, need_input_grad):
         """dL/d(input) of one child list, children in reverse; with ``need_input_grad=False`` the first child
         is asked to skip its input gradient (if it can) and None is returned."""
-        plan = self._plans.get(path_name)
-        if plan is None or sum(1 + k for _, k in plan) != len(layers):
-            plan = fusion_plan(layers)
-        for i, k in reversed(plan):
+        for i, k in reversed(plan_for(layers, self._plans.get(path_name))):
             layer = layers[i]
-            run = (lambda g: layer.backward_fused(g, tuple(layers[i + 1:i + 1 + k]))) if k else layer.backward
             if i == 0 and not need_input_grad:
                 skip = hasattr(layer, "need_input_grad")
                 old = layer.need_input_grad if skip else None
                 if skip:
                     layer.need_input_grad = False
                 try:
-                    run(g)
+                    backward_step(layers, i, k, g)
                 finally:
                     if skip:
                         layer.need_input_grad = old
                 return None
-            g = run(g)
+            g = backward_step(layers, i, k, g)
             if g is None:
                 raise RuntimeError(
                     f"{type(self).__name__}: {path_name}[{i}] ({type(layer).__name__}) returned no input gradient, "

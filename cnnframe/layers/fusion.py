@@ -18,3 +18,18 @@ def fusion_plan(layers):
         plan.append((i, k))
         i += 1 + k
     return plan
+
+
+def plan_for(layers, plan):
+    """``plan`` when it still covers ``layers`` (the plan of their last forward), else a fresh one."""
+    return plan if plan is not None and sum(1 + k for _, k in plan) == len(layers) else fusion_plan(layers)
+
+
+def forward_step(layers, i, k, x):
+    """One entry (i, k) of a plan forward: layer i alone, or with the k layers after it in its passes."""
+    return layers[i].forward_fused(x, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].forward(x)
+
+
+def backward_step(layers, i, k, grad_out):
+    """The backward pass of one entry (i, k) of a plan, as ``forward_step`` ran it."""
+    return layers[i].backward_fused(grad_out, tuple(layers[i + 1:i + 1 + k])) if k else layers[i].backward(grad_out)
