@@ -120,19 +120,11 @@ class _BatchNorm(Layer):
         return self._backward(check_grad(absorbed[0], grad_out, self._cache[0].shape), fused)
 
     def _forward(self, x, relu=None, pool=None):
-        x = check_input(self, x, ndim=self._ndim, layout=self._layout)
-        if self.num_features is not None:
-            check_size(self, x, 1, self.num_features, "features/channels")
-        self._ensure_built(x)
+        x = self._checked_input(x)
         gamma, beta = self._params["weight"].data, self._params["bias"].data
         stats = {}
         if self.training:
-            m = x.size // x.shape[1]
-            if m < 2:
-                raise ValueError(
-                    f"{type(self).__name__}: training needs more than one value per feature to compute batch "
-                    f"statistics, got input shape {x.shape}; use a larger batch or call eval()"
-                )
+            m = self._values_per_feature(x, x.size // x.shape[1])
         else:
             stats = {"mean": self._buffers["running_mean"].copy(),  # backward needs this pass's statistics
                      "inv_std": 1.0 / np.sqrt(self._buffers["running_var"] + self.dtype.type(self.eps))}
@@ -150,10 +142,7 @@ class _BatchNorm(Layer):
             if relu is not None:
                 relu.keep_output(y)
         if self.training:
-            mom = self.momentum
-            rm, rv = self._buffers["running_mean"], self._buffers["running_var"]
-            rm[...] = (1 - mom) * rm + mom * mean
-            rv[...] = (1 - mom) * rv + mom * var * (m / (m - 1))  # unbiased, as PyTorch
+            self._update_running(mean, var, m)
         window = pool.kernel_size if pool is not None else None
         self._cache = (x, mean, inv_std, self.training, (relu is not None) + (pool is not None), argmax, window)
         self._chunked = None
@@ -177,18 +166,10 @@ class _BatchNorm(Layer):
     # In data-parallel training they are per chunk of the global batch and reach every process
     # (cnnframe.shards), which adds them in chunk order: the statistics of the global batch.
     def _forward_chunked(self, x):  # training only: evaluation is per sample, chunks or not
-        x = check_input(self, x, ndim=self._ndim, layout=self._layout)
-        if self.num_features is not None:
-            check_size(self, x, 1, self.num_features, "features/channels")
-        self._ensure_built(x)
+        x = self._checked_input(x)
         n, c = x.shape[:2]
         x3 = x.reshape(n, c, -1)
-        m = batch_total(n) * x3.shape[2]
-        if m < 2:
-            raise ValueError(
-                f"{type(self).__name__}: training needs more than one value per feature to compute batch "
-                f"statistics, got input shape {x.shape}; use a larger batch or call eval()"
-            )
+        m = self._values_per_feature(x, batch_total(n) * x3.shape[2])
         parts = map_chunks(lambda a, b: _moments(x3[a:b]), n)
         rows = gather_chunks(np.stack([np.concatenate(p[:2]) for p in parts]))  # [Σx, M2] of every chunk
         sizes = [k * x3.shape[2] for k in chunk_sizes(n)]
@@ -198,10 +179,7 @@ class _BatchNorm(Layer):
         xhat = parts[0][2] if len(rows) == 1 else x3 - mean[:, None]
         inv_std = 1.0 / np.sqrt(var + self.dtype.type(self.eps))
         xhat *= inv_std[:, None]
-        mom = self.momentum
-        rm, rv = self._buffers["running_mean"], self._buffers["running_var"]
-        rm[...] = (1 - mom) * rm + mom * mean
-        rv[...] = (1 - mom) * rv + mom * var * (m / (m - 1))  # unbiased, as PyTorch
+        self._update_running(mean, var, m)
         self._chunked = (xhat, inv_std, x.shape)
         self._cache = None
         y = xhat * self._params["weight"].data[:, None]
@@ -229,6 +207,29 @@ class _BatchNorm(Layer):
         dx -= (sum_g / m)[:, None]
         dx *= scale
         return dx.reshape(shape)
+
+    # -- shared by the compiled and the chunked path ----------------------------------------------
+    def _checked_input(self, x):
+        x = check_input(self, x, ndim=self._ndim, layout=self._layout)
+        if self.num_features is not None:
+            check_size(self, x, 1, self.num_features, "features/channels")
+        self._ensure_built(x)
+        return x
+
+    def _values_per_feature(self, x, m):
+        """m, the values each feature's batch statistics are taken over, checked to be at least 2."""
+        if m < 2:
+            raise ValueError(
+                f"{type(self).__name__}: training needs more than one value per feature to compute batch "
+                f"statistics, got input shape {x.shape}; use a larger batch or call eval()"
+            )
+        return m
+
+    def _update_running(self, mean, var, m):
+        mom = self.momentum
+        rm, rv = self._buffers["running_mean"], self._buffers["running_var"]
+        rm[...] = (1 - mom) * rm + mom * mean
+        rv[...] = (1 - mom) * rv + mom * var * (m / (m - 1))  # unbiased, as PyTorch
 
     def get_config(self):
         return {
