@@ -87,11 +87,8 @@ class Dense(Layer):
         self._x = x
         w = self._params["weight"].data
         b = self._params["bias"].data if self.use_bias else None
-        spans = chunks(len(x))
-        if len(spans) == 1:
-            return ops.dense_forward(x, w, b)
-        # chunk by chunk in data-parallel training: a GEMM's rounding may depend on its row count
-        return concat([ops.dense_forward(x[i:j], w, b) for i, j in spans])
+        # chunk by chunk in data-parallel training (a GEMM's rounding may depend on its row count); one call otherwise
+        return concat([ops.dense_forward(x[i:j], w, b) for i, j in chunks(len(x))])
 
     def backward(self, grad_out):
         x = self._x
