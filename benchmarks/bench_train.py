@@ -33,7 +33,8 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.abspath(os.path.dirname(__file__)))
-CONFIGS = [os.path.join(ROOT, "configs", name) for name in ("digits.yaml", "cifar-size.yaml", "resnet8-cifar-size.yaml")]
+CONFIGS = [os.path.join(ROOT, "configs", name)
+           for name in ("digits.yaml", "cifar-size.yaml", "resnet8-cifar-size.yaml")]
 PAUSE = 0.2  # seconds between two workers' epochs, so one's spinning threads do not meet the next
 
 
